@@ -1,0 +1,6 @@
+#ifndef SCOPELUA_CLUA_SHIM_H
+#define SCOPELUA_CLUA_SHIM_H
+#include <lua.h>
+#include <lualib.h>
+#include <lauxlib.h>
+#endif

@@ -1,0 +1,387 @@
+/*
+ * The C side of scopelua's bridge. Everything that can raise a Lua error (longjmp) on
+ * behalf of Swift code lives here, so that no Lua error ever unwinds through a Swift
+ * frame (ARCHITECTURE.md, rule 1). Each function says why it exists.
+ */
+#include "cscopelua.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <errno.h>
+
+/* ---- allocator ------------------------------------------------------------------ */
+
+/* Why: a memory error raised by lua_pushstring & co. while a Swift function runs would
+ * longjmp over Swift frames. While `guarded` is set (always, except inside sl_pcall),
+ * a failed allocation aborts with a clear message instead. Inside sl_pcall Lua code
+ * runs under a protected call, so memory errors raise there exactly as in stock Lua. */
+typedef struct sl_Alloc { int guarded; } sl_Alloc;
+
+static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  sl_Alloc *a = (sl_Alloc *)ud;
+  (void)osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  void *p = realloc(ptr, nsize);
+  if (p == NULL && a->guarded) {
+    fprintf(stderr, "scopelua: out of memory while the runtime held the Lua state (%zu bytes)\n", nsize);
+    abort();
+  }
+  return p;
+}
+
+static sl_Alloc *allocstate(lua_State *L) {
+  void *ud = NULL;
+  lua_getallocf(L, &ud);
+  return (sl_Alloc *)ud;
+}
+
+lua_State *sl_newstate(void) {
+  lua_State *L = luaL_newstate();  /* keeps lauxlib's panic and warning functions */
+  if (L == NULL) return NULL;
+  sl_Alloc *a = (sl_Alloc *)malloc(sizeof(sl_Alloc));
+  if (a == NULL) { lua_close(L); return NULL; }
+  a->guarded = 1;
+  /* luaL_newstate's allocator is realloc/free too, so blocks it made are ours to free. */
+  lua_setallocf(L, sl_alloc, a);
+  return L;
+}
+
+int sl_pcall(lua_State *L, int nargs, int nresults, int msgh) {
+  sl_Alloc *a = allocstate(L);
+  int saved = a->guarded;
+  a->guarded = 0;
+  int status = lua_pcall(L, nargs, nresults, msgh);
+  a->guarded = saved;
+  return status;
+}
+
+/* Calls a Swift function with the allocator guarded (Swift is on the stack). */
+static int callswift(lua_State *L, sl_SwiftFunction fn) {
+  sl_Alloc *a = allocstate(L);
+  int saved = a->guarded;
+  a->guarded = 1;
+  int n = fn(L);
+  a->guarded = saved;
+  return n;
+}
+
+/* ---- trampolines ----------------------------------------------------------------- */
+
+/* Why: the one entry from Lua into Swift. Swift reports failure by returning SL_RAISE;
+ * the raise happens here, after the Swift frame is gone. */
+static int trampoline(lua_State *L) {
+  sl_SwiftFunction fn = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
+  int n = callswift(L, fn);
+  if (n < 0) return lua_error(L);
+  return n;
+}
+
+void sl_pushfunction(lua_State *L, sl_SwiftFunction fn) {
+  /* A function pointer stored as a light userdata: POSIX guarantees the round trip. */
+  lua_pushlightuserdata(L, (void *)fn);
+  lua_pushcclosure(L, trampoline, 1);
+}
+
+/* Why: __index must find methods at table speed and per-handle fields (.id, .kind,
+ * .path) from Swift; a Lua table cannot do the second, a Swift-only __index would slow
+ * down every method call. Upvalues: methods table, Swift field getter. */
+static int handleindex(lua_State *L) {
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  lua_pop(L, 1);
+  sl_SwiftFunction fields = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(2));
+  int n = callswift(L, fields);
+  if (n < 0) return lua_error(L);
+  return n;
+}
+
+void sl_pushindex(lua_State *L, sl_SwiftFunction fields) {
+  lua_pushlightuserdata(L, (void *)fields);
+  lua_pushcclosure(L, handleindex, 2);
+}
+
+/* Why: every handle needs a finalizer to catch leaks, but almost every handle is
+ * released long before it is collected; this keeps their finalization out of Swift. */
+static int handlegc(lua_State *L) {
+  sl_Handle *h = (sl_Handle *)lua_touserdata(L, 1);
+  if (h == NULL || h->record == NULL) return 0;
+  sl_SwiftFunction leak = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
+  callswift(L, leak);  /* never raises: errors in __gc would only become warnings */
+  return 0;
+}
+
+void sl_pushhandlegc(lua_State *L, sl_SwiftFunction leak) {
+  lua_pushlightuserdata(L, (void *)leak);
+  lua_pushcclosure(L, handlegc, 1);
+}
+
+sl_Handle *sl_tohandle(lua_State *L, int idx, const void *const *metatables, int nkinds) {
+  if (lua_type(L, idx) != LUA_TUSERDATA || lua_rawlen(L, idx) != sizeof(sl_Handle)) return NULL;
+  sl_Handle *h = (sl_Handle *)lua_touserdata(L, idx);
+  if (h->kind < 0 || h->kind >= nkinds || metatables[h->kind] == NULL) return NULL;
+  if (!lua_getmetatable(L, idx)) return NULL;
+  int ok = lua_topointer(L, -1) == metatables[h->kind];
+  lua_pop(L, 1);
+  return ok ? h : NULL;
+}
+
+#define SITE_PIN_KEY "scopelua.sitepin"
+
+int sl_site(lua_State *L, const char *known, sl_Site *out) {
+  lua_Debug ar;
+  for (int level = 1; level < 12 && lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Sl", &ar);
+    if (ar.currentline <= 0 || ar.source == NULL) continue;
+    out->source = ar.source;
+    out->line = ar.currentline;
+    if (ar.source != known) {
+      memcpy(out->short_src, ar.short_src, LUA_IDSIZE);
+      lua_getinfo(L, "f", &ar);
+      lua_setfield(L, LUA_REGISTRYINDEX, SITE_PIN_KEY);
+    }
+    return 1;
+  }
+  return 0;
+}
+
+/* ---- error messages -------------------------------------------------------------- */
+
+void sl_pushargerror(lua_State *L, int arg, const char *extramsg) {
+  lua_Debug ar;
+  const char *name = "?";
+  if (lua_getstack(L, 0, &ar)) {
+    lua_getinfo(L, "n", &ar);
+    if (ar.namewhat != NULL && strcmp(ar.namewhat, "method") == 0) {
+      arg--;  /* do not count 'self', as luaL_argerror does */
+      if (arg == 0) {
+        luaL_where(L, 1);
+        lua_pushfstring(L, "%scalling '%s' on bad self (%s)", lua_tostring(L, -1),
+                        ar.name ? ar.name : "?", extramsg);
+        lua_remove(L, -2);
+        return;
+      }
+    }
+    if (ar.name != NULL) name = ar.name;
+  }
+  luaL_where(L, 1);
+  lua_pushfstring(L, "%sbad argument #%d to '%s' (%s)", lua_tostring(L, -1), arg, name, extramsg);
+  lua_remove(L, -2);
+}
+
+void sl_pushtypeerror(lua_State *L, int arg, const char *tname) {
+  int top = lua_gettop(L);
+  const char *typearg;
+  if (luaL_getmetafield(L, arg, "__name") == LUA_TSTRING)
+    typearg = lua_tostring(L, -1);
+  else if (lua_type(L, arg) == LUA_TLIGHTUSERDATA)
+    typearg = "light userdata";
+  else
+    typearg = luaL_typename(L, arg);
+  const char *msg = lua_pushfstring(L, "%s expected, got %s", tname, typearg);
+  sl_pushargerror(L, arg, msg);
+  lua_replace(L, top + 1);  /* keep only the message */
+  lua_settop(L, top + 1);
+}
+
+/* ---- tracebacks ------------------------------------------------------------------ */
+
+#define TB_KEY "scopelua.traceback"
+#define TB_ERR_KEY "scopelua.traceback.error"
+
+/* True when `err` is the remembered error, or a string that extends it (an error that
+ * scope() re-raised with release errors appended). */
+static int samerror(lua_State *L, int err, int saved) {
+  if (lua_rawequal(L, err, saved)) return 1;
+  if (lua_type(L, err) == LUA_TSTRING && lua_type(L, saved) == LUA_TSTRING) {
+    size_t le, ls;
+    const char *e = lua_tolstring(L, err, &le);
+    const char *s = lua_tolstring(L, saved, &ls);
+    return ls <= le && memcmp(e, s, ls) == 0;
+  }
+  return 0;
+}
+
+/* Why: scope() and with_resource() catch an error, release, then re-raise it from the
+ * trampoline; a traceback taken at the re-raise would lose the frames where the error
+ * really happened. This message handler runs at the point of error (stack intact) and
+ * keeps the deepest traceback for that error object. */
+int sl_capturetraceback(lua_State *L) {
+  int err = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, TB_ERR_KEY);
+  int keep = samerror(L, err, err + 1);
+  lua_pop(L, 1);
+  if (!keep) {
+    luaL_traceback(L, L, NULL, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, TB_KEY);
+  }
+  lua_pushvalue(L, err);
+  lua_setfield(L, LUA_REGISTRYINDEX, TB_ERR_KEY);
+  lua_settop(L, err);
+  return 1;
+}
+
+/* ---- io delegation --------------------------------------------------------------- */
+
+static int iodelegate(lua_State *L) {
+  sl_SwiftFunction unwrap = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(2));
+  if (callswift(L, unwrap) < 0) return lua_error(L);
+  lua_CFunction iofn = lua_tocfunction(L, lua_upvalueindex(1));
+  return iofn(L);  /* same frame: io's messages name this method and the caller's line */
+}
+
+void sl_pushiodelegate(lua_State *L, lua_CFunction iofn, sl_SwiftFunction unwrap) {
+  lua_pushcfunction(L, iofn);
+  lua_pushlightuserdata(L, (void *)unwrap);
+  lua_pushcclosure(L, iodelegate, 2);
+}
+
+FILE *sl_iofile(lua_State *L, int idx) {
+  luaL_Stream *p = (luaL_Stream *)luaL_testudata(L, idx, LUA_FILEHANDLE);
+  if (p == NULL || p->closef == NULL) return NULL;
+  return p->f;
+}
+
+/* Why: io's write returns the io file; ours must return the handle so that chained
+ * writes keep going through the runtime. Same formatting and messages as liolib. */
+static int filewrite(lua_State *L) {
+  sl_SwiftFunction unwrap = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);  /* the handle, returned at the end */
+  int top = lua_gettop(L);
+  if (callswift(L, unwrap) < 0) return lua_error(L);
+  FILE *f = sl_iofile(L, 1);
+  if (f == NULL) return luaL_error(L, "file is already closed");
+  int status = 1;
+  for (int arg = 2; arg < top; arg++) {
+    if (lua_type(L, arg) == LUA_TNUMBER) {
+      int len = lua_isinteger(L, arg)
+                  ? fprintf(f, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, arg))
+                  : fprintf(f, LUA_NUMBER_FMT, (LUAI_UACNUMBER)lua_tonumber(L, arg));
+      status = status && (len > 0);
+    } else {
+      size_t l;
+      const char *s = luaL_checklstring(L, arg, &l);
+      status = status && (fwrite(s, sizeof(char), l, f) == l);
+    }
+  }
+  if (status) {
+    lua_settop(L, top);
+    return 1;
+  }
+  return luaL_fileresult(L, status, NULL);
+}
+
+void sl_pushfilewrite(lua_State *L, sl_SwiftFunction unwrap) {
+  lua_pushlightuserdata(L, (void *)unwrap);
+  lua_pushcclosure(L, filewrite, 1);
+}
+
+/* One step of a runtime file's lines iterator. Upvalues: handle, io iterator, check. */
+static int filelinesstep(lua_State *L) {
+  int base = lua_gettop(L);
+  sl_SwiftFunction check = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(3));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  if (callswift(L, check) < 0) return lua_error(L);
+  lua_settop(L, base);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_call(L, 0, LUA_MULTRET);
+  return lua_gettop(L) - base;
+}
+
+/* Upvalues: io's lines function, unwrap, check. */
+static int filelines(lua_State *L) {
+  int n = lua_gettop(L);
+  sl_SwiftFunction unwrap = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(2));
+  lua_pushvalue(L, 1);  /* n + 1: the handle */
+  if (callswift(L, unwrap) < 0) return lua_error(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  for (int i = 1; i <= n; i++) lua_pushvalue(L, i);
+  lua_call(L, n, 1);    /* n + 2: io's iterator */
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_pushcclosure(L, filelinesstep, 3);
+  return 1;
+}
+
+void sl_pushfilelines(lua_State *L, lua_CFunction iolines, sl_SwiftFunction unwrap, sl_SwiftFunction check) {
+  lua_pushcfunction(L, iolines);
+  lua_pushlightuserdata(L, (void *)unwrap);
+  lua_pushlightuserdata(L, (void *)check);
+  lua_pushcclosure(L, filelines, 3);
+}
+
+/* Why: opening must stay io.open to the letter (mode checks, nil, message, errno), and
+ * only a successful open is handed to Swift (to wrap or adopt the file). */
+static int opendelegate(lua_State *L) {
+  lua_CFunction ioopen = lua_tocfunction(L, lua_upvalueindex(1));
+  int n = ioopen(L);
+  if (n != 1 || sl_iofile(L, -1) == NULL) return n;
+  sl_SwiftFunction after = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(2));
+  if (callswift(L, after) < 0) return lua_error(L);
+  return 1;
+}
+
+void sl_pushopendelegate(lua_State *L, lua_CFunction ioopen, sl_SwiftFunction after) {
+  lua_pushcfunction(L, ioopen);
+  lua_pushlightuserdata(L, (void *)after);
+  lua_pushcclosure(L, opendelegate, 2);
+}
+
+int sl_closeiofile(lua_State *L, int idx) {
+  luaL_Stream *p = (luaL_Stream *)luaL_testudata(L, idx, LUA_FILEHANDLE);
+  if (p == NULL || p->closef == NULL) return 0;
+  p->closef = NULL;  /* closed from now on, whatever fclose says (as liolib's aux_close) */
+  if (fclose(p->f) == 0) return 0;
+  int en = errno;
+  lua_pushstring(L, strerror(en));
+  return en;
+}
+
+int sl_tostring(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+static int constant(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  return 1;
+}
+
+void sl_pushconstant(lua_State *L) {
+  lua_pushcclosure(L, constant, 1);
+}
+
+void sl_eprint(const char *line) {
+  fputs(line, stderr);
+  fputc('\n', stderr);
+  fflush(stderr);
+}
+
+int sl_gcgenerational(lua_State *L) {
+  return lua_gc(L, LUA_GCGEN, 0, 0);
+}
+
+/* ---- misc ------------------------------------------------------------------------ */
+
+int sl_loadbuffer(lua_State *L, const char *buf, size_t len, const char *name) {
+  return luaL_loadbufferx(L, buf, len, name, NULL);
+}
+
+uint64_t sl_monotonic_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The hook lua.c installs on Ctrl-C: raises inside Lua, at a safe point. */
+static void stophook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted!");
+}
+
+void sl_interrupt(lua_State *L) {
+  lua_sethook(L, stophook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+}

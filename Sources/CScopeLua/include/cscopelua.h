@@ -1,0 +1,160 @@
+/*
+ * CScopeLua: the only code in scopelua that may let a Lua error unwind (lua_error is a
+ * longjmp). Swift functions never raise: they return SL_RAISE with the error object on
+ * top of the stack and the C trampoline raises it after the Swift frame has returned.
+ */
+#ifndef CSCOPELUA_H
+#define CSCOPELUA_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+/* A Lua-callable function implemented in Swift. It returns the number of results it
+ * pushed, or SL_RAISE after pushing an error object. It must not call anything that
+ * can raise (lua_error, luaL_check*, lua_gettable, ...). */
+typedef int (*sl_SwiftFunction)(lua_State *L);
+#define SL_RAISE (-1)
+
+/* The memory of every resource handle (a full userdata with one user value: the label).
+ * `record` points at the Swift Resource while the resource is open (unretained: the
+ * owning scope keeps it alive) and is NULL once released; the rest describes the handle
+ * after its Swift record is gone, for tostring and "used after release" messages. */
+typedef struct sl_Handle {
+  void *record;
+  int64_t id;
+  int32_t kind;
+  int32_t how;          /* SL_OPEN, or how it was released */
+  int32_t source;       /* released at: interned source index and line... */
+  int32_t line;
+  int64_t detail;       /* ...or the interned scope path / the owner's id */
+  int64_t value;        /* kind-specific result kept after release (a timer's ns) */
+} sl_Handle;
+
+enum { SL_OPEN = 0, SL_BY_HANDLE = 1, SL_BY_SCOPE = 2, SL_BY_PARENT = 3, SL_BY_GC = 4, SL_BY_CLOSE = 5 };
+
+/* The handle at `idx` if it is a userdata of handle size whose metatable is
+ * `metatables[kind]` (for any kind < nkinds), else NULL. Cheap enough for every call. */
+sl_Handle *sl_tohandle(lua_State *L, int idx, const void *const *metatables, int nkinds);
+
+/* The script position of the innermost Lua function on the stack. */
+typedef struct sl_Site {
+  const char *source;            /* the chunk's source string (identity, not content) */
+  int line;
+  char short_src[LUA_IDSIZE];    /* filled only when `source` differs from `known` */
+} sl_Site;
+
+/* Why: every acquisition records its site, so this is on the hot path. When the source
+ * differs from `known`, the function is pinned in the registry: its source string then
+ * stays alive, so a later pointer match can only be the very same string (no content
+ * compare needed, no recycled address can mislabel a site). Returns 0 if no Lua function
+ * with a line is on the stack. */
+int sl_site(lua_State *L, const char *known, sl_Site *out);
+
+/* Pushes the __gc function for handle metatables. Released handles (record == NULL,
+ * nearly all of them) return at once in C; an open one is a leak and goes to `leak`
+ * (Swift) to be reported and released. */
+void sl_pushhandlegc(lua_State *L, sl_SwiftFunction leak);
+
+/* Creates a state like luaL_newstate, but with scopelua's allocator: an allocation
+ * failure while Swift code is on the stack aborts with a message instead of raising
+ * a memory error through Swift frames (see sl_pcall for where failures may raise). */
+lua_State *sl_newstate(void);
+
+/* Pushes a Lua function that enters `fn` through the trampoline (rule 1). */
+void sl_pushfunction(lua_State *L, sl_SwiftFunction fn);
+
+/* lua_pcall with the allocator unguarded for the duration: inside the protected call a
+ * memory error is an ordinary Lua error caught by this very call. */
+int sl_pcall(lua_State *L, int nargs, int nresults, int msgh);
+
+/* Message handler for top-level calls: replaces a message by message + traceback,
+ * reusing the traceback saved by sl_capturetraceback when the error was re-raised by
+ * scope() or with_resource() (so the user sees where it really happened). */
+int sl_traceback(lua_State *L);
+
+/* Message handler for scopelua's internal protected calls (scope, with_resource): leaves
+ * the error object unchanged, remembers it and the traceback at the point of error. */
+int sl_capturetraceback(lua_State *L);
+
+/* Pushes "bad argument #arg to 'name' (extramsg)" with the caller's position, exactly
+ * as luaL_argerror words it, without raising. */
+void sl_pushargerror(lua_State *L, int arg, const char *extramsg);
+
+/* Pushes "<type> expected, got <type>" wording like luaL_typeerror, for use with
+ * sl_pushargerror. */
+void sl_pushtypeerror(lua_State *L, int arg, const char *tname);
+
+/* Pushes an __index function for handle metatables: looks the key up in `methods`
+ * (the table on top, popped) with a raw get, and otherwise asks `fields` (Swift) for a
+ * per-handle field such as .id or .path. Methods stay as fast as a table lookup. */
+void sl_pushindex(lua_State *L, sl_SwiftFunction fields);
+
+/* io delegation for runtime-owned files. `unwrap(L)` (Swift) checks the handle at
+ * index 1 and replaces it with the runtime's inner io file, or returns SL_RAISE. The
+ * io library's own C function then runs in this same frame, so its error messages name
+ * the method and the script position exactly as with a stock file. */
+void sl_pushiodelegate(lua_State *L, lua_CFunction iofn, sl_SwiftFunction unwrap);
+
+/* file:write for runtime-owned files: like io's, but returns the handle (not the inner
+ * io file). `unwrap` is called as above; the handle is kept at index 1. */
+void sl_pushfilewrite(lua_State *L, sl_SwiftFunction unwrap);
+
+/* file:lines for runtime-owned files: wraps io's iterator so that each step first
+ * checks the handle (use after release is the runtime's clear error). */
+void sl_pushfilelines(lua_State *L, lua_CFunction iolines, sl_SwiftFunction unwrap, sl_SwiftFunction check);
+
+/* The FILE* inside a stock io file at `idx`, or NULL when it is not an open io file. */
+FILE *sl_iofile(lua_State *L, int idx);
+
+/* lua_CFunction running luaL_tolstring on argument 1 (it may call __tostring, which
+ * may raise): Swift runs it under sl_pcall. */
+int sl_tostring(lua_State *L);
+
+/* Closes the stock io file at `idx` as io's close would (fclose) and marks it closed.
+ * Returns 0 on success or when already closed; otherwise pushes the reason (strerror)
+ * and returns the errno. Never raises. */
+int sl_closeiofile(lua_State *L, int idx);
+
+/* fs.open / io.open with a step after: runs io's open C function in this frame (its
+ * messages and nil, message, errno results stay exactly io's), and on success calls
+ * `after` (Swift) with the new io file on top; `after` leaves one value on top. */
+void sl_pushopendelegate(lua_State *L, lua_CFunction ioopen, sl_SwiftFunction after);
+
+/* Pops a value and pushes a function returning it (package.preload loaders for the
+ * built-in modules). */
+void sl_pushconstant(lua_State *L);
+
+/* Writes a line to stderr and flushes it (Swift 6 cannot touch C's `stderr` global). */
+void sl_eprint(const char *line);
+
+/* lua_gc(L, LUA_GCGEN, 0, 0): lua_gc is variadic, which Swift cannot call. */
+int sl_gcgenerational(lua_State *L);
+
+/* Macros Swift cannot import. */
+static inline int sl_upvalueindex(int i) { return lua_upvalueindex(i); }
+static inline int sl_registryindex(void) { return LUA_REGISTRYINDEX; }
+static inline void *sl_extraspace(lua_State *L) { return lua_getextraspace(L); }
+static inline void sl_pop(lua_State *L, int n) { lua_pop(L, n); }
+static inline void sl_newtable(lua_State *L) { lua_newtable(L); }
+
+static inline int sl_isnoneornil(lua_State *L, int idx) { return lua_type(L, idx) <= 0; }
+static inline void sl_insert(lua_State *L, int idx) { lua_rotate(L, idx, 1); }
+static inline void sl_remove(lua_State *L, int idx) { lua_rotate(L, idx, -1); lua_pop(L, 1); }
+static inline void sl_replace(lua_State *L, int idx) { lua_copy(L, -1, idx); lua_pop(L, 1); }
+static inline int sl_isinteger_number(lua_State *L, int idx) { return lua_isinteger(L, idx); }
+
+/* Runs a chunk like lua.c's dochunk but returns the status; used by tests and the CLI. */
+int sl_loadbuffer(lua_State *L, const char *buf, size_t len, const char *name);
+
+/* Monotonic clock in nanoseconds (CLOCK_MONOTONIC). */
+uint64_t sl_monotonic_ns(void);
+
+/* Interrupt support (REPL Ctrl-C, graceful stop): sets a hook that raises
+ * "interrupted!" at the next instruction, as lua.c does. Safe to call from a signal
+ * handler: lua_sethook is documented as signal-safe. */
+void sl_interrupt(lua_State *L);
+
+#endif

@@ -1,0 +1,68 @@
+import CLua
+import CScopeLua
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What Lua sees: globals, modules and metatables, installed into a fresh state.
+enum Bindings {
+    static func install(_ rt: Runtime) {
+        let L = rt.L
+        ScopeBindings.install(rt, L)
+        FileBindings.install(rt, L)
+        TimerBindings.install(rt, L)
+        installPackagePath(rt, L)
+    }
+
+    /// `_G[name] = value on top` without metamethods. Stack: -1.
+    static func setGlobal(_ L: LuaState, _ name: String) {
+        lua_rawgeti(L, Lua.registry, lua_Integer(LUA_RIDX_GLOBALS))
+        lua_rotate(L, -2, 1)
+        Lua.setField(L, -2, name)
+        sl_pop(L, 1)
+    }
+
+    /// Pushes `_G[name]` without metamethods. Stack: +1.
+    @discardableResult
+    static func getGlobal(_ L: LuaState, _ name: String) -> Int32 {
+        lua_rawgeti(L, Lua.registry, lua_Integer(LUA_RIDX_GLOBALS))
+        let t = Lua.rawField(L, -1, name)
+        sl_remove(L, -2)
+        return t
+    }
+
+    /// Publishes the module table on top as global `name` and as `require "scope.<name>"`
+    /// (a preload entry returning the same table). Stack: -1.
+    static func publishModule(_ L: LuaState, _ name: String) {
+        Bindings.getGlobal(L, "package")
+        Lua.rawField(L, -1, "preload")
+        lua_pushvalue(L, -3)
+        sl_pushconstant(L)
+        Lua.setField(L, -2, "scope.\(name)")
+        sl_pop(L, 2)
+        setGlobal(L, name)
+    }
+
+    /// Puts the shipped Lua modules (`stdlib/`) first on `package.path`.
+    private static func installPackagePath(_ rt: Runtime, _ L: LuaState) {
+        guard let dir = stdlibDirectory(rt.options.stdlibPath) else { return }
+        getGlobal(L, "package")
+        let current = Lua.rawField(L, -1, "path") == LUA_TSTRING ? Lua.string(L, -1) ?? "" : ""
+        sl_pop(L, 1)
+        Lua.push(L, "\(dir)/?.lua;\(dir)/?/init.lua;" + current)
+        Lua.setField(L, -2, "path")
+        sl_pop(L, 1)
+    }
+
+    /// `SCOPELUA_STDLIB`, else the explicit option, else the source tree's `stdlib/`
+    /// (this file lives in Sources/ScopeLua/Bindings/).
+    static func stdlibDirectory(_ explicit: String?) -> String? {
+        if let env = getenv("SCOPELUA_STDLIB") { return String(cString: env) }
+        if let explicit { return explicit }
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count > 4 else { return nil }
+        parts.removeLast(4)
+        let dir = parts.joined(separator: "/") + "/stdlib"
+        return access(dir, F_OK) == 0 ? dir : nil
+    }
+}

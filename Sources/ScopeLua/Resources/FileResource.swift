@@ -1,0 +1,128 @@
+import CLua
+import CScopeLua
+
+extension ResourceKind {
+    static let file = ResourceKind(name: "file", index: 0)
+    static let ioFile = ResourceKind(name: "io", index: 3)
+}
+
+/// A file opened with `fs.open`: a stock io file the runtime holds (through a registry
+/// reference, so the collector cannot close it behind the runtime's back) and closes
+/// exactly once. Data written is on disk once the handle is released.
+final class FileResource: Resource {
+    /// Registry reference to the inner io file.
+    private(set) var inner: Int32
+
+    init(id: Int, path: String, site: Site, inner: Int32) {
+        self.inner = inner
+        super.init(id: id, kind: .file, label: path, site: site)
+    }
+
+    /// Pushes the inner io file. Stack: +1.
+    func pushInner(_ L: LuaState) {
+        lua_rawgeti(L, Lua.registry, lua_Integer(inner))
+    }
+
+    override func pushField(_ key: String, _ runtime: Runtime, _ L: LuaState) -> Bool {
+        guard key == "path", let label else { return false }
+        Lua.push(L, label)
+        return true
+    }
+
+    override func close(_ runtime: Runtime, _ L: LuaState, error errIndex: Int32) -> Bool {
+        pushInner(L)
+        let errno = sl_closeiofile(L, -1)
+        luaL_unref(L, Lua.registry, inner)
+        inner = LUA_NOREF
+        guard errno != 0 else {
+            sl_pop(L, 1)
+            return true
+        }
+        let reason = Lua.describe(L, -1)
+        sl_pop(L, 2)
+        Lua.push(L, "release of \(runtime.describe(self)) failed: \(reason)")
+        return false
+    }
+}
+
+/// A file from the stock `io.open`, adopted by the scope that was current: closed when
+/// that scope ends if the script has not closed it. The runtime holds it weakly, so io's
+/// own behaviour, collection included, is unchanged.
+final class AdoptedFile: Resource {
+    init(id: Int, path: String, site: Site) {
+        super.init(id: id, kind: .ioFile, label: path, site: site)
+    }
+
+    /// Pushes the io file if the script still has it. Stack: +1 or 0.
+    func pushFile(_ runtime: Runtime, _ L: LuaState) -> Bool {
+        lua_rawgeti(L, Lua.registry, lua_Integer(runtime.adopted.tableRef))
+        let found = lua_rawgeti(L, -1, lua_Integer(id)) != LUA_TNIL
+        sl_remove(L, -2)
+        if !found { sl_pop(L, 1) }
+        return found
+    }
+
+    /// Whether the script still has the file and it is open. Stack: 0.
+    func stillOpen(_ runtime: Runtime, _ L: LuaState) -> Bool {
+        guard pushFile(runtime, L) else { return false }
+        defer { sl_pop(L, 1) }
+        return sl_iofile(L, -1) != nil
+    }
+
+    override func close(_ runtime: Runtime, _ L: LuaState, error errIndex: Int32) -> Bool {
+        guard pushFile(runtime, L) else { return true }
+        lua_rawgeti(L, Lua.registry, lua_Integer(runtime.adopted.tableRef))
+        lua_pushnil(L)
+        lua_rawseti(L, -2, lua_Integer(id))
+        sl_pop(L, 1)
+        let errno = sl_closeiofile(L, -1)
+        guard errno != 0 else {
+            sl_pop(L, 1)
+            return true
+        }
+        let reason = Lua.describe(L, -1)
+        sl_pop(L, 2)
+        Lua.push(L, "release of \(runtime.describe(self)) failed: \(reason)")
+        return false
+    }
+}
+
+/// The adopted io files still believed open, and the weak table (id → io file) that
+/// finds them. Files the script closes itself are noticed lazily: when the list has
+/// doubled since the last sweep, closed or collected files are dropped (released "by
+/// handle"), so a loop of io.open/close stays O(1) amortized.
+struct AdoptedFiles {
+    var tableRef: Int32 = LUA_NOREF
+    var live: [AdoptedFile] = []
+    var threshold = 64
+}
+
+extension Runtime {
+    /// Registers the io file on top of the stack with the current scope. Stack: 0.
+    func adoptIOFile(_ f: AdoptedFile, _ L: LuaState) {
+        lua_rawgeti(L, Lua.registry, lua_Integer(adopted.tableRef))
+        lua_pushvalue(L, -2)
+        lua_rawseti(L, -2, lua_Integer(f.id))
+        sl_pop(L, 1)
+        register(f)
+        ledger.counts.acquired += 1
+        if options.trace {
+            diagnose("scopelua: trace: acquire \(describe(f)) in \(current.path) at \(describe(f.site))")
+        }
+        adopted.live.append(f)
+        guard adopted.live.count >= adopted.threshold else { return }
+        // Sweep outside any access to `adopted`: releasing can run Lua code.
+        let list = adopted.live
+        adopted.live = []
+        var kept: [AdoptedFile] = []
+        for f in list where f.isOpen {
+            if f.stillOpen(self, L) {
+                kept.append(f)
+            } else {
+                release(f, L, cause: .handle(.unknown), error: 0)
+            }
+        }
+        adopted.live += kept
+        adopted.threshold = max(64, adopted.live.count * 2)
+    }
+}
