@@ -108,7 +108,7 @@ void sl_pushindex(lua_State *L, sl_SwiftFunction fields) {
  * released long before it is collected; this keeps their finalization out of Swift. */
 static int handlegc(lua_State *L) {
   sl_Handle *h = (sl_Handle *)lua_touserdata(L, 1);
-  if (h == NULL || h->record == NULL) return 0;
+  if (h == NULL || h->how != SL_OPEN) return 0;
   sl_SwiftFunction leak = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
   callswift(L, leak);  /* never raises: errors in __gc would only become warnings */
   return 0;
@@ -124,25 +124,33 @@ sl_Handle *sl_tohandle(lua_State *L, int idx, const void *const *metatables, int
   sl_Handle *h = (sl_Handle *)lua_touserdata(L, idx);
   if (h->kind < 0 || h->kind >= nkinds || metatables[h->kind] == NULL) return NULL;
   if (!lua_getmetatable(L, idx)) return NULL;
-  int ok = lua_topointer(L, -1) == metatables[h->kind];
+  const void *mt = lua_topointer(L, -1);
+  int ok = mt == metatables[h->kind] || mt == metatables[nkinds + h->kind];
   lua_pop(L, 1);
   return ok ? h : NULL;
 }
 
 #define SITE_PIN_KEY "scopelua.sitepin"
 
-int sl_site(lua_State *L, const char *known, sl_Site *out) {
+int sl_site(lua_State *L, const void *knownfn, sl_Site *out) {
   lua_Debug ar;
   for (int level = 1; level < 12 && lua_getstack(L, level, &ar); level++) {
-    lua_getinfo(L, "Sl", &ar);
-    if (ar.currentline <= 0 || ar.source == NULL) continue;
-    out->source = ar.source;
-    out->line = ar.currentline;
-    if (ar.source != known) {
-      memcpy(out->short_src, ar.short_src, LUA_IDSIZE);
-      lua_getinfo(L, "f", &ar);
-      lua_setfield(L, LUA_REGISTRYINDEX, SITE_PIN_KEY);
+    lua_getinfo(L, "fl", &ar);  /* pushes the function */
+    if (ar.currentline <= 0) {
+      lua_pop(L, 1);
+      continue;
     }
+    out->line = ar.currentline;
+    out->function = lua_topointer(L, -1);
+    if (out->function == knownfn) {  /* the pinned function: same source as last time */
+      lua_pop(L, 1);
+      return 1;
+    }
+    lua_pushvalue(L, -1);
+    lua_getinfo(L, ">S", &ar);       /* pops the copy */
+    out->source = ar.source;
+    memcpy(out->short_src, ar.short_src, LUA_IDSIZE);
+    lua_setfield(L, LUA_REGISTRYINDEX, SITE_PIN_KEY);  /* pin the function */
     return 1;
   }
   return 0;

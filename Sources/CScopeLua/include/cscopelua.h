@@ -18,43 +18,51 @@
 typedef int (*sl_SwiftFunction)(lua_State *L);
 #define SL_RAISE (-1)
 
-/* The memory of every resource handle (a full userdata with one user value: the label).
- * `record` points at the Swift Resource while the resource is open (unretained: the
- * owning scope keeps it alive) and is NULL once released; the rest describes the handle
- * after its Swift record is gone, for tostring and "used after release" messages. */
+/* The memory of every resource handle (a full userdata), and the runtime's record of the
+ * resource: scopes register handles, not Swift objects, so the hot path (acquire,
+ * release) needs no allocation or reference counting on the Swift side. The memory is
+ * valid while the resource is open: its finalizer would release the resource first.
+ * Kinds with Swift-side state (files, databases) keep a Swift object in `record`;
+ * those handles also carry their label as user value 1, to describe them after release. */
 typedef struct sl_Handle {
-  void *record;
+  void *record;              /* Swift Resource, retained while open; NULL for plain kinds */
+  void *scope;               /* owning Scope (unretained) while open */
+  struct sl_Handle *owner;   /* owning handle (a statement's connection) while open */
   int64_t id;
+  uint64_t start;            /* acquisition time, monotonic ns */
+  int64_t value;             /* kind-specific: a timer's elapsed ns once released */
+  int64_t detail;            /* released: interned scope path, or the owner's id */
   int32_t kind;
-  int32_t how;          /* SL_OPEN, or how it was released */
-  int32_t source;       /* released at: interned source index and line... */
-  int32_t line;
-  int64_t detail;       /* ...or the interned scope path / the owner's id */
-  int64_t value;        /* kind-specific result kept after release (a timer's ns) */
+  int32_t how;               /* SL_OPEN, or how it was released */
+  int32_t slot;              /* index in its scope's registry while open */
+  int32_t aux;               /* kind-specific: a timer's label index */
+  int32_t source, line;      /* acquired at (interned source, line) */
+  int32_t relsource, relline;/* released at; the owner's kind for SL_BY_PARENT */
 } sl_Handle;
 
 enum { SL_OPEN = 0, SL_BY_HANDLE = 1, SL_BY_SCOPE = 2, SL_BY_PARENT = 3, SL_BY_GC = 4, SL_BY_CLOSE = 5 };
 
 /* The handle at `idx` if it is a userdata of handle size whose metatable is
- * `metatables[kind]` (for any kind < nkinds), else NULL. Cheap enough for every call. */
+ * `metatables[kind]` or, once released, `metatables[nkinds + kind]`; else NULL. Cheap
+ * enough for every call. */
 sl_Handle *sl_tohandle(lua_State *L, int idx, const void *const *metatables, int nkinds);
 
 /* The script position of the innermost Lua function on the stack. */
 typedef struct sl_Site {
-  const char *source;            /* the chunk's source string (identity, not content) */
+  const void *function;          /* the running function (identity) */
+  const char *source;            /* its chunk's source; set with short_src on a change */
   int line;
-  char short_src[LUA_IDSIZE];    /* filled only when `source` differs from `known` */
+  char short_src[LUA_IDSIZE];
 } sl_Site;
 
-/* Why: every acquisition records its site, so this is on the hot path. When the source
- * differs from `known`, the function is pinned in the registry: its source string then
- * stays alive, so a later pointer match can only be the very same string (no content
- * compare needed, no recycled address can mislabel a site). Returns 0 if no Lua function
- * with a line is on the stack. */
-int sl_site(lua_State *L, const char *known, sl_Site *out);
+/* Why: every acquisition records its site, so this is on the hot path. When the running
+ * function is `knownfn` (the one pinned last time), only the line is computed; otherwise
+ * the source is looked up and the function pinned in the registry, so that its address
+ * cannot be reused by another function while it is the known one. Returns 0 if no Lua
+ * function with a line is on the stack. */
+int sl_site(lua_State *L, const void *knownfn, sl_Site *out);
 
-/* Pushes the __gc function for handle metatables. Released handles (record == NULL,
- * nearly all of them) return at once in C; an open one is a leak and goes to `leak`
+/* Pushes the __gc function for handle metatables. Released handles (nearly all of them) return at once in C; an open one is a leak and goes to `leak`
  * (Swift) to be reported and released. */
 void sl_pushhandlegc(lua_State *L, sl_SwiftFunction leak);
 

@@ -56,7 +56,7 @@ enum FileBindings {
         let path = Lua.describe(L, 1, metamethods: false)
         let site = rt.currentSite(L)
         let inner = luaL_ref(L, Lua.registry)
-        rt.acquire(FileResource(id: rt.newID(), path: path, site: site, inner: inner), L, labelIndex: 1)
+        rt.acquire(.file, FileResource(path: path, inner: inner), L, site: site, labelIndex: 1)
         return 1
     }
 
@@ -64,8 +64,7 @@ enum FileBindings {
     /// hand back the very same io file.
     static let adopt: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
-        let f = AdoptedFile(id: rt.newID(), path: Lua.describe(L, 1, metamethods: false), site: rt.currentSite(L))
-        rt.adoptIOFile(f, L)
+        rt.adoptIOFile(path: Lua.describe(L, 1, metamethods: false), L)
         return 1
     }
 
@@ -73,7 +72,8 @@ enum FileBindings {
     /// runtime's message (wrong type, used after release).
     static let unwrap: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
-        guard let r = HandleBindings.checkOpen(rt, L, 1, kind: .file) as? FileResource else { return raise }
+        guard let h = HandleBindings.checkOpen(rt, L, 1, kind: .file) else { return raise }
+        guard let r = h.pointee.resource as? FileResource else { return raise }
         r.pushInner(L)
         sl_replace(L, 1)
         return 0

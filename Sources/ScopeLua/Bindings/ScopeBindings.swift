@@ -78,8 +78,9 @@ enum ScopeBindings {
         }
         let site = rt.currentSite(L)
         lua_settop(L, 1)
-        let ref = luaL_ref(L, Lua.registry)
-        rt.register(DeferredCall(id: rt.newID(), site: site, function: ref))
+        let call = DeferredCall(function: luaL_ref(L, Lua.registry))
+        rt.acquire(.defer, call, L, site: site)
+        call.anchor = luaL_ref(L, Lua.registry)
         return 0
     }
 
@@ -92,11 +93,11 @@ enum ScopeBindings {
             Lua.pushTypeError(L, max(n, 1), "function")
             return raise
         }
-        var held: [Resource] = []
+        var held: [Handle] = []
         held.reserveCapacity(Int(n - 1))
         for i in 1..<n {
-            guard let r = HandleBindings.checkOpen(rt, L, i) else { return raise }
-            held.append(r)
+            guard let h = HandleBindings.checkOpen(rt, L, i) else { return raise }
+            held.append(h)
         }
         let site = rt.currentSite(L)
         // Stack: r1..rn-1 fn | msgh fn r1..rn-1
@@ -108,8 +109,8 @@ enum ScopeBindings {
         let first = msgh + 1
         let errIndex: Int32 = status == LUA_OK ? 0 : first
         var failures: Int32 = 0
-        for r in held.reversed() {
-            failures += rt.release(r, L, cause: .handle(site), error: errIndex)
+        for h in held.reversed() {
+            failures += rt.release(h, L, cause: .handle(site), error: errIndex)
         }
         if status == LUA_OK {
             if rt.mergeErrors(L, primary: 0, failures: failures) { return raise }
@@ -169,7 +170,7 @@ enum ScopeBindings {
     static let resources: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard let s = checkScope(L, 1) else { return raise }
-        let open = s.openResources.filter(\.isHandle)
+        let open = s.openHandles.filter { $0.pointee.resource?.isHandle ?? true }
         lua_createtable(L, Int32(open.count), 0)
         for (i, r) in open.enumerated() {
             rt.pushDescriptor(r, L)

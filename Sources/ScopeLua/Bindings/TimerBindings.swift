@@ -21,6 +21,17 @@ enum TimerBindings {
             Lua.pushTypeError(L, 1, "string")
             return raise
         }
+        let index = labelIndex(rt, L)
+        rt.acquire(.timer, nil, L, site: rt.currentSite(L), aux: Int32(index))
+        return 1
+    }
+
+    /// The ledger index of the label at index 1. The last label string is pinned, so
+    /// the same string (Lua interns short strings) is found by pointer alone.
+    @inline(__always)
+    static func labelIndex(_ rt: Runtime, _ L: LuaState) -> Int {
+        let p = lua_topointer(L, 1)
+        if p == rt.lastTimerLabel, p != nil { return rt.lastTimerLabelIndex }
         lua_rawgeti(L, Lua.registry, lua_Integer(rt.timerLabelsRef))
         lua_pushvalue(L, 1)
         let index: Int
@@ -35,20 +46,18 @@ enum TimerBindings {
             lua_rawset(L, -3)
             sl_pop(L, 1)
         }
-        let timer = TimerResource(id: rt.newID(), label: rt.ledger.timerLabels[index], labelIndex: index,
-                                  site: rt.currentSite(L))
-        rt.acquire(timer, L, labelIndex: 1)
-        return 1
+        lua_pushvalue(L, 1)
+        Lua.setRegistryField(L, "scopelua.lasttimerlabel")
+        rt.lastTimerLabel = p
+        rt.lastTimerLabelIndex = index
+        return index
     }
 
     static let elapsed: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard let h = HandleBindings.check(rt, L, 1, kind: .timer) else { return raise }
-        if let t = rt.resource(at: 1, L) as? TimerResource {
-            lua_pushnumber(L, t.elapsed)
-        } else {
-            lua_pushnumber(L, Double(h.pointee.value) / 1e9)
-        }
+        let nanos = h.pointee.isOpen ? sl_monotonic_ns() &- h.pointee.start : UInt64(h.pointee.value)
+        lua_pushnumber(L, Double(nanos) / 1e9)
         return 1
     }
 

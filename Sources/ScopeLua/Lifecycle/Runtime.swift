@@ -36,9 +36,11 @@ public final class Runtime {
     private var nextID = 0
     private var closed = false
 
-    /// Metatable registry references and identities, indexed by `ResourceKind.index`.
-    var metatableRefs = [Int32](repeating: LUA_NOREF, count: ResourceKind.count)
-    var metatablePointers = [UnsafeRawPointer?](repeating: nil, count: ResourceKind.count)
+    /// Metatable registry references and identities, indexed by `ResourceKind.index`;
+    /// then, at `ResourceKind.count + index`, the same metatable without `__gc`, which a
+    /// handle gets once released so the collector need not call its finalizer.
+    var metatableRefs = [Int32](repeating: LUA_NOREF, count: 2 * ResourceKind.count)
+    var metatablePointers = [UnsafeRawPointer?](repeating: nil, count: 2 * ResourceKind.count)
     /// Kind names by `ResourceKind.index`, for handles whose record is gone.
     var kindNames = [String](repeating: "resource", count: ResourceKind.count)
     /// Interned scope paths, for "released at the end of scope ..." after the scope is gone.
@@ -48,14 +50,17 @@ public final class Runtime {
     /// Interned script sources for `Site`s.
     private var sourceNames: [String] = []
     private var sourceKeys: [String: Int32] = [:]
-    /// The source of the last site (pinned by the C side, see `sl_site`).
-    private var lastSource: UnsafePointer<CChar>?
+    /// The function of the last site (pinned by the C side, see `sl_site`).
+    private var lastFunction: UnsafeRawPointer?
     private var lastSourceIndex: Int32 = -1
     private var siteScratch = sl_Site()
 
     /// Per-kind state that binding files keep on the runtime.
     var timerLabelsRef: Int32 = LUA_NOREF
+    var lastTimerLabel: UnsafeRawPointer?
+    var lastTimerLabelIndex = 0
     var adopted = AdoptedFiles()
+
 
     public init(options: RuntimeOptions = RuntimeOptions()) {
         guard let state = sl_newstate() else {
@@ -86,6 +91,13 @@ public final class Runtime {
         return (Unmanaged<Runtime>.fromOpaque(raw).takeUnretainedValue(), L)
     }
 
+    /// The runtime that owns `L`, for hot paths that must not pay for reference
+    /// counting: the runtime outlives every call into it from its own state.
+    @inline(__always)
+    static func unretained(_ L: LuaState) -> Unmanaged<Runtime> {
+        Unmanaged<Runtime>.fromOpaque(sl_extraspace(L).unsafelyUnwrapped.load(as: UnsafeMutableRawPointer.self))
+    }
+
     func newID() -> Int {
         nextID += 1
         return nextID
@@ -97,21 +109,23 @@ public final class Runtime {
     /// called into the runtime). Stack: 0.
     @inline(__always)
     func currentSite(_ L: LuaState) -> Site {
-        guard sl_site(L, lastSource, &siteScratch) != 0 else { return .unknown }
-        if siteScratch.source != lastSource {
-            lastSource = siteScratch.source
-            let short = withUnsafeBytes(of: &siteScratch.short_src) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress.unsafelyUnwrapped)
-            }
-            if let known = sourceKeys[short] {
-                lastSourceIndex = known
-            } else {
-                lastSourceIndex = Int32(sourceNames.count)
-                sourceNames.append(short)
-                sourceKeys[short] = lastSourceIndex
-            }
-        }
+        guard sl_site(L, lastFunction, &siteScratch) != 0 else { return .unknown }
+        if siteScratch.function != lastFunction { internSiteSource() }
         return Site(source: lastSourceIndex, line: siteScratch.line)
+    }
+
+    private func internSiteSource() {
+        lastFunction = siteScratch.function
+        let short = withUnsafeBytes(of: &siteScratch.short_src) { raw in
+            String(cString: raw.bindMemory(to: CChar.self).baseAddress.unsafelyUnwrapped)
+        }
+        if let known = sourceKeys[short] {
+            lastSourceIndex = known
+        } else {
+            lastSourceIndex = Int32(sourceNames.count)
+            sourceNames.append(short)
+            sourceKeys[short] = lastSourceIndex
+        }
     }
 
     func describe(_ site: Site) -> String {
@@ -119,10 +133,37 @@ public final class Runtime {
         return "\(sourceNames[Int(site.source)]):\(site.line)"
     }
 
-    /// `file#3 "out.log"`.
-    func describe(_ r: Resource) -> String {
-        if let label = r.label { return "\(r.kind.name)#\(r.id) \"\(label)\"" }
-        return "\(r.kind.name)#\(r.id)"
+    /// Kind name and id: `file#3`.
+    func shortName(_ h: Handle) -> String {
+        "\(kindNames[Int(h.pointee.kind)])#\(h.pointee.id)"
+    }
+
+    /// The label of an open handle: its Swift state's, or a timer's interned label.
+    func label(_ h: Handle) -> String? {
+        if let r = h.pointee.resource { return r.label }
+        if h.pointee.kind == ResourceKind.timer.rawValue {
+            let i = Int(h.pointee.aux)
+            return i >= 0 && i < ledger.timerLabels.count ? ledger.timerLabels[i] : nil
+        }
+        return nil
+    }
+
+    /// `file#3 "out.log"` for an open handle (or a plain kind in any state).
+    func describe(_ h: Handle) -> String {
+        if let label = label(h) { return "\(shortName(h)) \"\(label)\"" }
+        return shortName(h)
+    }
+
+    /// `file#3 "out.log"` for the handle userdata at `idx`, open or released: a released
+    /// handle's label is its user value. Stack: 0.
+    func describeHandle(_ h: Handle, _ L: LuaState, _ idx: Int32) -> String {
+        if h.pointee.isOpen || h.pointee.kind == ResourceKind.timer.rawValue { return describe(h) }
+        guard lua_getiuservalue(L, idx, 1) == LUA_TSTRING, let label = Lua.string(L, -1) else {
+            sl_pop(L, 1)
+            return shortName(h)
+        }
+        sl_pop(L, 1)
+        return "\(shortName(h)) \"\(label)\""
     }
 
     func internPath(_ scope: Scope) -> Int {
@@ -138,27 +179,21 @@ public final class Runtime {
     }
 
     /// How a released handle was released, from its own memory.
-    func describeRelease(_ h: UnsafeMutablePointer<sl_Handle>) -> String {
+    func describeRelease(_ h: Handle) -> String {
         let p = h.pointee
         switch p.how {
-        case Int32(SL_BY_HANDLE): return "released at \(describe(Site(source: p.source, line: p.line)))"
+        case Int32(SL_BY_HANDLE): return "released at \(describe(Site(source: p.relsource, line: p.relline)))"
+        case Int32(SL_BY_CLOSE):
+            return "released by <close> at the end of the block that acquired it at \(describe(p.site))"
         case Int32(SL_BY_SCOPE):
             let path = p.detail >= 0 && Int(p.detail) < scopePaths.count ? scopePaths[Int(p.detail)] : "?"
             return "released at the end of scope \(path)"
         case Int32(SL_BY_PARENT):
-            return "released with \(kindNames[Int(p.source)])#\(p.detail)"
+            let kind = p.relsource >= 0 && Int(p.relsource) < kindNames.count ? kindNames[Int(p.relsource)] : "resource"
+            return "released with \(kind)#\(p.detail)"
         case Int32(SL_BY_GC): return "reclaimed by the garbage collector"
         default: return "open"
         }
-    }
-
-    /// `file#3 "out.log"` for the handle at `idx`, open or not. Stack: 0.
-    func describeHandle(_ h: UnsafeMutablePointer<sl_Handle>, _ L: LuaState, _ idx: Int32) -> String {
-        let name = kindNames[Int(h.pointee.kind)]
-        lua_getiuservalue(L, idx, 1)
-        defer { sl_pop(L, 1) }
-        if let label = Lua.string(L, -1) { return "\(name)#\(h.pointee.id) \"\(label)\"" }
-        return "\(name)#\(h.pointee.id)"
     }
 
     func diagnose(_ line: String) {
@@ -167,90 +202,125 @@ public final class Runtime {
 
     // MARK: - Acquire and release
 
-    /// Registers `r` in `scope` (default: the current scope) and pushes its handle.
-    /// Stack: +1.
-    func acquire(_ r: Resource, _ L: LuaState, in scope: Scope? = nil, labelIndex: Int32 = 0) {
-        (scope ?? current).add(r)
-        ledger.counts.acquired += 1
-        if options.trace {
-            diagnose("scopelua: trace: acquire \(describe(r)) in \((scope ?? current).path) at \(describe(r.site))")
+    /// Creates a handle of `kind`, registers it in `scope` (default: the current one)
+    /// and pushes it. `resource` is the kind's Swift state, if it has any; its label is
+    /// the Lua string at `labelIndex` when given. Stack: +1.
+    @discardableResult
+    func acquire(_ kind: ResourceKind, _ resource: Resource?, _ L: LuaState, site: Site,
+                 in scope: Scope? = nil, labelIndex: Int32 = 0, aux: Int32 = 0) -> Handle {
+        let labelIndex = labelIndex == 0 ? 0 : lua_absindex(L, labelIndex)
+        let h = lua_newuserdatauv(L, MemoryLayout<sl_Handle>.size, resource == nil ? 0 : 1).unsafelyUnwrapped
+            .bindMemory(to: sl_Handle.self, capacity: 1)
+        h.initialize(to: sl_Handle(
+            record: resource.map { Unmanaged.passRetained($0).toOpaque() }, scope: nil, owner: nil,
+            id: Int64(newID()), start: sl_monotonic_ns(), value: 0, detail: 0,
+            kind: Int32(kind.index), how: Int32(SL_OPEN), slot: -1, aux: aux,
+            source: site.source, line: site.line, relsource: 0, relline: 0))
+        if let resource {
+            if labelIndex != 0 {
+                lua_pushvalue(L, labelIndex)
+            } else if let label = resource.label {
+                Lua.push(L, label)
+            } else {
+                lua_pushnil(L)
+            }
+            lua_setiuservalue(L, -2, 1)
         }
-        pushHandle(r, L, labelIndex: labelIndex)
-    }
-
-    /// Registers a resource that has no handle of its own (a `defer`). Stack: 0.
-    func register(_ r: Resource) {
-        current.add(r)
+        lua_rawgeti(L, Lua.registry, lua_Integer(metatableRefs[kind.index]))
+        _ = lua_setmetatable(L, -2)
+        let owner = scope ?? current
+        owner.add(h)
+        ledger.counts.acquired += 1
+        if options.trace { traceAcquire(h, owner) }
+        return h
     }
 
     /// Makes `child` owned by `owner` as well as by its scope: `owner` releases it first.
-    func adopt(_ child: Resource, by owner: Resource) {
-        child.owner = owner
-        owner.children.append(child)
+    func adopt(_ child: Handle, by owner: Handle) {
+        guard let r = owner.pointee.resource else { return }
+        child.pointee.owner = owner
+        r.children.append(child)
     }
 
-    /// Releases `r` once: marks it released, takes it out of its scope and owner,
-    /// releases its children (newest first), then runs its release handler.
+    /// Releases the handle's resource once: marks it released, takes it out of its scope
+    /// and owner, releases its children (newest first), then runs its release handler.
     /// Returns the number of failures, each pushed on the stack as an error object.
     @discardableResult
-    func release(_ r: Resource, _ L: LuaState, cause: ReleaseCause, error errIndex: Int32) -> Int32 {
-        guard r.isOpen else { return 0 }
-        r.releasedBy = cause
-        if let h = r.handle {
-            r.handle = nil
-            h.pointee.record = nil
-            switch cause {
-            case .handle(let site):
-                h.pointee.how = Int32(SL_BY_HANDLE)
-                h.pointee.source = site.source
-                h.pointee.line = site.line
-            case .scopeEnd(let scope):
-                h.pointee.how = Int32(SL_BY_SCOPE)
-                h.pointee.detail = Int64(internPath(scope))
-            case .parent(let owner):
-                h.pointee.how = Int32(SL_BY_PARENT)
-                h.pointee.source = Int32(owner.kind.index)
-                h.pointee.detail = Int64(owner.id)
-            case .closed:
-                h.pointee.how = Int32(SL_BY_CLOSE)
-                h.pointee.source = r.site.source
-                h.pointee.line = r.site.line
-            case .collected:
-                h.pointee.how = Int32(SL_BY_GC)
-            }
-            r.finish(h)
-        }
-        r.scope?.remove(r)
-        if let owner = r.owner {
-            r.owner = nil
-            if let i = owner.children.lastIndex(where: { $0 === r }) { owner.children.remove(at: i) }
-        }
-        var failures: Int32 = 0
-        while let child = r.children.popLast() {
-            failures += release(child, L, cause: .parent(r), error: errIndex)
-        }
+    func release(_ h: Handle, _ L: LuaState, cause: ReleaseCause, error errIndex: Int32) -> Int32 {
+        guard h.pointee.isOpen else { return 0 }
         switch cause {
-        case .handle, .closed: ledger.counts.releasedByHandle += 1
-        case .scopeEnd, .parent: ledger.counts.releasedByScope += 1
-        case .collected: ledger.counts.leaked += 1
+        case .closed:
+            h.pointee.how = Int32(SL_BY_CLOSE)
+            ledger.counts.releasedByHandle += 1
+        case .handle(let site):
+            h.pointee.how = Int32(SL_BY_HANDLE)
+            h.pointee.relsource = site.source
+            h.pointee.relline = site.line
+            ledger.counts.releasedByHandle += 1
+        case .scopeEnd(let scope):
+            h.pointee.how = Int32(SL_BY_SCOPE)
+            h.pointee.detail = Int64(internPath(scope))
+            ledger.counts.releasedByScope += 1
+        case .parent(let owner):
+            h.pointee.how = Int32(SL_BY_PARENT)
+            h.pointee.relsource = owner.pointee.kind
+            h.pointee.detail = owner.pointee.id
+            ledger.counts.releasedByScope += 1
+        case .collected:
+            h.pointee.how = Int32(SL_BY_GC)
+            ledger.counts.leaked += 1
         }
-        if options.trace {
-            let how: String
-            switch cause {
-            case .handle(let site): how = "at \(describe(site))"
-            case .closed: how = "by <close>"
-            case .scopeEnd(let s): how = "by the end of \(s.path)"
-            case .collected: how = "by the garbage collector"
-            case .parent(let owner): how = "with \(describe(owner))"
-            }
-            diagnose("scopelua: trace: release \(describe(r)) \(how)")
+        h.pointee.owningScope?.remove(h)
+        if let owner = h.pointee.owner {
+            h.pointee.owner = nil
+            if let r = owner.pointee.resource, let i = r.children.lastIndex(of: h) { r.children.remove(at: i) }
+        }
+        if options.trace { traceRelease(h, cause) }
+        guard let raw = h.pointee.record else {
+            closePlain(h)
+            return 0
+        }
+        let r = Unmanaged<Resource>.fromOpaque(raw).takeUnretainedValue()
+        var failures: Int32 = 0
+        while !r.children.isEmpty, let child = r.children.popLast() {
+            failures += release(child, L, cause: .parent(h), error: errIndex)
         }
         _ = lua_checkstack(L, 8)
-        if !r.close(self, L, error: errIndex) {
+        if !r.close(self, L, h, error: errIndex) {
             ledger.counts.releaseErrors += 1
             failures += 1
         }
+        h.pointee.record = nil
+        Unmanaged<Resource>.fromOpaque(raw).release()
         return failures
+    }
+
+    /// Release handlers of kinds without Swift state.
+    @inline(__always)
+    private func closePlain(_ h: Handle) {
+        if h.pointee.kind == ResourceKind.timer.rawValue {
+            let elapsed = sl_monotonic_ns() &- h.pointee.start
+            h.pointee.value = Int64(elapsed)
+            ledger.recordTimer(Int(h.pointee.aux), nanos: elapsed)
+        }
+    }
+
+    @inline(never)
+    private func traceAcquire(_ h: Handle, _ scope: Scope) {
+        diagnose("scopelua: trace: acquire \(describe(h)) in \(scope.path) at \(describe(h.pointee.site))")
+    }
+
+    @inline(never)
+    private func traceRelease(_ h: Handle, _ cause: ReleaseCause) {
+        let how: String
+        switch cause {
+        case .handle(let site): how = "at \(describe(site))"
+        case .closed: how = "by <close>"
+        case .scopeEnd(let s): how = "by the end of \(s.path)"
+        case .collected: how = "by the garbage collector"
+        case .parent(let owner): how = "with \(describe(owner))"
+        }
+        diagnose("scopelua: trace: release \(describe(h)) \(how)")
     }
 
     /// Ends `scope`: releases everything still open in it, newest first, passing the
@@ -258,8 +328,8 @@ public final class Runtime {
     /// stop the others. Returns the number of failures pushed on the stack.
     func endScope(_ scope: Scope, _ L: LuaState, error errIndex: Int32) -> Int32 {
         var failures: Int32 = 0
-        while let r = scope.popNewest() {
-            failures += release(r, L, cause: .scopeEnd(scope), error: errIndex)
+        while let h = scope.popNewest() {
+            failures += release(h, L, cause: .scopeEnd(scope), error: errIndex)
         }
         return failures
     }
@@ -320,67 +390,47 @@ public final class Runtime {
         return true
     }
 
+    /// Gives the released handle at `idx` the metatable without a finalizer. Stack: 0.
+    @inline(__always)
+    func retire(_ h: Handle, _ L: LuaState, _ idx: Int32) {
+        lua_rawgeti(L, Lua.registry, lua_Integer(metatableRefs[ResourceKind.count + Int(h.pointee.kind)]))
+        _ = lua_setmetatable(L, idx)
+    }
+
     /// The message for using the released handle at `idx`, positioned at the caller.
-    func pushUseAfterRelease(_ h: UnsafeMutablePointer<sl_Handle>, _ L: LuaState, _ idx: Int32) {
+    func pushUseAfterRelease(_ h: Handle, _ L: LuaState, _ idx: Int32) {
         Lua.pushError(L, "\(describeHandle(h, L, idx)) used after release (\(describeRelease(h)))")
     }
 
     // MARK: - Handles
 
-    /// Pushes a new userdata handle for `r`; its label is the Lua string at `labelIndex`
-    /// when given (no copy), else `r.label`. Stack: +1.
-    func pushHandle(_ r: Resource, _ L: LuaState, labelIndex: Int32 = 0) {
-        let labelIndex = labelIndex == 0 ? 0 : lua_absindex(L, labelIndex)
-        let h = lua_newuserdatauv(L, MemoryLayout<sl_Handle>.size, 1).unsafelyUnwrapped
-            .bindMemory(to: sl_Handle.self, capacity: 1)
-        h.initialize(to: sl_Handle(record: Unmanaged.passUnretained(r).toOpaque(), id: Int64(r.id),
-                                   kind: Int32(r.kind.index), how: Int32(SL_OPEN), source: 0, line: 0,
-                                   detail: 0, value: 0))
-        r.handle = h
-        if labelIndex != 0 {
-            lua_pushvalue(L, labelIndex)
-            lua_setiuservalue(L, -2, 1)
-        } else if let label = r.label {
-            Lua.push(L, label)
-            lua_setiuservalue(L, -2, 1)
-        }
-        lua_rawgeti(L, Lua.registry, lua_Integer(metatableRefs[r.kind.index]))
-        _ = lua_setmetatable(L, -2)
-    }
-
-    /// The memory of the handle at `idx` if it is one of the runtime's handles (of
-    /// `kind`, when given), open or released. Stack: 0.
+    /// The handle at `idx` if it is one of the runtime's (of `kind`, when given), open or
+    /// released. Stack: 0.
     @inline(__always)
-    func handle(at idx: Int32, _ L: LuaState, kind: ResourceKind? = nil) -> UnsafeMutablePointer<sl_Handle>? {
+    func handle(at idx: Int32, _ L: LuaState, kind: ResourceKind? = nil) -> Handle? {
         let h = metatablePointers.withUnsafeBufferPointer {
-            sl_tohandle(L, idx, $0.baseAddress, Int32($0.count))
+            sl_tohandle(L, idx, $0.baseAddress, Int32(ResourceKind.count))
         }
         if let kind, let h, h.pointee.kind != Int32(kind.index) { return nil }
         return h
     }
 
-    /// The open resource behind the handle at `idx`, if any. Stack: 0.
-    func resource(at idx: Int32, _ L: LuaState, kind: ResourceKind? = nil) -> Resource? {
-        guard let raw = handle(at: idx, L, kind: kind)?.pointee.record else { return nil }
-        return Unmanaged<Resource>.fromOpaque(raw).takeUnretainedValue()
-    }
-
-    /// Pushes `{ id, kind, label, site, scope, age }` for an open resource. Stack: +1.
-    func pushDescriptor(_ r: Resource, _ L: LuaState) {
+    /// Pushes `{ id, kind, label, site, scope, age }` for an open handle. Stack: +1.
+    func pushDescriptor(_ h: Handle, _ L: LuaState) {
         lua_createtable(L, 0, 6)
-        lua_pushinteger(L, lua_Integer(r.id))
+        lua_pushinteger(L, lua_Integer(h.pointee.id))
         Lua.setField(L, -2, "id")
-        Lua.push(L, r.kind.name)
+        Lua.push(L, kindNames[Int(h.pointee.kind)])
         Lua.setField(L, -2, "kind")
-        if let label = r.label {
+        if let label = label(h) {
             Lua.push(L, label)
             Lua.setField(L, -2, "label")
         }
-        Lua.push(L, describe(r.site))
+        Lua.push(L, describe(h.pointee.site))
         Lua.setField(L, -2, "site")
-        Lua.push(L, r.scope?.path ?? "?")
+        Lua.push(L, h.pointee.owningScope?.path ?? "?")
         Lua.setField(L, -2, "scope")
-        lua_pushnumber(L, Double(sl_monotonic_ns() &- r.acquiredAt) / 1e9)
+        lua_pushnumber(L, Double(sl_monotonic_ns() &- h.pointee.start) / 1e9)
         Lua.setField(L, -2, "age")
     }
 
@@ -477,16 +527,21 @@ public final class Runtime {
     /// Timer statistics so far, in label order of first use.
     public var timers: [TimerSummary] { ledger.timers }
 
-    /// Resources still open, oldest first, in the whole tree: (description, scope path, site).
+    /// Handles still open from the current scope up to the root, oldest first:
+    /// (description, scope path, acquisition site).
     public var openResources: [(resource: String, scope: String, site: String)] {
         var all: [(String, String, String)] = []
-        func walk(_ s: Scope) {
-            for r in s.openResources where r.isHandle {
-                all.append((describe(r), s.path, describe(r.site)))
+        var chain: [Scope] = []
+        var s: Scope? = current
+        while let scope = s {
+            chain.insert(scope, at: 0)
+            s = scope.parent
+        }
+        for scope in chain {
+            for h in scope.openHandles where h.pointee.resource?.isHandle ?? true {
+                all.append((describe(h), scope.path, describe(h.pointee.site)))
             }
         }
-        walk(root)
-        if current !== root { walk(current) }
         return all
     }
 }

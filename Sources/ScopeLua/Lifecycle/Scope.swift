@@ -1,14 +1,19 @@
+import CScopeLua
+
 /// A node of the ownership tree: run → pipeline → stage → worker → task.
 ///
-/// A scope keeps the resources acquired while it was current, oldest first, and
-/// releases what is still open when it ends, newest first. Released resources leave the
-/// registry at once, so a million acquire/release pairs in one scope do not grow it.
+/// A scope keeps the handles acquired while it was current, oldest first, and releases
+/// what is still open when it ends, newest first. Released handles leave the registry at
+/// once, so a million acquire/release pairs in one scope do not grow it. The registry
+/// holds handle pointers: valid while open (see `sl_Handle`), no reference counting.
 final class Scope {
     let name: String
     let parent: Scope?
-    private(set) var entries = ContiguousArray<Resource?>()
+    private(set) var entries = ContiguousArray<Handle?>()
     private var holes = 0
     private(set) var ended = false
+    /// Index of `path` among the runtime's interned paths, once interned.
+    var pathIndex: Int?
 
     init(name: String, parent: Scope?) {
         self.name = name
@@ -18,35 +23,31 @@ final class Scope {
     /// `run/analytics/log_events/task`.
     private(set) lazy var path: String = parent.map { "\($0.path)/\(name)" } ?? name
 
-    /// Index of `path` among the runtime's interned paths, once interned.
-    var pathIndex: Int?
-
     /// Number of open resources (defers included).
     var openCount: Int { entries.count - holes }
 
-    /// Open resources, oldest first.
-    var openResources: [Resource] { entries.compactMap { $0 } }
+    /// Open handles, oldest first.
+    var openHandles: [Handle] { entries.compactMap { $0 } }
 
-    func add(_ r: Resource) {
-        r.scope = self
-        r.slot = entries.count
-        entries.append(r)
+    @inline(__always)
+    func add(_ h: Handle) {
+        h.pointee.scope = Unmanaged.passUnretained(self).toOpaque()
+        h.pointee.slot = Int32(entries.count)
+        entries.append(h)
     }
 
-    /// Removes a resource released before its scope ended. O(1) amortized: the newest
+    /// Removes a handle released before its scope ended. O(1) amortized: the newest
     /// entry is popped; an older one leaves a hole, and holes are compacted once they
     /// are half the registry.
-    func remove(_ r: Resource) {
-        let i = r.slot
-        r.scope = nil
-        r.slot = -1
-        guard i >= 0, i < entries.count, entries[i] === r else { return }
+    @inline(__always)
+    func remove(_ h: Handle) {
+        let i = Int(h.pointee.slot)
+        h.pointee.scope = nil
+        h.pointee.slot = -1
+        guard i >= 0, i < entries.count, entries[i] == h else { return }
         if i == entries.count - 1 {
             entries.removeLast()
-            while let last = entries.last, last == nil {
-                entries.removeLast()
-                holes -= 1
-            }
+            if holes > 0 { trimHoles() }
         } else {
             entries[i] = nil
             holes += 1
@@ -54,25 +55,32 @@ final class Scope {
         }
     }
 
+    private func trimHoles() {
+        while let last = entries.last, last == nil {
+            entries.removeLast()
+            holes -= 1
+        }
+    }
+
     private func compact() {
-        var kept = ContiguousArray<Resource?>()
+        var kept = ContiguousArray<Handle?>()
         kept.reserveCapacity(entries.count - holes)
-        for case let r? in entries {
-            r.slot = kept.count
-            kept.append(r)
+        for case let h? in entries {
+            h.pointee.slot = Int32(kept.count)
+            kept.append(h)
         }
         entries = kept
         holes = 0
     }
 
-    /// Marks the scope as ending and detaches its newest open resource, if any.
-    func popNewest() -> Resource? {
+    /// Marks the scope as ending and detaches its newest open handle, if any.
+    func popNewest() -> Handle? {
         ended = true
         while let last = entries.popLast() {
-            if let r = last {
-                r.scope = nil
-                r.slot = -1
-                return r
+            if let h = last {
+                h.pointee.scope = nil
+                h.pointee.slot = -1
+                return h
             }
             holes -= 1
         }

@@ -13,7 +13,7 @@ let raise: Int32 = SL_RAISE
 
 /// Thin, non-raising helpers over the C API. Each says what it does to the stack.
 enum Lua {
-    static let registry = sl_registryindex()
+    static var registry: Int32 { sl_registryindex() }
 
     /// Pushes `s` (any bytes, embedded zeros allowed). Stack: +1.
     @inline(__always)

@@ -1,22 +1,22 @@
 import CLua
 import CScopeLua
 
-extension ResourceKind {
-    static let `defer` = ResourceKind(name: "defer", index: 2)
-}
-
 /// `defer(fn)`: fn(err) runs when its scope ends, in LIFO order with the resources.
+/// Its handle is never shown to the script; the runtime keeps it alive until released.
 final class DeferredCall: Resource {
     private var function: Int32
+    /// Registry reference that keeps the (hidden) handle alive while registered.
+    var anchor: Int32 = LUA_NOREF
 
-    init(id: Int, site: Site, function: Int32) {
+    init(function: Int32) {
         self.function = function
-        super.init(id: id, kind: .defer, label: nil, site: site)
+        super.init(label: nil)
     }
 
     override var isHandle: Bool { false }
 
-    override func close(_ runtime: Runtime, _ L: LuaState, error errIndex: Int32) -> Bool {
+    override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
+        luaL_unref(L, Lua.registry, anchor)
         lua_rawgeti(L, Lua.registry, lua_Integer(function))
         luaL_unref(L, Lua.registry, function)
         function = LUA_NOREF

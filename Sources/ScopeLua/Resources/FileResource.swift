@@ -1,11 +1,6 @@
 import CLua
 import CScopeLua
 
-extension ResourceKind {
-    static let file = ResourceKind(name: "file", index: 0)
-    static let ioFile = ResourceKind(name: "io", index: 3)
-}
-
 /// A file opened with `fs.open`: a stock io file the runtime holds (through a registry
 /// reference, so the collector cannot close it behind the runtime's back) and closes
 /// exactly once. Data written is on disk once the handle is released.
@@ -13,9 +8,9 @@ final class FileResource: Resource {
     /// Registry reference to the inner io file.
     private(set) var inner: Int32
 
-    init(id: Int, path: String, site: Site, inner: Int32) {
+    init(path: String, inner: Int32) {
         self.inner = inner
-        super.init(id: id, kind: .file, label: path, site: site)
+        super.init(label: path)
     }
 
     /// Pushes the inner io file. Stack: +1.
@@ -23,13 +18,7 @@ final class FileResource: Resource {
         lua_rawgeti(L, Lua.registry, lua_Integer(inner))
     }
 
-    override func pushField(_ key: String, _ runtime: Runtime, _ L: LuaState) -> Bool {
-        guard key == "path", let label else { return false }
-        Lua.push(L, label)
-        return true
-    }
-
-    override func close(_ runtime: Runtime, _ L: LuaState, error errIndex: Int32) -> Bool {
+    override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
         pushInner(L)
         let errno = sl_closeiofile(L, -1)
         luaL_unref(L, Lua.registry, inner)
@@ -40,7 +29,7 @@ final class FileResource: Resource {
         }
         let reason = Lua.describe(L, -1)
         sl_pop(L, 2)
-        Lua.push(L, "release of \(runtime.describe(self)) failed: \(reason)")
+        Lua.push(L, "release of \(runtime.describe(handle)) failed: \(reason)")
         return false
     }
 }
@@ -49,9 +38,12 @@ final class FileResource: Resource {
 /// that scope ends if the script has not closed it. The runtime holds it weakly, so io's
 /// own behaviour, collection included, is unchanged.
 final class AdoptedFile: Resource {
-    init(id: Int, path: String, site: Site) {
-        super.init(id: id, kind: .ioFile, label: path, site: site)
-    }
+    /// The runtime's id for it (its hidden handle's), the key in the weak table.
+    var id: Int64 = 0
+    /// Registry reference that keeps the hidden handle alive while registered.
+    var anchor: Int32 = LUA_NOREF
+    /// Its hidden handle, while open.
+    var handle: Handle?
 
     /// Pushes the io file if the script still has it. Stack: +1 or 0.
     func pushFile(_ runtime: Runtime, _ L: LuaState) -> Bool {
@@ -69,7 +61,8 @@ final class AdoptedFile: Resource {
         return sl_iofile(L, -1) != nil
     }
 
-    override func close(_ runtime: Runtime, _ L: LuaState, error errIndex: Int32) -> Bool {
+    override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
+        luaL_unref(L, Lua.registry, anchor)
         guard pushFile(runtime, L) else { return true }
         lua_rawgeti(L, Lua.registry, lua_Integer(runtime.adopted.tableRef))
         lua_pushnil(L)
@@ -82,7 +75,7 @@ final class AdoptedFile: Resource {
         }
         let reason = Lua.describe(L, -1)
         sl_pop(L, 2)
-        Lua.push(L, "release of \(runtime.describe(self)) failed: \(reason)")
+        Lua.push(L, "release of \(runtime.describe(handle)) failed: \(reason)")
         return false
     }
 }
@@ -99,27 +92,29 @@ struct AdoptedFiles {
 
 extension Runtime {
     /// Registers the io file on top of the stack with the current scope. Stack: 0.
-    func adoptIOFile(_ f: AdoptedFile, _ L: LuaState) {
+    func adoptIOFile(path: String, _ L: LuaState) {
+        let f = AdoptedFile(label: path)
+        let h = acquire(.ioFile, f, L, site: currentSite(L))
+        f.anchor = luaL_ref(L, Lua.registry)
+        f.id = h.pointee.id
+        f.handle = h
         lua_rawgeti(L, Lua.registry, lua_Integer(adopted.tableRef))
         lua_pushvalue(L, -2)
         lua_rawseti(L, -2, lua_Integer(f.id))
         sl_pop(L, 1)
-        register(f)
-        ledger.counts.acquired += 1
-        if options.trace {
-            diagnose("scopelua: trace: acquire \(describe(f)) in \(current.path) at \(describe(f.site))")
-        }
         adopted.live.append(f)
         guard adopted.live.count >= adopted.threshold else { return }
         // Sweep outside any access to `adopted`: releasing can run Lua code.
         let list = adopted.live
         adopted.live = []
         var kept: [AdoptedFile] = []
-        for f in list where f.isOpen {
+        for f in list {
+            guard let h = f.handle, h.pointee.isOpen else { continue }
             if f.stillOpen(self, L) {
                 kept.append(f)
             } else {
-                release(f, L, cause: .handle(.unknown), error: 0)
+                f.handle = nil
+                release(h, L, cause: .handle(.unknown), error: 0)
             }
         }
         adopted.live += kept
