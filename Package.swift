@@ -42,7 +42,8 @@ let package = Package(
         ),
         .testTarget(
             name: "ScopeLuaTests",
-            dependencies: ["ScopeLua", "CLua"],
+            // The executable is a dependency so that end-to-end tests can run it.
+            dependencies: ["ScopeLua", "CLua", "scopelua"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]

@@ -42,7 +42,7 @@ public final class Runtime {
     var metatableRefs = [Int32](repeating: LUA_NOREF, count: 2 * ResourceKind.count)
     var metatablePointers = [UnsafeRawPointer?](repeating: nil, count: 2 * ResourceKind.count)
     /// Kind names by `ResourceKind.index`, for handles whose record is gone.
-    var kindNames = [String](repeating: "resource", count: ResourceKind.count)
+    var kindNames: [String] = (0..<ResourceKind.count).map { ResourceKind(rawValue: Int32($0))?.name ?? "resource" }
     /// Interned scope paths, for "released at the end of scope ..." after the scope is gone.
     private var scopePaths: [String] = []
     private var scopePathIndex: [String: Int] = [:]
@@ -464,7 +464,16 @@ public final class Runtime {
     /// Pops the error object on top and turns it into a `LuaError` with the traceback
     /// captured for it, if any.
     func takeError(_ L: LuaState) -> LuaError {
-        let message = Lua.describe(L, -1)
+        var message = Lua.describe(L, -1)
+        let t = lua_type(L, -1)
+        if t != LUA_TSTRING, t != LUA_TNUMBER {
+            // lua.c's wording for error objects that cannot say what they are.
+            if luaL_getmetafield(L, -1, "__tostring") == LUA_TNIL {
+                message = "(error object is a \(Lua.typeName(L, -1)) value)"
+            } else {
+                sl_pop(L, 1)
+            }
+        }
         var traceback: String?
         Lua.getRegistryField(L, "scopelua.traceback.error")
         let same = lua_rawequal(L, -1, -2) != 0

@@ -42,7 +42,7 @@ final class AdoptedFile: Resource {
     var id: Int64 = 0
     /// Registry reference that keeps the hidden handle alive while registered.
     var anchor: Int32 = LUA_NOREF
-    /// Its hidden handle, while open.
+    /// Its hidden handle, while open (nil once released: the memory may be gone).
     var handle: Handle?
 
     /// Pushes the io file if the script still has it. Stack: +1 or 0.
@@ -62,6 +62,7 @@ final class AdoptedFile: Resource {
     }
 
     override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
+        self.handle = nil
         luaL_unref(L, Lua.registry, anchor)
         guard pushFile(runtime, L) else { return true }
         lua_rawgeti(L, Lua.registry, lua_Integer(runtime.adopted.tableRef))
@@ -109,11 +110,10 @@ extension Runtime {
         adopted.live = []
         var kept: [AdoptedFile] = []
         for f in list {
-            guard let h = f.handle, h.pointee.isOpen else { continue }
+            guard let h = f.handle else { continue }  // released meanwhile
             if f.stillOpen(self, L) {
                 kept.append(f)
             } else {
-                f.handle = nil
                 release(h, L, cause: .handle(.unknown), error: 0)
             }
         }

@@ -1,0 +1,177 @@
+import CLua
+import CScopeLua
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `scopelua run` was asked to do, as `lua.c` would see it.
+public struct RunRequest: Sendable {
+    /// Something to do before the script, in command-line order.
+    public enum Action: Sendable, Equatable {
+        /// `-e CHUNK`
+        case execute(String)
+        /// `-l MODULE`: `MODULE = require "MODULE"`
+        case require(String)
+    }
+
+    /// The script path, `-` for stdin, or nil when only `-e` chunks run.
+    public var script: String?
+    /// Everything after the script: `arg[1]...` and the chunk's `...`.
+    public var scriptArguments: [String] = []
+    /// Everything before the script on the command line: `arg[-n]...arg[-1]`.
+    public var interpreterArguments: [String] = []
+    public var actions: [Action] = []
+    /// Print the run report (resources, timers) to stderr at exit.
+    public var report = false
+
+    public init(script: String?) {
+        self.script = script
+    }
+}
+
+/// Runs scripts the way the stock `lua` command does, with every scope released before
+/// the process reports an error or exits.
+public enum ScriptRunner {
+    /// Exit statuses (ARCHITECTURE / LUA-API: "The executable").
+    public static let success: Int32 = 0
+    public static let scriptError: Int32 = 1
+    public static let usageError: Int32 = 2
+
+    /// Runs the request in a new runtime and returns the process exit status.
+    public static func run(_ request: RunRequest, options: RuntimeOptions = RuntimeOptions()) -> Int32 {
+        // A script that cannot be read is a usage error (2), reported before any Lua runs.
+        if let script = request.script, script != "-" {
+            if let problem = unreadable(script) {
+                options.diagnostics("scopelua: cannot open \(script): \(problem)")
+                return usageError
+            }
+        }
+        let rt = Runtime(options: options)
+        defer { rt.close() }
+        let L = rt.L
+        setArgTable(L, request)
+
+        var status = success
+        for action in request.actions where status == success {
+            switch action {
+            case .execute(let chunk):
+                status = runChunk(rt, name: "=(command line)") { L in
+                    chunk.withCString { sl_loadbuffer(L, $0, strlen($0), "=(command line)") }
+                }
+            case .require(let module):
+                status = runRequire(rt, module)
+            }
+        }
+        if status == success, let script = request.script {
+            status = runChunk(rt, name: script, arguments: request.scriptArguments) { L in
+                script == "-" ? luaL_loadfilex(L, nil, nil) : luaL_loadfilex(L, script, nil)
+            }
+        }
+        if status == success {
+            // Everything still open is released now; a failing release fails the run.
+            let failures = rt.releaseAll()
+            if let first = failures.first {
+                rt.diagnose("scopelua: " + ([first] + failures.dropFirst().map { "\trelease error: \($0)" }).joined(separator: "\n"))
+                status = scriptError
+            }
+        }
+        if request.report {
+            rt.diagnose(Report.text(rt))
+        }
+        return status
+    }
+
+    /// The reason `path` cannot be read as a script, or nil if it can.
+    static func unreadable(_ path: String) -> String? {
+        guard let f = fopen(path, "r") else { return String(cString: strerror(errno)) }
+        defer { fclose(f) }
+        var byte: UInt8 = 0
+        if fread(&byte, 1, 1, f) == 0, ferror(f) != 0 { return String(cString: strerror(errno)) }
+        return nil
+    }
+
+    /// `arg` as lua.c builds it: the script at 0, interpreter arguments below, script
+    /// arguments above.
+    static func setArgTable(_ L: LuaState, _ request: RunRequest) {
+        let before = request.interpreterArguments
+        lua_createtable(L, Int32(request.scriptArguments.count), Int32(before.count + 1))
+        for (i, a) in before.enumerated() {
+            Lua.push(L, a)
+            lua_rawseti(L, -2, lua_Integer(i - before.count))
+        }
+        if let script = request.script {
+            Lua.push(L, script)
+            lua_rawseti(L, -2, 0)
+        }
+        for (i, a) in request.scriptArguments.enumerated() {
+            Lua.push(L, a)
+            lua_rawseti(L, -2, lua_Integer(i + 1))
+        }
+        Bindings.setGlobal(L, "arg")
+    }
+
+    /// Loads a chunk with `load` (which pushes it or an error message) and calls it with
+    /// `arguments` in the root scope. An error releases every scope first, then is
+    /// reported with its traceback. Returns the exit status.
+    static func runChunk(_ rt: Runtime, name: String, arguments: [String] = [],
+                         load: (LuaState) -> Int32) -> Int32 {
+        let L = rt.L
+        let base = lua_gettop(L)
+        defer { lua_settop(L, base) }
+        let loaded = load(L)
+        if loaded != LUA_OK {
+            let message = Lua.describe(L, -1)
+            if loaded == LUA_ERRFILE {
+                rt.diagnose("scopelua: \(message)")
+                return usageError
+            }
+            rt.diagnose("scopelua: \(message)")
+            return scriptError
+        }
+        for a in arguments { Lua.push(L, a) }
+        return finishCall(rt, nargs: Int32(arguments.count))
+    }
+
+    /// `-l MODULE`: `MODULE = require "MODULE"`.
+    static func runRequire(_ rt: Runtime, _ module: String) -> Int32 {
+        let L = rt.L
+        let base = lua_gettop(L)
+        defer { lua_settop(L, base) }
+        Bindings.getGlobal(L, "require")
+        Lua.push(L, module)
+        lua_pushcclosure(L, sl_capturetraceback, 0)
+        lua_rotate(L, base + 1, 1)
+        if sl_pcall(L, 1, 1, base + 1) != LUA_OK {
+            return reportError(rt, errorIndex: lua_gettop(L))
+        }
+        Bindings.setGlobal(L, module)
+        return success
+    }
+
+    /// Calls the function below `nargs` arguments with a traceback handler.
+    private static func finishCall(_ rt: Runtime, nargs: Int32) -> Int32 {
+        let L = rt.L
+        let fn = lua_gettop(L) - nargs
+        lua_pushcclosure(L, sl_capturetraceback, 0)
+        lua_rotate(L, fn, 1)
+        if sl_pcall(L, nargs, 0, fn) != LUA_OK {
+            return reportError(rt, errorIndex: lua_gettop(L))
+        }
+        return success
+    }
+
+    /// The script failed with the error at `errorIndex`: release every scope with that
+    /// error (rule 4: release errors are attached), then print message and traceback.
+    static func reportError(_ rt: Runtime, errorIndex: Int32) -> Int32 {
+        let L = rt.L
+        rt.current = rt.root
+        let failures = rt.endScope(rt.root, L, error: errorIndex)
+        _ = rt.mergeErrors(L, primary: errorIndex, failures: failures)
+        let error = rt.takeError(L)
+        var text = "scopelua: \(error.message)"
+        if let tb = error.traceback { text += "\n" + tb }
+        rt.diagnose(text)
+        return scriptError
+    }
+}
