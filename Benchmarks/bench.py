@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""scopelua benchmarks, side by side with the baselines in shared/bench.
+
+  Benchmarks/bench.py micro [--runs 7] [--n 1000000]     timer.measure pair vs pure-Lua <close>
+
+Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
+the medians are compared. Build first: swift build -c release.
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCOPELUA = os.path.join(ROOT, ".build", "release", "scopelua")
+
+
+def shared_bench(path):
+    for candidate in [path, os.path.join(ROOT, "..", "shared", "bench")]:
+        if candidate and os.path.isdir(candidate):
+            return os.path.abspath(candidate)
+    sys.exit("bench: cannot find shared/bench (pass --shared DIR)")
+
+
+def timed(cmd, **kw):
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+    return time.perf_counter() - start
+
+
+def side_by_side(label_a, cmd_a, label_b, cmd_b, runs, **kw):
+    a, b = [], []
+    for _ in range(runs):
+        a.append(timed(cmd_a, **kw))
+        b.append(timed(cmd_b, **kw))
+    ma, mb = statistics.median(a), statistics.median(b)
+    print(f"  {label_a:<28} median {ma:7.3f}s   (min {min(a):.3f}s)")
+    print(f"  {label_b:<28} median {mb:7.3f}s   (min {min(b):.3f}s)")
+    return ma, mb
+
+
+def instructions(cmd):
+    """Instruction count under callgrind (repeatable on a noisy machine), or None."""
+    if not shutil.which("valgrind"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = cmd[0]
+        if exe == SCOPELUA:  # valgrind 3.19 cannot read Swift 6's DWARF 5; drop it
+            stripped = os.path.join(tmp, "scopelua")
+            shutil.copy(exe, stripped)
+            subprocess.run(["strip", "--strip-debug", stripped], check=True)
+            cmd = [stripped] + cmd[1:]
+        out = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg"] + cmd,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for line in out.stderr.splitlines():
+            if "Collected" in line:
+                return int(line.split()[-1])
+    return None
+
+
+def micro(args):
+    bench = shared_bench(args.shared)
+    n = str(args.n)
+    ours = [SCOPELUA, "run", os.path.join(ROOT, "Benchmarks", "micro_measure.lua"), n]
+    base = ["lua5.4", os.path.join(bench, "micro_tbc.lua"), n]
+    print(f"micro: {args.n} acquire/release pairs, {args.runs} alternating runs")
+    ma, mb = side_by_side("scopelua timer.measure", ours, "lua5.4 <close> table", base, args.runs)
+    print(f"  ratio (scopelua / pure Lua): {ma / mb:.2f}x  (target: within 2x)")
+    print(f"  per pair: scopelua {ma / args.n * 1e9:.0f} ns, pure Lua {mb / args.n * 1e9:.0f} ns")
+    if args.instructions:
+        small = "200000"
+        ia = instructions(ours[:-1] + [small])
+        ib = instructions(base[:-1] + [small])
+        if ia and ib:
+            print(f"  instructions per pair (callgrind, 200k pairs): scopelua {ia / 2e5:.0f}, "
+                  f"pure Lua {ib / 2e5:.0f}, ratio {ia / ib:.2f}x")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", help="path to shared/bench (default: ../shared/bench)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("micro", help="timer.measure acquire+release vs a pure-Lua <close> table")
+    m.add_argument("--runs", type=int, default=7)
+    m.add_argument("--n", type=int, default=1000000)
+    m.add_argument("--instructions", action="store_true", help="also count instructions with callgrind")
+    m.set_defaults(fn=micro)
+    args = p.parse_args()
+    if not os.path.exists(SCOPELUA):
+        sys.exit("bench: build first: swift build -c release")
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
