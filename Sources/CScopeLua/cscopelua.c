@@ -10,62 +10,62 @@
 #include <time.h>
 #include <errno.h>
 
-/* ---- allocator ------------------------------------------------------------------ */
+/* ---- state and allocator --------------------------------------------------------- */
 
 /* Why: a memory error raised by lua_pushstring & co. while a Swift function runs would
  * longjmp over Swift frames. While `guarded` is set (always, except inside sl_pcall),
  * a failed allocation aborts with a clear message instead. Inside sl_pcall Lua code
  * runs under a protected call, so memory errors raise there exactly as in stock Lua. */
-typedef struct sl_Alloc { int guarded; } sl_Alloc;
-
 static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  sl_Alloc *a = (sl_Alloc *)ud;
+  sl_StateInfo *info = (sl_StateInfo *)ud;
   (void)osize;
   if (nsize == 0) {
     free(ptr);
     return NULL;
   }
   void *p = realloc(ptr, nsize);
-  if (p == NULL && a->guarded) {
+  if (p == NULL && info->guarded) {
     fprintf(stderr, "scopelua: out of memory while the runtime held the Lua state (%zu bytes)\n", nsize);
     abort();
   }
   return p;
 }
 
-static sl_Alloc *allocstate(lua_State *L) {
-  void *ud = NULL;
-  lua_getallocf(L, &ud);
-  return (sl_Alloc *)ud;
-}
-
 lua_State *sl_newstate(void) {
   lua_State *L = luaL_newstate();  /* keeps lauxlib's panic and warning functions */
   if (L == NULL) return NULL;
-  sl_Alloc *a = (sl_Alloc *)malloc(sizeof(sl_Alloc));
-  if (a == NULL) { lua_close(L); return NULL; }
-  a->guarded = 1;
+  sl_StateInfo *info = (sl_StateInfo *)calloc(1, sizeof(sl_StateInfo));
+  if (info == NULL) { lua_close(L); return NULL; }
+  info->guarded = 1;
+  /* Coroutines copy the main thread's extra space, so every thread finds `info`. */
+  *(sl_StateInfo **)lua_getextraspace(L) = info;
   /* luaL_newstate's allocator is realloc/free too, so blocks it made are ours to free. */
-  lua_setallocf(L, sl_alloc, a);
+  lua_setallocf(L, sl_alloc, info);
   return L;
 }
 
+void sl_closestate(lua_State *L) {
+  sl_StateInfo *info = sl_info(L);
+  lua_close(L);
+  free(info);
+}
+
 int sl_pcall(lua_State *L, int nargs, int nresults, int msgh) {
-  sl_Alloc *a = allocstate(L);
-  int saved = a->guarded;
-  a->guarded = 0;
+  sl_StateInfo *info = sl_info(L);
+  int saved = info->guarded;
+  info->guarded = 0;
   int status = lua_pcall(L, nargs, nresults, msgh);
-  a->guarded = saved;
+  info->guarded = saved;
   return status;
 }
 
 /* Calls a Swift function with the allocator guarded (Swift is on the stack). */
 static int callswift(lua_State *L, sl_SwiftFunction fn) {
-  sl_Alloc *a = allocstate(L);
-  int saved = a->guarded;
-  a->guarded = 1;
+  sl_StateInfo *info = sl_info(L);
+  int saved = info->guarded;
+  info->guarded = 1;
   int n = fn(L);
-  a->guarded = saved;
+  info->guarded = saved;
   return n;
 }
 
@@ -154,6 +154,21 @@ int sl_site(lua_State *L, const void *knownfn, sl_Site *out) {
     return 1;
   }
   return 0;
+}
+
+static int handleclose(lua_State *L) {
+  if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof(sl_Handle)) return 0;
+  sl_Handle *h = (sl_Handle *)lua_touserdata(L, 1);
+  if (h->how != SL_OPEN) return 0;
+  sl_SwiftFunction release = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
+  int n = callswift(L, release);
+  if (n < 0) return lua_error(L);
+  return n;
+}
+
+void sl_pushhandleclose(lua_State *L, sl_SwiftFunction release) {
+  lua_pushlightuserdata(L, (void *)release);
+  lua_pushcclosure(L, handleclose, 1);
 }
 
 /* ---- error messages -------------------------------------------------------------- */

@@ -42,6 +42,12 @@ typedef struct sl_Handle {
 
 enum { SL_OPEN = 0, SL_BY_HANDLE = 1, SL_BY_SCOPE = 2, SL_BY_PARENT = 3, SL_BY_GC = 4, SL_BY_CLOSE = 5 };
 
+/* Pushes the __close function for handle metatables: Lua calls it only with a value
+ * whose metatable holds it, so it checks the handle's shape (size, kind) but not its
+ * metatable (handle metatables are protected by __metatable, so only the debug library
+ * could call it with something else). Open handles go to `release` (Swift). */
+void sl_pushhandleclose(lua_State *L, sl_SwiftFunction release);
+
 /* The handle at `idx` if it is a userdata of handle size whose metatable is
  * `metatables[kind]` or, once released, `metatables[nkinds + kind]`; else NULL. Cheap
  * enough for every call. */
@@ -66,10 +72,23 @@ int sl_site(lua_State *L, const void *knownfn, sl_Site *out);
  * (Swift) to be reported and released. */
 void sl_pushhandlegc(lua_State *L, sl_SwiftFunction leak);
 
+/* Per-state data, reached from any thread of the state through its extra space. */
+typedef struct sl_StateInfo {
+  void *runtime;   /* the Swift Runtime (unretained: it owns the state) */
+  int guarded;     /* allocation failures abort instead of raising (see sl_alloc) */
+} sl_StateInfo;
+
+static inline sl_StateInfo *sl_info(lua_State *L) {
+  return *(sl_StateInfo **)lua_getextraspace(L);
+}
+
 /* Creates a state like luaL_newstate, but with scopelua's allocator: an allocation
  * failure while Swift code is on the stack aborts with a message instead of raising
  * a memory error through Swift frames (see sl_pcall for where failures may raise). */
 lua_State *sl_newstate(void);
+
+/* lua_close, then frees the per-state data. */
+void sl_closestate(lua_State *L);
 
 /* Pushes a Lua function that enters `fn` through the trampoline (rule 1). */
 void sl_pushfunction(lua_State *L, sl_SwiftFunction fn);
@@ -144,7 +163,6 @@ int sl_gcgenerational(lua_State *L);
 /* Macros Swift cannot import. */
 static inline int sl_upvalueindex(int i) { return lua_upvalueindex(i); }
 static inline int sl_registryindex(void) { return LUA_REGISTRYINDEX; }
-static inline void *sl_extraspace(lua_State *L) { return lua_getextraspace(L); }
 static inline void sl_pop(lua_State *L, int n) { lua_pop(L, n); }
 static inline void sl_newtable(lua_State *L) { lua_newtable(L); }
 

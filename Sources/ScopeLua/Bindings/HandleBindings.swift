@@ -21,7 +21,11 @@ enum HandleBindings {
         extra?(L)
         sl_pushindex(L, fields)
         Lua.setField(L, -2, "__index")
-        Lua.setFunction(L, -1, "__close", close)
+        sl_pushhandleclose(L, close)
+        Lua.setField(L, -2, "__close")
+        // Scripts cannot reach (or replace) the metamethods: __close relies on it.
+        lua_pushboolean(L, 0)
+        Lua.setField(L, -2, "__metatable")
         Lua.setFunction(L, -1, "__tostring", tostring)
         // The twin for released handles: the same fields, no finalizer, so the collector
         // has nothing to call for the (many) handles released before they die.
@@ -80,17 +84,20 @@ enum HandleBindings {
         return 1
     }
 
-    /// __close(h, err): leaving a `<close>` block. With an error, the error stays
-    /// primary and a release failure is attached to it (rule 4).
+    /// __close(h, err) for an open handle (the C side checked it): leaving a `<close>`
+    /// block. With an error, the error stays primary and a release failure is attached
+    /// to it (rule 4).
     static let close: SwiftLuaFunction = { L in
-        let (rt, L) = Runtime.from(L)
-        guard let h = rt.handle(at: 1, L), h.pointee.isOpen else { return 0 }
-        let errIndex: Int32 = sl_isnoneornil(L, 2) != 0 ? 0 : 2
-        let failures = rt.release(h, L, cause: .closed, error: errIndex)
-        rt.retire(h, L, 1)
-        if failures == 0 { return 0 }
-        _ = rt.mergeErrors(L, primary: errIndex, failures: failures)
-        return raise
+        let L = L.unsafelyUnwrapped
+        return Runtime.unretained(L)._withUnsafeGuaranteedRef { rt in
+            let h = lua_touserdata(L, 1).unsafelyUnwrapped.assumingMemoryBound(to: sl_Handle.self)
+            let errIndex: Int32 = sl_isnoneornil(L, 2) != 0 ? 0 : 2
+            let failures = rt.release(h, L, cause: .closed, error: errIndex)
+            rt.retire(h, L, 1)
+            if failures == 0 { return 0 }
+            _ = rt.mergeErrors(L, primary: errIndex, failures: failures)
+            return raise
+        }
     }
 
     /// Called by the C finalizer for a handle collected while open: a leak. Warn with

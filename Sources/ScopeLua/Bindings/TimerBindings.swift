@@ -16,14 +16,16 @@ enum TimerBindings {
     }
 
     static let measure: SwiftLuaFunction = { L in
-        let (rt, L) = Runtime.from(L)
-        guard lua_type(L, 1) == LUA_TSTRING else {
-            Lua.pushTypeError(L, 1, "string")
-            return raise
+        let L = L.unsafelyUnwrapped
+        return Runtime.unretained(L)._withUnsafeGuaranteedRef { rt in
+            guard lua_type(L, 1) == LUA_TSTRING else {
+                Lua.pushTypeError(L, 1, "string")
+                return raise
+            }
+            let index = labelIndex(rt, L)
+            rt.acquire(.timer, nil, L, site: rt.currentSite(L), aux: Int32(index))
+            return 1
         }
-        let index = labelIndex(rt, L)
-        rt.acquire(.timer, nil, L, site: rt.currentSite(L), aux: Int32(index))
-        return 1
     }
 
     /// The ledger index of the label at index 1. The last label string is pinned, so

@@ -71,7 +71,7 @@ public final class Runtime {
         self.options = options
         root = Scope(name: "run", parent: nil)
         current = root
-        sl_extraspace(L).storeBytes(of: Unmanaged.passUnretained(self).toOpaque(), as: UnsafeMutableRawPointer.self)
+        sl_info(L).pointee.runtime = Unmanaged.passUnretained(self).toOpaque()
         luaL_openlibs(L)
         Bindings.install(self)
         // lua.c runs scripts with the generational collector; so do we (rule 5), and it
@@ -87,7 +87,7 @@ public final class Runtime {
     @inline(__always)
     static func from(_ L: LuaState?) -> (Runtime, LuaState) {
         let L = L.unsafelyUnwrapped  // Lua always passes its state to a C function
-        let raw = sl_extraspace(L).unsafelyUnwrapped.load(as: UnsafeMutableRawPointer.self)
+        let raw = sl_info(L).pointee.runtime.unsafelyUnwrapped
         return (Unmanaged<Runtime>.fromOpaque(raw).takeUnretainedValue(), L)
     }
 
@@ -95,7 +95,7 @@ public final class Runtime {
     /// counting: the runtime outlives every call into it from its own state.
     @inline(__always)
     static func unretained(_ L: LuaState) -> Unmanaged<Runtime> {
-        Unmanaged<Runtime>.fromOpaque(sl_extraspace(L).unsafelyUnwrapped.load(as: UnsafeMutableRawPointer.self))
+        Unmanaged<Runtime>.fromOpaque(sl_info(L).pointee.runtime.unsafelyUnwrapped)
     }
 
     func newID() -> Int {
@@ -525,7 +525,7 @@ public final class Runtime {
             diagnose("scopelua: release error: \(failure)")
         }
         closed = true
-        lua_close(L)
+        sl_closestate(L)
     }
 
     // MARK: - Reporting
