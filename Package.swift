@@ -18,12 +18,19 @@ let package = Package(
             pkgConfig: "lua5.4",
             providers: [.apt(["liblua5.4-dev"])]
         ),
+        // Debian's libsqlite3-dev: the C library itself, for full control over
+        // statement lifetimes (prepare, reset, finalize) from the runtime.
+        .systemLibrary(
+            name: "CSQLite",
+            pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]
+        ),
         // The only code allowed to raise Lua errors (longjmp): trampolines,
         // protected helpers and the allocator.
         .target(name: "CScopeLua", dependencies: ["CLua"]),
         .target(
             name: "ScopeLua",
-            dependencies: ["CLua", "CScopeLua"],
+            dependencies: ["CLua", "CScopeLua", "CSQLite"],
             swiftSettings: [
                 .swiftLanguageMode(.v6),
                 // The runtime's state is confined to one thread (rule 6) and never

@@ -11,6 +11,7 @@ enum Bindings {
         ScopeBindings.install(rt, L)
         FileBindings.install(rt, L)
         TimerBindings.install(rt, L)
+        SQLBindings.install(rt, L)
         installPackagePath(rt, L)
     }
 

@@ -150,7 +150,7 @@ enum HandleBindings {
             } else {
                 lua_pushnil(L)
             }
-        case "path" where h.pointee.kind == ResourceKind.file.rawValue:
+        case "path" where h.pointee.kind == ResourceKind.file.rawValue || h.pointee.kind == ResourceKind.sqlite.rawValue:
             lua_getiuservalue(L, 1, 1)
         default:
             guard let r = h.pointee.resource, r.pushField(key, rt, L) else {

@@ -57,6 +57,8 @@ public final class Runtime {
 
     /// Per-kind state that binding files keep on the runtime.
     var timerLabelsRef: Int32 = LUA_NOREF
+    /// Identity of the metatable of `sql.blob` values.
+    var blobMetatable: UnsafeRawPointer?
     var lastTimerLabel: UnsafeRawPointer?
     var lastTimerLabelIndex = 0
     var adopted = AdoptedFiles()

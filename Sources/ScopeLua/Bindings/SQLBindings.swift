@@ -1,0 +1,526 @@
+import CLua
+import CScopeLua
+import CSQLite
+
+/// The `sql` module: SQLite connections, statements and transactions owned by the runtime.
+enum SQLBindings {
+    static func install(_ rt: Runtime, _ L: LuaState) {
+        HandleBindings.makeMetatable(rt, L, kind: .sqlite, methods: [
+            ("exec", dbExec), ("first", dbFirst), ("rows", dbRows), ("prepare", prepare),
+            ("transaction", transaction), ("close", HandleBindings.release),
+        ])
+        HandleBindings.makeMetatable(rt, L, kind: .statement, methods: [
+            ("exec", stmtExec), ("first", stmtFirst), ("rows", stmtRows), ("close", HandleBindings.release),
+        ])
+        HandleBindings.makeMetatable(rt, L, kind: .transaction, methods: [
+            ("commit", commit), ("rollback", rollback),
+        ])
+        // sql.blob values: a userdata whose user value is the bytes.
+        lua_createtable(L, 0, 2)
+        Lua.push(L, "sql.blob")
+        Lua.setField(L, -2, "__name")
+        Lua.setFunction(L, -1, "__tostring", blobToString)
+        rt.blobMetatable = lua_topointer(L, -1)
+        Lua.setRegistryField(L, "scopelua.blob")
+        // Closing value of `stmt:rows()` loops: resets the statement when the loop ends.
+        lua_createtable(L, 0, 1)
+        Lua.setFunction(L, -1, "__close", resetCursor)
+        Lua.setRegistryField(L, "scopelua.cursor")
+
+        lua_createtable(L, 0, 2)
+        Lua.setFunction(L, -1, "open", open)
+        Lua.setFunction(L, -1, "blob", blob)
+        Bindings.publishModule(L, "sql")
+    }
+
+    // MARK: - sql.open, sql.blob
+
+    /// sql.open(path [, { busy_timeout = ms, readonly = bool, wal = bool }]) → Db, or nil, message.
+    static let open: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let path = Lua.string(L, 1) else {
+            Lua.pushTypeError(L, 1, "string")
+            return raise
+        }
+        var busy: Int32 = 5000, readonly = false, wal = path != ":memory:" && !path.isEmpty
+        switch lua_type(L, 2) {
+        case LUA_TNONE, LUA_TNIL: break
+        case LUA_TTABLE:
+            if Lua.rawField(L, 2, "busy_timeout") != LUA_TNIL {
+                guard lua_isinteger(L, -1) != 0, lua_tointegerx(L, -1, nil) >= 0 else {
+                    Lua.pushArgError(L, 2, "busy_timeout must be a non-negative integer (milliseconds)")
+                    return raise
+                }
+                busy = Int32(clamping: lua_tointegerx(L, -1, nil))
+            }
+            if Lua.rawField(L, 2, "readonly") != LUA_TNIL { readonly = lua_toboolean(L, -1) != 0 }
+            if Lua.rawField(L, 2, "wal") != LUA_TNIL { wal = wal && lua_toboolean(L, -1) != 0 }
+            lua_settop(L, 2)
+        default:
+            Lua.pushTypeError(L, 2, "table")
+            return raise
+        }
+        if readonly { wal = false }
+        var handle: OpaquePointer?
+        let flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX
+        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        guard rc == SQLITE_OK, let db = handle else {
+            let reason = handle.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
+            sqlite3_close(handle)
+            lua_pushnil(L)
+            Lua.push(L, "cannot open database \"\(path)\": \(reason)")
+            return 2
+        }
+        sqlite3_busy_timeout(db, busy)
+        let database = Database(path: path, db: db, busyTimeout: busy)
+        if wal, let problem = database.execute("PRAGMA journal_mode=WAL") {
+            sqlite3_close(db)
+            lua_pushnil(L)
+            Lua.push(L, "cannot open database \"\(path)\": \(problem)")
+            return 2
+        }
+        let site = rt.currentSite(L)
+        lua_createtable(L, 0, 8)
+        database.cacheRef = luaL_ref(L, Lua.registry)
+        rt.acquire(.sqlite, database, L, site: site, labelIndex: 1)
+        return 1
+    }
+
+    static let blob: SwiftLuaFunction = { L in
+        let (_, L) = Runtime.from(L)
+        guard lua_type(L, 1) == LUA_TSTRING else {
+            Lua.pushTypeError(L, 1, "string")
+            return raise
+        }
+        _ = lua_newuserdatauv(L, 0, 1)
+        lua_pushvalue(L, 1)
+        lua_setiuservalue(L, -2, 1)
+        Lua.getRegistryField(L, "scopelua.blob")
+        _ = lua_setmetatable(L, -2)
+        return 1
+    }
+
+    static let blobToString: SwiftLuaFunction = { L in
+        guard let L else { return 0 }
+        lua_getiuservalue(L, 1, 1)
+        let n = lua_rawlen(L, -1)
+        Lua.push(L, "sql.blob (\(n) bytes)")
+        return 1
+    }
+
+    // MARK: - Connection methods
+
+    /// The open connection at index 1, or an error pushed.
+    static func database(_ rt: Runtime, _ L: LuaState) -> (Handle, Database)? {
+        guard let h = HandleBindings.checkOpen(rt, L, 1, kind: .sqlite),
+              let db = h.pointee.resource as? Database, db.db != nil else { return nil }
+        return (h, db)
+    }
+
+    /// The SQL text at index 2, or a type error pushed.
+    static func sqlText(_ L: LuaState) -> Bool {
+        guard lua_type(L, 2) == LUA_TSTRING else {
+            Lua.pushTypeError(L, 2, "string")
+            return false
+        }
+        return true
+    }
+
+    /// db:exec(sql, ...) → number of rows changed. Several statements may be given; the
+    /// parameters are consumed in order.
+    static let dbExec: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let (_, db) = database(rt, L), sqlText(L), let conn = db.db else { return raise }
+        let before = sqlite3_total_changes64(conn)
+        // Fast path: one cached statement.
+        let top = lua_gettop(L)
+        if let stmt = cachedStatement(db, L) {
+            guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true),
+                  step(stmt, L, db, sqlIndex: 2) else { return raise }
+            lua_pushinteger(L, lua_Integer(sqlite3_total_changes64(conn) - before))
+            return 1
+        }
+        if lua_gettop(L) > top { return raise }  // an error was pushed while preparing
+        var len = 0
+        guard let text = lua_tolstring(L, 2, &len) else { return raise }
+        var tail: UnsafePointer<CChar>? = text
+        let end = text + len
+        var next: Int32 = 3
+        let last = lua_gettop(L)
+        while let start = tail, start < end {
+            var stmt: OpaquePointer?
+            let rc = sqlite3_prepare_v2(conn, start, Int32(end - start), &stmt, &tail)
+            guard rc == SQLITE_OK else {
+                pushSQLError(L, db, rc, sqlIndex: 2)
+                return raise
+            }
+            guard let stmt else { continue }  // whitespace or a comment
+            defer { sqlite3_finalize(stmt) }
+            let wanted = sqlite3_bind_parameter_count(stmt)
+            guard bind(stmt, L, db, first: next, count: min(wanted, last - next + 1), exact: false),
+                  step(stmt, L, db, sqlIndex: 2) else { return raise }
+            next += wanted
+        }
+        if next <= last {
+            Lua.pushError(L, "SQL expects \(next - 3) parameters, got \(last - 2)")
+            return raise
+        }
+        lua_pushinteger(L, lua_Integer(sqlite3_total_changes64(conn) - before))
+        return 1
+    }
+
+    /// db:first(sql, ...) → the first row as a table, or nil.
+    static let dbFirst: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let (_, db) = database(rt, L), sqlText(L) else { return raise }
+        let top = lua_gettop(L)
+        guard let stmt = cachedStatement(db, L) else {
+            if lua_gettop(L) == top { Lua.pushError(L, "first takes a single SQL statement") }
+            return raise
+        }
+        guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true) else { return raise }
+        return firstRow(stmt, L, db, sqlIndex: 2)
+    }
+
+    /// db:rows(sql, ...) → iterator, statement, nil, statement: the statement is the
+    /// loop's closing value, so it is finalized when the loop ends, breaks or errors.
+    static let dbRows: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let (h, db) = database(rt, L), sqlText(L) else { return raise }
+        guard let stmtHandle = newStatement(rt, L, h, db, loop: true) else { return raise }
+        guard let stmt = (stmtHandle.pointee.resource as? Statement)?.stmt,
+              bind(stmt, L, db, first: 3, count: lua_gettop(L) - 3, exact: true) else {
+            rt.release(stmtHandle, L, cause: .handle(rt.currentSite(L)), error: 0)
+            return raise
+        }
+        let handleIndex = lua_gettop(L)
+        Lua.push(L, rowsStep)
+        lua_pushvalue(L, handleIndex)
+        lua_pushnil(L)
+        lua_pushvalue(L, handleIndex)
+        return 4
+    }
+
+    /// db:prepare(sql) → Statement, reusable with :exec, :first, :rows.
+    static let prepare: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let (h, db) = database(rt, L), sqlText(L) else { return raise }
+        guard newStatement(rt, L, h, db, loop: false) != nil else { return raise }
+        return 1
+    }
+
+    /// Prepares the SQL at index 2 as a statement handle (child of the connection,
+    /// member of the current scope) and pushes it.
+    static func newStatement(_ rt: Runtime, _ L: LuaState, _ dbHandle: Handle, _ db: Database, loop: Bool) -> Handle? {
+        guard let conn = db.db else { return nil }
+        var len = 0
+        guard let text = lua_tolstring(L, 2, &len) else { return nil }
+        var stmt: OpaquePointer?
+        var tail: UnsafePointer<CChar>?
+        let flags = UInt32(loop ? 0 : SQLITE_PREPARE_PERSISTENT)
+        let rc = sqlite3_prepare_v3(conn, text, Int32(len), flags, &stmt, &tail)
+        guard rc == SQLITE_OK else {
+            pushSQLError(L, db, rc, sqlIndex: 2)
+            return nil
+        }
+        guard let stmt else {
+            Lua.pushError(L, "no SQL statement in \"\(Lua.string(L, 2) ?? "")\"")
+            return nil
+        }
+        if let tail, tail < text + len, !String(cString: tail).allSatisfy(\.isWhitespace) {
+            sqlite3_finalize(stmt)
+            Lua.pushError(L, "only one SQL statement can be prepared (extra text: \"\(String(cString: tail))\")")
+            return nil
+        }
+        let record = Statement(sql: Lua.string(L, 2) ?? "", stmt: stmt, database: db)
+        record.finalizesAtEnd = loop
+        let h = rt.acquire(.statement, record, L, site: rt.currentSite(L), labelIndex: 2)
+        rt.adopt(h, by: dbHandle)
+        return h
+    }
+
+    /// db:transaction() → Transaction: BEGIN, or SAVEPOINT inside an open one.
+    static let transaction: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let (h, db) = database(rt, L) else { return raise }
+        let outer = db.transactions.last
+        let savepoint = outer == nil ? nil : db.nextSavepoint()
+        if let problem = db.execute(savepoint.map { "SAVEPOINT \($0)" } ?? "BEGIN") {
+            Lua.pushError(L, problem)
+            return raise
+        }
+        let tx = Transaction(database: db, savepoint: savepoint)
+        let txHandle = rt.acquire(.transaction, tx, L, site: rt.currentSite(L))
+        rt.adopt(txHandle, by: outer ?? h)
+        db.transactions.append(txHandle)
+        return 1
+    }
+
+    // MARK: - Statement methods
+
+    static func statement(_ rt: Runtime, _ L: LuaState) -> (Statement, OpaquePointer)? {
+        guard let h = HandleBindings.checkOpen(rt, L, 1, kind: .statement),
+              let s = h.pointee.resource as? Statement, let stmt = s.stmt else { return nil }
+        sqlite3_reset(stmt)
+        sqlite3_clear_bindings(stmt)
+        return (s, stmt)
+    }
+
+    /// stmt:exec(...) → number of rows changed.
+    static let stmtExec: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let (s, stmt) = statement(rt, L), let conn = s.database.db else { return raise }
+        let before = sqlite3_total_changes64(conn)
+        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true),
+              step(stmt, L, s.database, sql: s.label) else { return raise }
+        lua_pushinteger(L, lua_Integer(sqlite3_total_changes64(conn) - before))
+        return 1
+    }
+
+    /// stmt:first(...) → the first row, or nil.
+    static let stmtFirst: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let (s, stmt) = statement(rt, L) else { return raise }
+        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true) else { return raise }
+        return firstRow(stmt, L, s.database, sql: s.label)
+    }
+
+    /// stmt:rows(...) → iterator, statement, nil, cursor: the cursor resets the
+    /// statement when the loop ends (the statement itself stays for reuse).
+    static let stmtRows: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let (s, stmt) = statement(rt, L) else { return raise }
+        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true) else { return raise }
+        Lua.push(L, rowsStep)
+        lua_pushvalue(L, 1)
+        lua_pushnil(L)
+        lua_createtable(L, 1, 0)
+        lua_pushvalue(L, 1)
+        lua_rawseti(L, -2, 1)
+        Lua.getRegistryField(L, "scopelua.cursor")
+        _ = lua_setmetatable(L, -2)
+        return 4
+    }
+
+    static let resetCursor: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard lua_type(L, 1) == LUA_TTABLE else { return 0 }
+        lua_rawgeti(L, 1, 1)
+        if let s = rt.handle(at: -1, L, kind: .statement)?.pointee.resource as? Statement, let stmt = s.stmt {
+            sqlite3_reset(stmt)
+        }
+        return 0
+    }
+
+    /// One step of a rows loop: the statement handle is the loop state.
+    static let rowsStep: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let h = HandleBindings.checkOpen(rt, L, 1, kind: .statement),
+              let s = h.pointee.resource as? Statement, let stmt = s.stmt else { return raise }
+        let rc = sqlite3_step(stmt)
+        switch rc {
+        case SQLITE_ROW:
+            pushRow(stmt, L)
+            return 1
+        case SQLITE_DONE:
+            if s.finalizesAtEnd {
+                rt.release(h, L, cause: .handle(rt.currentSite(L)), error: 0)
+                rt.retire(h, L, 1)
+            } else {
+                sqlite3_reset(stmt)
+            }
+            lua_pushnil(L)
+            return 1
+        default:
+            pushSQLError(L, s.database, rc, sql: s.label)
+            sqlite3_reset(stmt)
+            return raise
+        }
+    }
+
+    // MARK: - Transactions
+
+    /// tx:commit() → true; the transaction is released.
+    static let commit: SwiftLuaFunction = { L in
+        finish(L, rollback: false)
+    }
+
+    /// tx:rollback() → true; the transaction is released.
+    static let rollback: SwiftLuaFunction = { L in
+        finish(L, rollback: true)
+    }
+
+    static func finish(_ L: LuaState?, rollback: Bool) -> Int32 {
+        let (rt, L) = Runtime.from(L)
+        guard let h = HandleBindings.checkOpen(rt, L, 1, kind: .transaction),
+              let tx = h.pointee.resource as? Transaction else { return raise }
+        tx.rollbackRequested = rollback
+        let failures = rt.release(h, L, cause: .handle(rt.currentSite(L)), error: 0)
+        rt.retire(h, L, 1)
+        if rt.mergeErrors(L, primary: 0, failures: failures) { return raise }
+        lua_pushboolean(L, 1)
+        return 1
+    }
+
+    // MARK: - Statement plumbing
+
+    /// The cached prepared statement for the single statement at index 2, reset, or nil
+    /// when the text holds several statements (or an error was pushed: then the stack
+    /// grew by one).
+    static func cachedStatement(_ db: Database, _ L: LuaState) -> OpaquePointer? {
+        guard let conn = db.db else { return nil }
+        lua_rawgeti(L, Lua.registry, lua_Integer(db.cacheRef))
+        lua_pushvalue(L, 2)
+        if lua_rawget(L, -2) == LUA_TLIGHTUSERDATA, let p = lua_touserdata(L, -1) {
+            sl_pop(L, 2)
+            let stmt = OpaquePointer(p)
+            sqlite3_reset(stmt)
+            sqlite3_clear_bindings(stmt)
+            return stmt
+        }
+        sl_pop(L, 1)  // keep the cache table on top for the insert below
+        var len = 0
+        guard let text = lua_tolstring(L, 2, &len) else {
+            sl_pop(L, 1)
+            return nil
+        }
+        var stmt: OpaquePointer?
+        var tail: UnsafePointer<CChar>?
+        let rc = sqlite3_prepare_v3(conn, text, Int32(len), UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, &tail)
+        guard rc == SQLITE_OK, let stmt else {
+            sl_pop(L, 1)
+            if rc != SQLITE_OK { pushSQLError(L, db, rc, sqlIndex: 2) }
+            return nil
+        }
+        if let tail, tail < text + len, !String(cString: tail).allSatisfy(\.isWhitespace) {
+            sqlite3_finalize(stmt)  // several statements: the slow path runs them in turn
+            sl_pop(L, 1)
+            return nil
+        }
+        if db.cached.count >= 64 {  // bounded: start over rather than grow without end
+            for old in db.cached { sqlite3_finalize(old) }
+            db.cached = []
+            sl_pop(L, 1)
+            luaL_unref(L, Lua.registry, db.cacheRef)
+            lua_createtable(L, 0, 8)
+            lua_pushvalue(L, -1)
+            db.cacheRef = luaL_ref(L, Lua.registry)
+        }
+        db.cached.append(stmt)
+        lua_pushvalue(L, 2)
+        lua_pushlightuserdata(L, UnsafeMutableRawPointer(stmt))
+        lua_rawset(L, -3)
+        sl_pop(L, 1)
+        return stmt
+    }
+
+    /// Binds `count` Lua values from stack index `first` to the statement's parameters.
+    /// With `exact`, the count must match. Pushes an error and returns false on failure.
+    static func bind(_ stmt: OpaquePointer, _ L: LuaState, _ db: Database, first: Int32, count: Int32, exact: Bool) -> Bool {
+        let wanted = sqlite3_bind_parameter_count(stmt)
+        if exact, count != wanted {
+            Lua.pushError(L, "SQL expects \(wanted) parameter\(wanted == 1 ? "" : "s"), got \(count)")
+            return false
+        }
+        var i: Int32 = 0
+        while i < count {
+            let idx = first + i
+            let param = i + 1
+            var rc: Int32
+            switch lua_type(L, idx) {
+            case LUA_TNIL:
+                rc = sqlite3_bind_null(stmt, param)
+            case LUA_TBOOLEAN:
+                rc = sqlite3_bind_int64(stmt, param, lua_toboolean(L, idx) != 0 ? 1 : 0)
+            case LUA_TNUMBER:
+                if lua_isinteger(L, idx) != 0 {
+                    rc = sqlite3_bind_int64(stmt, param, lua_tointegerx(L, idx, nil))
+                } else {
+                    rc = sqlite3_bind_double(stmt, param, lua_tonumberx(L, idx, nil))
+                }
+            case LUA_TSTRING:
+                var len = 0
+                let p = lua_tolstring(L, idx, &len)
+                // The string stays on the stack until the statement is reset.
+                rc = sqlite3_bind_text64(stmt, param, p, sqlite3_uint64(len), scopelua_sqlite_static(), UInt8(SQLITE_UTF8))
+            case LUA_TUSERDATA where isBlob(L, idx):
+                lua_getiuservalue(L, idx, 1)
+                var len = 0
+                let p = lua_tolstring(L, -1, &len)
+                rc = sqlite3_bind_blob64(stmt, param, p, sqlite3_uint64(len), scopelua_sqlite_transient())
+                sl_pop(L, 1)
+            default:
+                let type = Lua.typeName(L, idx)
+                Lua.pushError(L, "SQL parameter \(param): cannot bind a \(type) (use nil, a boolean, a number, a string or sql.blob(s))")
+                return false
+            }
+            if rc != SQLITE_OK {
+                Lua.pushError(L, "SQL parameter \(param): \(db.errorMessage(rc))")
+                return false
+            }
+            i += 1
+        }
+        return true
+    }
+
+    static func isBlob(_ L: LuaState, _ idx: Int32) -> Bool {
+        guard lua_getmetatable(L, idx) != 0 else { return false }
+        defer { sl_pop(L, 1) }
+        let (rt, _) = Runtime.from(L)
+        return lua_topointer(L, -1) == rt.blobMetatable
+    }
+
+    /// Steps to completion, then resets. Pushes an error and returns false on failure.
+    static func step(_ stmt: OpaquePointer, _ L: LuaState, _ db: Database, sqlIndex: Int32 = 0, sql: String? = nil) -> Bool {
+        var rc = sqlite3_step(stmt)
+        while rc == SQLITE_ROW { rc = sqlite3_step(stmt) }
+        guard rc == SQLITE_DONE else {
+            pushSQLError(L, db, rc, sqlIndex: sqlIndex, sql: sql)
+            sqlite3_reset(stmt)
+            return false
+        }
+        sqlite3_reset(stmt)
+        return true
+    }
+
+    /// Pushes the first row (or nil), then resets; or raises the step error.
+    static func firstRow(_ stmt: OpaquePointer, _ L: LuaState, _ db: Database, sqlIndex: Int32 = 0, sql: String? = nil) -> Int32 {
+        let rc = sqlite3_step(stmt)
+        defer { sqlite3_reset(stmt) }
+        switch rc {
+        case SQLITE_ROW: pushRow(stmt, L)
+        case SQLITE_DONE: lua_pushnil(L)
+        default:
+            pushSQLError(L, db, rc, sqlIndex: sqlIndex, sql: sql)
+            return raise
+        }
+        return 1
+    }
+
+    /// Pushes the current row as { column = value } (NULL columns are absent).
+    static func pushRow(_ stmt: OpaquePointer, _ L: LuaState) {
+        let n = sqlite3_column_count(stmt)
+        lua_createtable(L, 0, n)
+        for i in 0..<n {
+            switch sqlite3_column_type(stmt, i) {
+            case SQLITE_INTEGER: lua_pushinteger(L, sqlite3_column_int64(stmt, i))
+            case SQLITE_FLOAT: lua_pushnumber(L, sqlite3_column_double(stmt, i))
+            case SQLITE_TEXT, SQLITE_BLOB:
+                let p = sqlite3_column_blob(stmt, i)
+                let len = Int(sqlite3_column_bytes(stmt, i))
+                _ = lua_pushlstring(L, p?.assumingMemoryBound(to: CChar.self), len)
+            default: continue
+            }
+            _ = lua_pushstring(L, sqlite3_column_name(stmt, i))
+            lua_rotate(L, -2, 1)
+            lua_rawset(L, -3)
+        }
+    }
+
+    /// Pushes SQLite's message for `rc` with the SQL it came from, at the caller's line.
+    static func pushSQLError(_ L: LuaState, _ db: Database, _ rc: Int32, sqlIndex: Int32 = 0, sql: String? = nil) {
+        let text = sql ?? (sqlIndex != 0 ? Lua.string(L, sqlIndex) : nil)
+        let context = text.map { " (in \"\($0)\")" } ?? ""
+        Lua.pushError(L, db.errorMessage(rc) + context)
+    }
+}
