@@ -2,6 +2,7 @@
 """scopelua benchmarks, side by side with the baselines in shared/bench.
 
   Benchmarks/bench.py micro [--runs 7] [--n 1000000]     timer.measure pair vs pure-Lua <close>
+  Benchmarks/bench.py sqlite [--runs 5] [--n 100000]     prepared inserts, 1000 per transaction, vs Python sqlite3
 
 Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
 the medians are compared. Build first: swift build -c release.
@@ -80,6 +81,20 @@ def micro(args):
                   f"pure Lua {ib / 2e5:.0f}, ratio {ia / ib:.2f}x")
 
 
+def sqlite(args):
+    n = str(args.n)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = [SCOPELUA, "run", os.path.join(ROOT, "Benchmarks", "sqlite_insert.lua"), os.path.join(tmp, "ours.db"), n]
+        base = [sys.executable, os.path.join(ROOT, "Benchmarks", "sqlite_insert.py"), os.path.join(tmp, "python.db"), n]
+        outs = {subprocess.run(c, check=True, capture_output=True, text=True).stdout.strip() for c in (ours, base)}
+        if len(outs) != 1:
+            sys.exit(f"bench: outputs differ: {outs}")
+        print(f"sqlite: {args.n} rows through a prepared statement, 1000 per transaction ({outs.pop()}), "
+              f"{args.runs} alternating runs")
+        ma, mb = side_by_side("scopelua sql", ours, "python3 sqlite3", base, args.runs)
+        print(f"  speed-up over Python: {mb / ma:.2f}x  (target: at least 1.5x)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", help="path to shared/bench (default: ../shared/bench)")
@@ -89,6 +104,10 @@ def main():
     m.add_argument("--n", type=int, default=1000000)
     m.add_argument("--instructions", action="store_true", help="also count instructions with callgrind")
     m.set_defaults(fn=micro)
+    q = sub.add_parser("sqlite", help="prepared inserts in transactions of 1000 vs Python's sqlite3")
+    q.add_argument("--runs", type=int, default=5)
+    q.add_argument("--n", type=int, default=100000)
+    q.set_defaults(fn=sqlite)
     args = p.parse_args()
     if not os.path.exists(SCOPELUA):
         sys.exit("bench: build first: swift build -c release")
