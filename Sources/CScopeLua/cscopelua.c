@@ -9,6 +9,9 @@
 #include <string.h>
 #include <time.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
 
 /* ---- state and allocator --------------------------------------------------------- */
 
@@ -78,6 +81,12 @@ static int trampoline(lua_State *L) {
   int n = callswift(L, fn);
   if (n < 0) return lua_error(L);
   return n;
+}
+
+void sl_pushclosure(lua_State *L, sl_SwiftFunction fn, int nup) {
+  lua_pushlightuserdata(L, (void *)fn);
+  lua_rotate(L, -nup - 1, 1);  /* the function pointer becomes upvalue 1 */
+  lua_pushcclosure(L, trampoline, nup + 1);
 }
 
 void sl_pushfunction(lua_State *L, sl_SwiftFunction fn) {
@@ -407,4 +416,65 @@ static void stophook(lua_State *L, lua_Debug *ar) {
 
 void sl_interrupt(lua_State *L) {
   lua_sethook(L, stophook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+}
+
+/* ---- stopping a run --------------------------------------------------------------- */
+
+static volatile sig_atomic_t stop_signal = 0;
+static volatile sig_atomic_t stop_forced = 0;
+static lua_State *volatile stop_state = NULL;
+static int stop_pipe[2] = {-1, -1};
+
+static void force_stop(void) {
+  stop_forced = 1;
+  if (stop_state != NULL) sl_interrupt(stop_state);  /* lua_sethook is signal-safe */
+}
+
+static void on_stop_signal(int sig) {
+  int saved = errno;
+  if (sig == SIGALRM) {
+    if (stop_signal != 0) force_stop();
+  } else if (stop_signal == 0) {
+    stop_signal = sig;
+    if (stop_pipe[1] >= 0) { char c = 1; (void)!write(stop_pipe[1], &c, 1); }
+  } else {
+    force_stop();
+  }
+  errno = saved;
+}
+
+void sl_stop_install(lua_State *L) {
+  if (stop_pipe[0] < 0 && pipe(stop_pipe) == 0) {
+    for (int i = 0; i < 2; i++) {
+      fcntl(stop_pipe[i], F_SETFL, fcntl(stop_pipe[i], F_GETFL) | O_NONBLOCK);
+      fcntl(stop_pipe[i], F_SETFD, FD_CLOEXEC);
+    }
+  }
+  stop_state = L;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGALRM, &sa, NULL);
+}
+
+void sl_stop_uninstall(void) {
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGALRM, SIG_DFL);
+  alarm(0);
+  stop_state = NULL;
+}
+
+int sl_stop_signal(void) { return stop_signal; }
+int sl_stop_forced(void) { return stop_forced; }
+int sl_stop_fd(void) { return stop_pipe[0]; }
+void sl_arm_grace(unsigned seconds) { alarm(seconds > 0 ? seconds : 1); }
+
+void sl_stop_reset(void) {
+  stop_signal = 0;
+  stop_forced = 0;
+  if (stop_pipe[0] >= 0) { char buf[64]; while (read(stop_pipe[0], buf, sizeof buf) > 0) {} }
 }

@@ -136,6 +136,30 @@ void sl_pushfilelines(lua_State *L, lua_CFunction iolines, sl_SwiftFunction unwr
 /* The FILE* inside a stock io file at `idx`, or NULL when it is not an open io file. */
 FILE *sl_iofile(lua_State *L, int idx);
 
+/* Like sl_pushfunction, with the `nup` values on top of the stack as upvalues 2..nup+1
+ * (upvalue 1 is the Swift function). */
+void sl_pushclosure(lua_State *L, sl_SwiftFunction fn, int nup);
+
+/* ---- stopping a run (SIGINT / SIGTERM) ---------------------------------------------
+ * Why C: a signal handler may only touch async-signal-safe state. The handlers record
+ * the signal, wake the runner through a pipe, and on a second signal (or when the grace
+ * period set with sl_arm_grace runs out) set lua.c's interrupt hook on the state. */
+
+/* Installs the handlers for SIGINT and SIGTERM (and SIGALRM for the grace period). */
+void sl_stop_install(lua_State *L);
+/* Restores the default handlers. */
+void sl_stop_uninstall(void);
+/* The first stop signal received (0 if none). */
+int sl_stop_signal(void);
+/* Nonzero once the stop was forced (second signal or grace period over). */
+int sl_stop_forced(void);
+/* A file descriptor that becomes readable when a stop signal arrives (for poll). */
+int sl_stop_fd(void);
+/* Starts the grace period: after `seconds`, the stop is forced. */
+void sl_arm_grace(unsigned seconds);
+/* Forgets a previous stop (tests, REPL). */
+void sl_stop_reset(void);
+
 /* lua_CFunction running luaL_tolstring on argument 1 (it may call __tostring, which
  * may raise): Swift runs it under sl_pcall. */
 int sl_tostring(lua_State *L);

@@ -12,25 +12,8 @@ enum Bindings {
         FileBindings.install(rt, L)
         TimerBindings.install(rt, L)
         SQLBindings.install(rt, L)
+        JSONBindings.install(rt, L)
         installPackagePath(rt, L)
-        installLuaModules(rt, L)
-    }
-
-    /// Modules written in Lua (stdlib/scope/*.lua) that are also globals: `json`.
-    /// Loaded now, so a script sees them like the built-in ones; a module that cannot
-    /// load (a missing Debian package) becomes a global whose use explains why.
-    private static func installLuaModules(_ rt: Runtime, _ L: LuaState) {
-        for name in ["json"] {
-            let base = lua_gettop(L)
-            getGlobal(L, "require")
-            Lua.push(L, "scope.\(name)")
-            if sl_pcall(L, 1, 1, 0) == LUA_OK {
-                setGlobal(L, name)
-            } else {
-                rt.missingModules[name] = Lua.describe(L, -1)
-            }
-            lua_settop(L, base)
-        }
     }
 
     /// `_G[name] = value on top` without metamethods. Stack: -1.

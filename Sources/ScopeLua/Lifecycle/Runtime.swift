@@ -57,7 +57,9 @@ public final class Runtime {
 
     /// Per-kind state that binding files keep on the runtime.
     var timerLabelsRef: Int32 = LUA_NOREF
-    /// Lua modules that could not be loaded at start, and why.
+    /// cjson's functions, when lua-cjson is installed.
+    var json: JSONCodec?
+    /// Modules that could not be loaded at start, and why.
     var missingModules: [String: String] = [:]
     /// Identity of the metatable of `sql.blob` values.
     var blobMetatable: UnsafeRawPointer?

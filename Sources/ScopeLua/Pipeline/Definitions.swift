@@ -1,0 +1,126 @@
+import CLua
+import CScopeLua
+
+/// What happens to an event whose `process` call failed.
+indirect enum ErrorPolicy: Equatable {
+    /// Stop the run: every scope is released, the error is reported, exit status 1.
+    case abort
+    /// Drop the event (counted as skipped) and go on.
+    case skip
+    /// Write the event, the error and its traceback to the dead-letter output and go on.
+    case deadLetter
+    /// Call again up to `times` times, waiting `backoff` seconds (doubling each time),
+    /// then apply `then`.
+    case retry(times: Int, backoff: Double, then: ErrorPolicy)
+
+    /// A reason an `on_error` value was refused.
+    struct Invalid: Error {
+        let message: String
+    }
+
+    /// Parses an `on_error` value at `idx`; a failure says what is wrong with it.
+    static func parse(_ L: LuaState, _ idx: Int32) -> Result<ErrorPolicy, Invalid> {
+        let expected = "on_error must be \"abort\", \"skip\", \"dead_letter\" or { retry = n, backoff = seconds, [\"then\"] = ... }"
+        switch lua_type(L, idx) {
+        case LUA_TSTRING:
+            switch Lua.string(L, idx) ?? "" {
+            case "abort": return .success(.abort)
+            case "skip": return .success(.skip)
+            case "dead_letter": return .success(.deadLetter)
+            case let other: return .failure(Invalid(message: "\(expected) (got \"\(other)\")"))
+            }
+        case LUA_TTABLE:
+            let idx = lua_absindex(L, idx)
+            let base = lua_gettop(L)
+            defer { lua_settop(L, base) }
+            guard Lua.rawField(L, idx, "retry") == LUA_TNUMBER, lua_isinteger(L, -1) != 0,
+                  lua_tointegerx(L, -1, nil) >= 1 else {
+                return .failure(Invalid(message: "\(expected) (retry must be a positive integer)"))
+            }
+            let times = Int(lua_tointegerx(L, -1, nil))
+            var backoff = 0.0
+            switch Lua.rawField(L, idx, "backoff") {
+            case LUA_TNIL: break
+            case LUA_TNUMBER where lua_tonumberx(L, -1, nil) >= 0: backoff = lua_tonumberx(L, -1, nil)
+            default: return .failure(Invalid(message: "\(expected) (backoff must be a number of seconds)"))
+            }
+            var then = ErrorPolicy.abort
+            if Lua.rawField(L, idx, "then") != LUA_TNIL {
+                switch parse(L, -1) {
+                case .success(.retry): return .failure(Invalid(message: "\(expected) (\"then\" cannot retry again)"))
+                case .success(let p): then = p
+                case .failure(let m): return .failure(m)
+                }
+            }
+            return .success(.retry(times: times, backoff: backoff, then: then))
+        default:
+            return .failure(Invalid(message: "\(expected) (got a \(Lua.typeName(L, idx)))"))
+        }
+    }
+
+    var name: String {
+        switch self {
+        case .abort: return "abort"
+        case .skip: return "skip"
+        case .deadLetter: return "dead_letter"
+        case .retry(let n, _, let then): return "retry \(n) then \(then.name)"
+        }
+    }
+}
+
+/// A registered stage: the functions of its definition table, as registry references.
+final class StageDefinition {
+    let name: String
+    let process: Int32
+    let open: Int32
+    let close: Int32
+    let policy: ErrorPolicy?
+    /// Registry reference of the definition table (returned to the script).
+    let table: Int32
+
+    init(name: String, process: Int32, open: Int32, close: Int32, policy: ErrorPolicy?, table: Int32) {
+        self.name = name
+        self.process = process
+        self.open = open
+        self.close = close
+        self.policy = policy
+        self.table = table
+    }
+}
+
+/// A registered pipeline: stages (with their config) and nested pipelines, in order.
+final class PipelineDefinition {
+    enum Item {
+        /// A stage, with the registry reference of its `ctx.config` table.
+        case stage(StageDefinition, config: Int32)
+        case pipeline(PipelineDefinition)
+    }
+
+    let name: String
+    let items: [Item]
+    let policy: ErrorPolicy?
+
+    init(name: String, items: [Item], policy: ErrorPolicy?) {
+        self.name = name
+        self.items = items
+        self.policy = policy
+    }
+
+    /// Every stage, depth first, in event order.
+    var stageCount: Int {
+        items.reduce(0) { n, item in
+            switch item {
+            case .stage: return n + 1
+            case .pipeline(let p): return n + p.stageCount
+            }
+        }
+    }
+}
+
+/// The stages and pipelines a script registered, by name.
+final class PipelineRegistry {
+    var stages: [String: StageDefinition] = [:]
+    var pipelines: [String: PipelineDefinition] = [:]
+    /// Registration order, for "the script's pipeline" when there is only one.
+    var pipelineOrder: [String] = []
+}
