@@ -3,6 +3,7 @@
 
   Benchmarks/bench.py micro [--runs 7] [--n 1000000]     timer.measure pair vs pure-Lua <close>
   Benchmarks/bench.py sqlite [--runs 5] [--n 100000]     prepared inserts, 1000 per transaction, vs Python sqlite3
+  Benchmarks/bench.py pipeline [--runs 5] [--n 200000]   analytics-1 (scripts/analytics.lua) vs plain Lua and Python
 
 Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
 the medians are compared. Build first: swift build -c release.
@@ -95,6 +96,44 @@ def sqlite(args):
         print(f"  speed-up over Python: {mb / ma:.2f}x  (target: at least 1.5x)")
 
 
+def pipeline(args):
+    bench = shared_bench(args.shared)
+    with tempfile.TemporaryDirectory() as tmp:
+        events = os.path.join(tmp, "events.jsonl")
+        with open(events, "w") as f:
+            subprocess.run([sys.executable, os.path.join(bench, "gen_events.py"), str(args.n)], check=True, stdout=f)
+        dirs = {k: os.path.join(tmp, k) for k in ("ours", "lua", "py")}
+        for d in dirs.values():
+            os.mkdir(d)
+        ours = [SCOPELUA, "run", os.path.join(ROOT, "scripts", "analytics.lua"), "--input", events, "--output", "none"]
+        lua = ["lua5.4", os.path.join(bench, "baseline_pipeline.lua"), dirs["lua"]]
+        py = [sys.executable, os.path.join(bench, "baseline_pipeline.py"), dirs["py"]]
+        env = dict(os.environ, ANALYTICS_OUT=dirs["ours"])
+
+        def run(cmd, **kw):
+            with open(events) as stdin:
+                r = subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, check=True, **kw)
+            return (r.stdout + r.stderr).strip().splitlines()[-1]
+
+        counts = {run(ours, env=env), run(lua), run(py)}
+        if len(counts) != 1:
+            sys.exit(f"bench: counts differ: {counts}")
+        print(f"pipeline: analytics-1 on {args.n} events ({counts.pop()}), {args.runs} alternating runs")
+        t = {"scopelua": [], "lua": [], "python": []}
+        for _ in range(args.runs):
+            for name, cmd, kw in (("scopelua", ours, {"env": env}), ("lua", lua, {}), ("python", py, {})):
+                with open(events) as stdin:
+                    start = time.perf_counter()
+                    subprocess.run(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, **kw)
+                    t[name].append(time.perf_counter() - start)
+        m = {k: statistics.median(v) for k, v in t.items()}
+        for k, label in (("scopelua", "scopelua analytics.lua"), ("lua", "lua5.4 baseline_pipeline.lua"),
+                         ("python", "python3 baseline_pipeline.py")):
+            print(f"  {label:<30} median {m[k]:7.3f}s   (min {min(t[k]):.3f}s)")
+        print(f"  speed-up over plain Lua: {m['lua'] / m['scopelua']:.2f}x  (target: at least 1.5x)")
+        print(f"  speed-up over Python:    {m['python'] / m['scopelua']:.2f}x  (target: at least 2.5x)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", help="path to shared/bench (default: ../shared/bench)")
@@ -108,6 +147,10 @@ def main():
     q.add_argument("--runs", type=int, default=5)
     q.add_argument("--n", type=int, default=100000)
     q.set_defaults(fn=sqlite)
+    r = sub.add_parser("pipeline", help="analytics-1 vs the plain-Lua and Python baselines")
+    r.add_argument("--runs", type=int, default=5)
+    r.add_argument("--n", type=int, default=200000)
+    r.set_defaults(fn=pipeline)
     args = p.parse_args()
     if not os.path.exists(SCOPELUA):
         sys.exit("bench: build first: swift build -c release")

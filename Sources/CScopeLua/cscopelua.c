@@ -395,6 +395,16 @@ int sl_gcgenerational(lua_State *L) {
   return lua_gc(L, LUA_GCGEN, 0, 0);
 }
 
+FILE *sl_stdout(void) { return stdout; }
+
+int sl_stderr_isatty(void) { return isatty(2); }
+
+void sl_eprogress(const char *line) {
+  if (!isatty(2)) return;
+  fprintf(stderr, "\r\033[K%s", line);
+  fflush(stderr);
+}
+
 /* ---- misc ------------------------------------------------------------------------ */
 
 int sl_loadbuffer(lua_State *L, const char *buf, size_t len, const char *name) {

@@ -26,14 +26,26 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a Lua script (like `lua script.lua args...`).",
         discussion: """
-            The script sees `arg` and `...` exactly as under `lua`. Options given after the \
-            script name belong to the script. `-e` and `-l` run before the script, in the \
-            order given. An uncaught error releases every scope (files are complete on \
-            disk), then prints the message and a traceback to stderr and exits with 1.
+            The script sees `arg` and `...` exactly as under `lua`, except that the runner \
+            options below may also follow the script name (they are taken out of `arg`; \
+            everything after `--` goes to the script untouched). `-e` and `-l` run before the \
+            script, in the order given. An uncaught error releases every scope (files are \
+            complete on disk), then prints the message and a traceback to stderr and exits 1.
+
+            With --input, the script's pipeline then runs over JSON-lines events (one JSON \
+            object per line); events leaving the last stage are written as JSON lines to \
+            --output. Lines that are not JSON objects are rejected (with their line number) \
+            to --dead-letter or stderr, and the run goes on. SIGINT/SIGTERM stop gracefully: \
+            input stops, the current event finishes, stages close, the report is printed, \
+            exit 130/143; a second signal or --grace running out forces the release.
+
+            Exit status: 0 success; 1 script error or aborted pipeline; 2 usage error; \
+            130/143 after a graceful stop.
 
             Examples:
-              scopelua run scripts/log_events.lua
+              scopelua run scripts/tour.lua
               scopelua run --trace --report job.lua input.txt
+              scopelua run scripts/analytics.lua --input events.jsonl --output out.jsonl --report
               scopelua run -e 'print(timer.now())'
             """
     )
@@ -50,6 +62,21 @@ struct Run: ParsableCommand {
     @Flag(help: "Print the resource ledger and timer statistics to stderr at exit.")
     var report = false
 
+    @Option(help: ArgumentHelp("Run the script's pipeline over JSON-lines events from FILE ('-': stdin).", valueName: "FILE"))
+    var input: String?
+
+    @Option(help: ArgumentHelp("Which registered pipeline --input drives (needed when there are several).", valueName: "NAME"))
+    var pipeline: String?
+
+    @Option(help: ArgumentHelp("Where events leaving the last stage go, as JSON lines ('-': stdout, the default; 'none': count them, write nothing).", valueName: "FILE"))
+    var output: String?
+
+    @Option(name: .customLong("dead-letter"), help: ArgumentHelp("Write dead letters and rejected input lines to FILE as JSON lines (default: stderr).", valueName: "FILE"))
+    var deadLetter: String?
+
+    @Option(help: ArgumentHelp("Seconds a graceful stop (SIGINT/SIGTERM) may take before everything is released by force.", valueName: "SECONDS"))
+    var grace: Double = 10
+
     @Argument(help: ArgumentHelp("The Lua script to run; '-' reads it from stdin.", valueName: "script"))
     var script: String?
 
@@ -60,10 +87,64 @@ struct Run: ParsableCommand {
         if script == nil && execute.isEmpty && library.isEmpty {
             throw ValidationError("missing script (or -e CHUNK / -l MODULE)")
         }
+        if grace <= 0 { throw ValidationError("--grace must be a positive number of seconds") }
     }
 
-    func run() throws {
+    /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
+    /// are taken out of the script's arguments. `--` passes everything after it verbatim.
+    static let runnerOptions: Set<String> = ["--input", "--pipeline", "--output", "--dead-letter", "--grace", "--report", "--trace"]
+
+    mutating func takeRunnerOptions() throws {
+        var rest: [String] = []
+        var i = 0
+        let args = scriptArguments
+        func value(_ name: String) throws -> String {
+            guard i + 1 < args.count else { throw ValidationError("missing value for '\(name)'") }
+            i += 1
+            return args[i]
+        }
+        while i < args.count {
+            let a = args[i]
+            let (name, inline): (String, String?) = {
+                if let eq = a.firstIndex(of: "="), a.hasPrefix("--") { return (String(a[..<eq]), String(a[a.index(after: eq)...])) }
+                return (a, nil)
+            }()
+            switch name {
+            case "--":
+                rest += args[(i + 1)...]
+                i = args.count
+                continue
+            case "--input": input = try inline ?? value(name)
+            case "--pipeline": pipeline = try inline ?? value(name)
+            case "--output": output = try inline ?? value(name)
+            case "--dead-letter": deadLetter = try inline ?? value(name)
+            case "--grace":
+                let text = try inline ?? value(name)
+                guard let g = Double(text), g > 0 else { throw ValidationError("--grace must be a positive number of seconds (got '\(text)')") }
+                grace = g
+            case "--report": report = true
+            case "--trace": trace = true
+            default: rest.append(a)
+            }
+            i += 1
+        }
+        scriptArguments = rest
+    }
+
+    mutating func run() throws {
+        try takeRunnerOptions()
+        if input == nil, pipeline != nil || output != nil || deadLetter != nil {
+            throw ValidationError("--pipeline, --output and --dead-letter need --input FILE")
+        }
         var request = RunRequest(script: script)
+        if let input {
+            var p = RunRequest.PipelineOptions(input: input)
+            p.name = pipeline
+            p.output = output ?? "-"
+            p.deadLetter = deadLetter
+            p.grace = grace
+            request.pipeline = p
+        }
         request.scriptArguments = scriptArguments
         request.report = report
         let raw = CommandLine.arguments

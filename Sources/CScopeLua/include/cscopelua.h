@@ -184,6 +184,15 @@ void sl_eprint(const char *line);
 /* lua_gc(L, LUA_GCGEN, 0, 0): lua_gc is variadic, which Swift cannot call. */
 int sl_gcgenerational(lua_State *L);
 
+/* C's stdout (shared with Lua's print and io.write), which Swift 6 cannot name. */
+FILE *sl_stdout(void);
+
+/* Rewrites the progress line on stderr when stderr is a terminal ("" clears it). */
+void sl_eprogress(const char *line);
+
+/* Whether stderr is a terminal. */
+int sl_stderr_isatty(void);
+
 /* Macros Swift cannot import. */
 static inline int sl_upvalueindex(int i) { return lua_upvalueindex(i); }
 static inline int sl_registryindex(void) { return LUA_REGISTRYINDEX; }

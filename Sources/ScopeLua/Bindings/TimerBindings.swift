@@ -12,6 +12,8 @@ enum TimerBindings {
         lua_createtable(L, 0, 4)
         Lua.setFunction(L, -1, "measure", measure)
         Lua.setFunction(L, -1, "now", now)
+        Lua.setFunction(L, -1, "every", every)
+        Lua.setFunction(L, -1, "after", after)
         Bindings.publishModule(L, "timer")
     }
 
@@ -58,8 +60,37 @@ enum TimerBindings {
     static let elapsed: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard let h = HandleBindings.check(rt, L, 1, kind: .timer) else { return raise }
-        let nanos = h.pointee.isOpen ? sl_monotonic_ns() &- h.pointee.start : UInt64(h.pointee.value)
+        let nanos = h.pointee.isOpen || h.pointee.record != nil ? sl_monotonic_ns() &- h.pointee.start : UInt64(h.pointee.value)
         lua_pushnumber(L, Double(nanos) / 1e9)
+        return 1
+    }
+
+    static let every: SwiftLuaFunction = { L in schedule(L, repeats: true) }
+    static let after: SwiftLuaFunction = { L in schedule(L, repeats: false) }
+
+    /// timer.every(seconds, fn) / timer.after(seconds, fn) → a timer handle.
+    static func schedule(_ L: LuaState?, repeats: Bool) -> Int32 {
+        let (rt, L) = Runtime.from(L)
+        guard lua_type(L, 1) == LUA_TNUMBER else {
+            Lua.pushTypeError(L, 1, "number")
+            return raise
+        }
+        let seconds = lua_tonumberx(L, 1, nil)
+        guard seconds.isFinite, repeats ? seconds > 0 : seconds >= 0 else {
+            Lua.pushArgError(L, 1, repeats ? "interval must be a positive number of seconds" : "delay must be a non-negative number of seconds")
+            return raise
+        }
+        guard lua_type(L, 2) == LUA_TFUNCTION else {
+            Lua.pushTypeError(L, 2, "function")
+            return raise
+        }
+        lua_pushvalue(L, 2)
+        let t = ScheduledTimer(function: luaL_ref(L, Lua.registry), delay: seconds, repeats: repeats, owner: rt.current)
+        let h = rt.acquire(.timer, t, L, site: rt.currentSite(L))
+        t.handle = h
+        lua_pushvalue(L, -1)
+        t.anchor = luaL_ref(L, Lua.registry)
+        rt.scheduled.append(t)
         return 1
     }
 

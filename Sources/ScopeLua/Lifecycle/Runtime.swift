@@ -57,6 +57,13 @@ public final class Runtime {
 
     /// Per-kind state that binding files keep on the runtime.
     var timerLabelsRef: Int32 = LUA_NOREF
+    /// Registered stages and pipelines, and the pipeline running now (if any).
+    let pipelines = PipelineRegistry()
+    var activeRun: PipelineRun?
+    var stageMetatable: UnsafeRawPointer?
+    var pipelineMetatable: UnsafeRawPointer?
+    /// Timers from timer.every / timer.after, fired by a running pipeline.
+    var scheduled: [ScheduledTimer] = []
     /// cjson's functions, when lua-cjson is installed.
     var json: JSONCodec?
     /// Modules that could not be loaded at start, and why.
@@ -465,6 +472,12 @@ public final class Runtime {
             let error = takeError(L)
             throw error
         }
+    }
+
+    /// The error object at `idx` as a `LuaError`, leaving the stack as it was.
+    func takeError(copyOf idx: Int32, _ L: LuaState) -> LuaError {
+        lua_pushvalue(L, idx)
+        return takeError(L)
     }
 
     /// Pops the error object on top and turns it into a `LuaError` with the traceback

@@ -73,6 +73,12 @@ final class Scope {
         holes = 0
     }
 
+    /// Makes an ended, empty scope usable again (a stage's task scope is reused from
+    /// event to event instead of allocated for each).
+    func reopen() {
+        ended = false
+    }
+
     /// Marks the scope as ending and detaches its newest open handle, if any.
     func popNewest() -> Handle? {
         ended = true

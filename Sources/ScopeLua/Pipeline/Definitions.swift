@@ -123,4 +123,8 @@ final class PipelineRegistry {
     var pipelines: [String: PipelineDefinition] = [:]
     /// Registration order, for "the script's pipeline" when there is only one.
     var pipelineOrder: [String] = []
+    /// Definition tables and pipeline objects by identity (kept alive by references).
+    var stagesByTable: [UnsafeRawPointer?: StageDefinition] = [:]
+    var pipelinesByTable: [UnsafeRawPointer?: PipelineDefinition] = [:]
+    var objects: [Int32] = []
 }

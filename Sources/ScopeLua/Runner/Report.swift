@@ -1,4 +1,5 @@
 import CScopeLua
+import CLua
 
 /// The run report: what `--report` prints (and, with pipelines, `p:run` returns).
 public enum Report {
@@ -53,5 +54,86 @@ public enum Report {
 public enum StandardError {
     public static func write(line: String) {
         sl_eprint(line)
+    }
+}
+
+extension Report {
+    /// Pushes the pipeline report table: read, emitted, filtered, skipped,
+    /// dead_lettered, rejected, retried, fanout = { created, emitted, filtered, skipped,
+    /// dead_lettered }, stages[name] = { calls, errors, p50, p99, max },
+    /// resources = { acquired, released, leaked, release_errors }, timers[label] = {...}.
+    static func pushPipeline(_ run: PipelineRun, _ L: LuaState) {
+        func set(_ key: String, _ value: Int) {
+            lua_pushinteger(L, lua_Integer(value))
+            Lua.setField(L, -2, key)
+        }
+        func set(_ key: String, _ value: Double) {
+            lua_pushnumber(L, value)
+            Lua.setField(L, -2, key)
+        }
+        lua_createtable(L, 0, 12)
+        set("read", run.read)
+        set("emitted", run.original.emitted)
+        set("filtered", run.original.filtered)
+        set("skipped", run.original.skipped)
+        set("dead_lettered", run.original.deadLettered)
+        set("rejected", run.rejected)
+        set("retried", run.retried)
+        lua_createtable(L, 0, 5)
+        set("created", run.fanoutCreated)
+        set("emitted", run.fanout.emitted)
+        set("filtered", run.fanout.filtered)
+        set("skipped", run.fanout.skipped)
+        set("dead_lettered", run.fanout.deadLettered)
+        Lua.setField(L, -2, "fanout")
+        lua_createtable(L, 0, Int32(run.stages.count))
+        for s in run.stages {
+            lua_createtable(L, 0, 5)
+            set("calls", s.calls)
+            set("errors", s.errors)
+            set("p50", Double(s.time.quantile(0.5)) / 1e9)
+            set("p99", Double(s.time.quantile(0.99)) / 1e9)
+            set("max", Double(s.time.maxNanos) / 1e9)
+            Lua.setField(L, -2, s.definition.name)
+        }
+        Lua.setField(L, -2, "stages")
+        let c = run.rt.resourceCounts
+        lua_createtable(L, 0, 6)
+        set("acquired", c.acquired)
+        set("released", c.released)
+        set("released_by_handle", c.releasedByHandle)
+        set("released_by_scope", c.releasedByScope)
+        set("leaked", c.leaked)
+        set("release_errors", c.releaseErrors)
+        Lua.setField(L, -2, "resources")
+        lua_createtable(L, 0, 0)
+        for t in run.rt.timers {
+            lua_createtable(L, 0, 5)
+            set("count", t.count)
+            set("total", t.total)
+            set("p50", t.p50)
+            set("p99", t.p99)
+            set("max", t.max)
+            Lua.setField(L, -2, t.label)
+        }
+        Lua.setField(L, -2, "timers")
+    }
+
+    /// The pipeline part of `--report`, as a readable table.
+    static func pipelineText(_ run: PipelineRun) -> String {
+        var lines = ["pipeline \(run.definition.name)"]
+        lines.append("  events     read \(run.read)  emitted \(run.original.emitted)  filtered \(run.original.filtered)  skipped \(run.original.skipped)  dead-lettered \(run.original.deadLettered)  rejected \(run.rejected)  retried \(run.retried)")
+        if run.fanoutCreated > 0 {
+            lines.append("  fan-out    created \(run.fanoutCreated)  emitted \(run.fanout.emitted)  filtered \(run.fanout.filtered)  skipped \(run.fanout.skipped)  dead-lettered \(run.fanout.deadLettered)")
+        }
+        let width = max(5, run.stages.map(\.definition.name.count).max() ?? 5)
+        lines.append("  stages     " + pad("stage", width) + "     calls   errors        p50        p99        max")
+        for s in run.stages {
+            lines.append("             " + pad(s.definition.name, width) + " " + right(String(s.calls), 9)
+                + " " + right(String(s.errors), 8) + " " + right(seconds(Double(s.time.quantile(0.5)) / 1e9), 10)
+                + " " + right(seconds(Double(s.time.quantile(0.99)) / 1e9), 10)
+                + " " + right(seconds(Double(s.time.maxNanos) / 1e9), 10))
+        }
+        return lines.joined(separator: "\n")
     }
 }

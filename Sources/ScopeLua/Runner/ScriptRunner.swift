@@ -25,6 +25,24 @@ public struct RunRequest: Sendable {
     /// Print the run report (resources, timers) to stderr at exit.
     public var report = false
 
+    /// Drive a registered pipeline over JSON-lines events after the script ran.
+    public struct PipelineOptions: Sendable {
+        /// A path, or `-` for stdin.
+        public var input: String
+        /// Which pipeline, when the script registered several.
+        public var name: String?
+        /// A path, `-` (the default) for stdout, or `none` to count events without writing them.
+        public var output: String = "-"
+        public var deadLetter: String?
+        public var grace: Double = 10
+
+        public init(input: String) {
+            self.input = input
+        }
+    }
+
+    public var pipeline: PipelineOptions?
+
     public init(script: String?) {
         self.script = script
     }
@@ -68,6 +86,9 @@ public enum ScriptRunner {
                 script == "-" ? luaL_loadfilex(L, nil, nil) : luaL_loadfilex(L, script, nil)
             }
         }
+        if status == success, let pipelineOptions = request.pipeline {
+            status = runPipeline(rt, pipelineOptions, report: request.report)
+        }
         if status == success {
             // Everything still open is released now; a failing release fails the run.
             let failures = rt.releaseAll()
@@ -80,6 +101,57 @@ public enum ScriptRunner {
             rt.diagnose(Report.text(rt))
         }
         return status
+    }
+
+    /// Exit statuses after a graceful stop: 128 + the signal, as shells report it.
+    public static func stopped(_ signal: Int32) -> Int32 { 128 + signal }
+
+    /// Runs the selected pipeline over the input; prints its report when asked.
+    static func runPipeline(_ rt: Runtime, _ p: RunRequest.PipelineOptions, report: Bool) -> Int32 {
+        let registry = rt.pipelines
+        let definition: PipelineDefinition
+        if let name = p.name {
+            guard let found = registry.pipelines[name] else {
+                let known = registry.pipelineOrder.isEmpty ? "none" : registry.pipelineOrder.joined(separator: ", ")
+                rt.diagnose("scopelua: no pipeline named '\(name)' (registered: \(known))")
+                return usageError
+            }
+            definition = found
+        } else {
+            guard registry.pipelineOrder.count == 1, let only = registry.pipelines[registry.pipelineOrder[0]] else {
+                if registry.pipelineOrder.isEmpty {
+                    rt.diagnose("scopelua: --input given, but the script registered no pipeline")
+                } else {
+                    rt.diagnose("scopelua: the script registered several pipelines (\(registry.pipelineOrder.joined(separator: ", "))): choose one with --pipeline NAME")
+                }
+                return usageError
+            }
+            definition = only
+        }
+        var options = PipelineRun.Options()
+        options.input = p.input == "-" ? .stdin : .path(p.input)
+        switch p.output {
+        case "-": options.output = .stdout
+        case "none": options.output = .discard
+        default: options.output = .path(p.output)
+        }
+        options.deadLetter = p.deadLetter
+        options.grace = p.grace
+        options.handleSignals = true
+        options.progress = sl_stderr_isatty() != 0
+        let run = PipelineRun(rt, definition, options: options)
+        let outcome = run.execute(rt.L, parent: rt.root)
+        run.releaseReferences(rt.L)
+        if report { rt.diagnose(Report.pipelineText(run)) }
+        switch outcome {
+        case .finished:
+            return success
+        case .stopped(let signal):
+            return stopped(signal)
+        case .failed(let message):
+            rt.diagnose("scopelua: \(message)")
+            return scriptError
+        }
     }
 
     /// The reason `path` cannot be read as a script, or nil if it can.

@@ -1,0 +1,348 @@
+import CLua
+import CScopeLua
+
+/// `stage(name, def)`, `pipeline(name, def)`, `p:run{...}`, and the `ctx` stages see.
+enum PipelineBindings {
+    static func install(_ rt: Runtime, _ L: LuaState) {
+        Lua.push(L, stage)
+        Bindings.setGlobal(L, "stage")
+        Lua.push(L, pipeline)
+        Bindings.setGlobal(L, "pipeline")
+
+        // Stage definition tables get this metatable (a marker; nothing else changes).
+        lua_createtable(L, 0, 1)
+        Lua.push(L, "stage")
+        Lua.setField(L, -2, "__name")
+        rt.stageMetatable = lua_topointer(L, -1)
+        Lua.setRegistryField(L, "scopelua.stage")
+
+        // Pipeline objects: { name = ... } with :run{...}.
+        lua_createtable(L, 0, 3)
+        Lua.push(L, "pipeline")
+        Lua.setField(L, -2, "__name")
+        lua_createtable(L, 0, 1)
+        Lua.setFunction(L, -1, "run", run)
+        Lua.setField(L, -2, "__index")
+        Lua.setFunction(L, -1, "__tostring", pipelineToString)
+        rt.pipelineMetatable = lua_topointer(L, -1)
+        Lua.setRegistryField(L, "scopelua.pipeline")
+
+        // ctx: { name, config, state } with :emit(e) and :own(h).
+        lua_createtable(L, 0, 2)
+        lua_createtable(L, 0, 2)
+        Lua.setFunction(L, -1, "emit", emit)
+        Lua.setFunction(L, -1, "own", own)
+        Lua.setField(L, -2, "__index")
+        Lua.setRegistryField(L, "scopelua.ctx")
+    }
+
+    // MARK: - Registration
+
+    /// stage(name, def) → def; stage "name" → function(def) (for `stage "name" { ... }`).
+    static let stage: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let name = Lua.string(L, 1) else {
+            Lua.pushTypeError(L, 1, "string")
+            return raise
+        }
+        if sl_isnoneornil(L, 2) != 0 {
+            lua_settop(L, 1)
+            sl_pushclosure(L, curriedStage, 1)
+            return 1
+        }
+        guard registerStage(rt, L, name: name, definition: 2) != nil else { return raise }
+        return 1
+    }
+
+    static let curriedStage: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        lua_pushvalue(L, sl_upvalueindex(2))
+        let name = Lua.string(L, -1) ?? "?"
+        sl_pop(L, 1)
+        guard registerStage(rt, L, name: name, definition: 1) != nil else { return raise }
+        return 1
+    }
+
+    /// Validates and registers the stage definition table at `definition`; pushes it
+    /// (or an error, returning nil).
+    static func registerStage(_ rt: Runtime, _ L: LuaState, name: String, definition: Int32,
+                              register: Bool = true) -> StageDefinition? {
+        let def = lua_absindex(L, definition)
+        guard lua_type(L, def) == LUA_TTABLE else {
+            Lua.pushError(L, "stage '\(name)': the definition must be a table with a process function (got a \(Lua.typeName(L, def)))")
+            return nil
+        }
+        var refs: [String: Int32] = [:]
+        for field in ["process", "open", "close"] {
+            switch Lua.rawField(L, def, field) {
+            case LUA_TFUNCTION:
+                refs[field] = luaL_ref(L, Lua.registry)
+            case LUA_TNIL:
+                sl_pop(L, 1)
+                if field == "process" {
+                    Lua.pushError(L, "stage '\(name)' has no process function")
+                    return nil
+                }
+            default:
+                let type = Lua.typeName(L, -1)
+                sl_pop(L, 1)
+                Lua.pushError(L, "stage '\(name)': \(field) must be a function (got a \(type))")
+                return nil
+            }
+        }
+        var policy: ErrorPolicy?
+        if Lua.rawField(L, def, "on_error") != LUA_TNIL {
+            switch ErrorPolicy.parse(L, -1) {
+            case .success(let p): policy = p
+            case .failure(let e):
+                sl_pop(L, 1)
+                Lua.pushError(L, "stage '\(name)': \(e.message)")
+                return nil
+            }
+        }
+        sl_pop(L, 1)
+        if lua_getmetatable(L, def) == 0 {
+            Lua.getRegistryField(L, "scopelua.stage")
+            _ = lua_setmetatable(L, def)
+        } else {
+            sl_pop(L, 1)
+        }
+        lua_pushvalue(L, def)
+        let table = luaL_ref(L, Lua.registry)
+        let stage = StageDefinition(name: name, process: refs["process"] ?? LUA_NOREF, open: refs["open"] ?? LUA_NOREF,
+                                    close: refs["close"] ?? LUA_NOREF, policy: policy, table: table)
+        if register { rt.pipelines.stages[name] = stage }
+        rt.pipelines.stagesByTable[lua_topointer(L, def)] = stage
+        lua_pushvalue(L, def)
+        return stage
+    }
+
+    /// pipeline(name, def) → pipeline; pipeline "name" → function(def).
+    static let pipeline: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let name = Lua.string(L, 1) else {
+            Lua.pushTypeError(L, 1, "string")
+            return raise
+        }
+        if sl_isnoneornil(L, 2) != 0 {
+            lua_settop(L, 1)
+            sl_pushclosure(L, curriedPipeline, 1)
+            return 1
+        }
+        return registerPipeline(rt, L, name: name, definition: 2) ? 1 : raise
+    }
+
+    static let curriedPipeline: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        lua_pushvalue(L, sl_upvalueindex(2))
+        let name = Lua.string(L, -1) ?? "?"
+        sl_pop(L, 1)
+        return registerPipeline(rt, L, name: name, definition: 1) ? 1 : raise
+    }
+
+    /// Validates and registers the pipeline definition at `definition`; pushes the
+    /// pipeline object (or an error, returning false).
+    static func registerPipeline(_ rt: Runtime, _ L: LuaState, name: String, definition: Int32) -> Bool {
+        let def = lua_absindex(L, definition)
+        guard lua_type(L, def) == LUA_TTABLE else {
+            Lua.pushError(L, "pipeline '\(name)': the definition must be a list of stages (got a \(Lua.typeName(L, def)))")
+            return false
+        }
+        var items: [PipelineDefinition.Item] = []
+        let count = lua_rawlen(L, def)
+        guard count > 0 else {
+            Lua.pushError(L, "pipeline '\(name)' has no stages")
+            return false
+        }
+        // On an error the message is left on top and false returned: the trampoline
+        // raises the top value, so what lies below it does not matter.
+        for i in 1...count {
+            let base = lua_gettop(L)
+            lua_rawgeti(L, def, lua_Integer(i))
+            let item = lua_gettop(L)
+            switch lua_type(L, item) {
+            case LUA_TSTRING:
+                let stageName = Lua.string(L, item) ?? ""
+                if let stage = rt.pipelines.stages[stageName] {
+                    lua_createtable(L, 0, 0)
+                    items.append(.stage(stage, config: luaL_ref(L, Lua.registry)))
+                } else if let nested = rt.pipelines.pipelines[stageName], stageName != name {
+                    items.append(.pipeline(nested))
+                } else {
+                    Lua.pushError(L, "pipeline '\(name)': unknown stage '\(stageName)' (item \(i))")
+                    return false
+                }
+            case LUA_TTABLE:
+                let mt: UnsafeRawPointer? = lua_getmetatable(L, item) != 0 ? lua_topointer(L, -1) : nil
+                lua_settop(L, item)
+                if mt != nil, mt == rt.pipelineMetatable, let nested = rt.pipelines.pipelinesByTable[lua_topointer(L, item)] {
+                    items.append(.pipeline(nested))
+                } else if mt != nil, mt == rt.stageMetatable, let stage = rt.pipelines.stagesByTable[lua_topointer(L, item)] {
+                    lua_createtable(L, 0, 0)
+                    items.append(.stage(stage, config: luaL_ref(L, Lua.registry)))
+                } else if Lua.rawField(L, item, "process") != LUA_TNIL {
+                    // An inline stage definition.
+                    sl_pop(L, 1)
+                    let inlineName = Lua.rawField(L, item, "name") == LUA_TSTRING ? Lua.string(L, -1) ?? "" : "\(name)[\(i)]"
+                    sl_pop(L, 1)
+                    guard registerStage(rt, L, name: inlineName, definition: item, register: false) != nil else {
+                        return false
+                    }
+                    let stage = rt.pipelines.stagesByTable[lua_topointer(L, item)]
+                    lua_createtable(L, 0, 0)
+                    if let stage { items.append(.stage(stage, config: luaL_ref(L, Lua.registry))) }
+                } else {
+                    sl_pop(L, 1)
+                    // { "name", key = value, ... }: a registered stage with its config.
+                    guard lua_rawgeti(L, item, 1) == LUA_TSTRING, let stageName = Lua.string(L, -1) else {
+                        Lua.pushError(L, "pipeline '\(name)': item \(i) must be a stage name, a stage definition, { name, key = value, ... } or a pipeline")
+                        return false
+                    }
+                    sl_pop(L, 1)
+                    guard let stage = rt.pipelines.stages[stageName] else {
+                        Lua.pushError(L, "pipeline '\(name)': unknown stage '\(stageName)' (item \(i))")
+                        return false
+                    }
+                    lua_createtable(L, 0, 4)
+                    let config = lua_gettop(L)
+                    lua_pushnil(L)
+                    while lua_next(L, item) != 0 {
+                        if lua_type(L, -2) == LUA_TNUMBER, lua_isinteger(L, -2) != 0, lua_tointegerx(L, -2, nil) == 1 {
+                            sl_pop(L, 1)
+                            continue
+                        }
+                        lua_pushvalue(L, -2)
+                        lua_rotate(L, -2, 1)
+                        lua_rawset(L, config)
+                    }
+                    items.append(.stage(stage, config: luaL_ref(L, Lua.registry)))
+                }
+            default:
+                Lua.pushError(L, "pipeline '\(name)': item \(i) must be a stage name, a stage definition, { name, key = value, ... } or a pipeline (got a \(Lua.typeName(L, item)))")
+                return false
+            }
+            lua_settop(L, base)
+        }
+        var policy: ErrorPolicy?
+        if Lua.rawField(L, def, "on_error") != LUA_TNIL {
+            switch ErrorPolicy.parse(L, -1) {
+            case .success(let p): policy = p
+            case .failure(let e):
+                Lua.pushError(L, "pipeline '\(name)': \(e.message)")
+                return false
+            }
+        }
+        sl_pop(L, 1)
+        let definitionObject = PipelineDefinition(name: name, items: items, policy: policy)
+        rt.pipelines.pipelines[name] = definitionObject
+        rt.pipelines.pipelineOrder.removeAll { $0 == name }
+        rt.pipelines.pipelineOrder.append(name)
+        lua_createtable(L, 0, 1)
+        Lua.push(L, name)
+        Lua.setField(L, -2, "name")
+        Lua.getRegistryField(L, "scopelua.pipeline")
+        _ = lua_setmetatable(L, -2)
+        rt.pipelines.pipelinesByTable[lua_topointer(L, -1)] = definitionObject
+        lua_pushvalue(L, -1)
+        rt.pipelines.objects.append(luaL_ref(L, Lua.registry))  // keeps the object's address stable
+        return true
+    }
+
+    static let pipelineToString: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard lua_type(L, 1) == LUA_TTABLE, let def = rt.pipelines.pipelinesByTable[lua_topointer(L, 1)] else {
+            Lua.push(L, "pipeline")
+            return 1
+        }
+        Lua.push(L, "pipeline \"\(def.name)\" (\(def.stageCount) stages)")
+        return 1
+    }
+
+    // MARK: - ctx
+
+    /// ctx:emit(e): sends an extra event downstream of the stage.
+    static let emit: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let run = rt.activeRun else {
+            Lua.pushError(L, "ctx:emit can only be used while the pipeline runs")
+            return raise
+        }
+        guard lua_type(L, 2) == LUA_TTABLE else {
+            Lua.pushTypeError(L, 2, "table")
+            return raise
+        }
+        if let problem = run.emit(L, ctx: 1, event: 2) {
+            Lua.pushError(L, problem)
+            return raise
+        }
+        return 0
+    }
+
+    /// ctx:own(h): moves a handle from the task scope to the stage scope; returns it.
+    static let own: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard let run = rt.activeRun else {
+            Lua.pushError(L, "ctx:own can only be used while the pipeline runs")
+            return raise
+        }
+        guard let h = HandleBindings.checkOpen(rt, L, 2) else { return raise }
+        if let problem = run.own(L, ctx: 1, handle: h) {
+            Lua.pushError(L, problem)
+            return raise
+        }
+        lua_settop(L, 2)
+        return 1
+    }
+
+    // MARK: - p:run{...}
+
+    /// p:run{ input = path | list, output = path | fn, dead_letter = path } → report.
+    static let run: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard lua_type(L, 1) == LUA_TTABLE, let def = rt.pipelines.pipelinesByTable[lua_topointer(L, 1)] else {
+            Lua.pushTypeError(L, 1, "pipeline")
+            return raise
+        }
+        guard rt.activeRun == nil else {
+            Lua.pushError(L, "pipeline '\(def.name)' cannot run while another pipeline runs")
+            return raise
+        }
+        guard lua_type(L, 2) == LUA_TTABLE else {
+            Lua.pushTypeError(L, 2, "table")
+            return raise
+        }
+        var options = PipelineRun.Options()
+        switch Lua.rawField(L, 2, "input") {
+        case LUA_TSTRING: options.input = .path(Lua.string(L, -1) ?? "")
+        case LUA_TTABLE:
+            lua_pushvalue(L, -1)
+            options.input = .list(luaL_ref(L, Lua.registry))
+        default:
+            Lua.pushError(L, "bad argument #1 to 'run' (input must be a file path or a list of events)")
+            return raise
+        }
+        switch Lua.rawField(L, 2, "output") {
+        case LUA_TNIL: options.output = .collect
+        case LUA_TSTRING: options.output = .path(Lua.string(L, -1) ?? "")
+        case LUA_TFUNCTION:
+            lua_pushvalue(L, -1)
+            options.output = .function(luaL_ref(L, Lua.registry))
+        default:
+            Lua.pushError(L, "bad argument #1 to 'run' (output must be a file path or a function)")
+            return raise
+        }
+        if Lua.rawField(L, 2, "dead_letter") == LUA_TSTRING { options.deadLetter = Lua.string(L, -1) }
+        lua_settop(L, 2)
+        let run = PipelineRun(rt, def, options: options)
+        let outcome = run.execute(L, parent: rt.current)
+        run.releaseReferences(L)
+        switch outcome {
+        case .finished, .stopped:
+            run.pushReport(L)
+            return 1
+        case .failed(let message):
+            Lua.pushError(L, message)
+            return raise
+        }
+    }
+}
