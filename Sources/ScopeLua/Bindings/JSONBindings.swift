@@ -33,6 +33,12 @@ enum JSONBindings {
         let decode = luaL_ref(L, Lua.registry)
         Lua.rawField(L, cjson, "encode")
         rt.json = JSONCodec(decode: decode, encode: luaL_ref(L, Lua.registry))
+        // Decoded objects that contain marked empty arrays carry this metatable, so
+        // encoding them takes the marker path at once instead of encoding twice.
+        lua_createtable(L, 0, 1)
+        Lua.push(L, "json.object")
+        Lua.setField(L, -2, "__name")
+        rt.json?.markedRoots = luaL_ref(L, Lua.registry)
         lua_createtable(L, 0, 6)
         Lua.setFunction(L, -1, "decode", decodeFunction)
         Lua.setFunction(L, -1, "encode", encodeFunction)
@@ -101,6 +107,8 @@ struct JSONCodec {
     let decodeFn: Int32
     let encodeFn: Int32
     var arrayMetatable: Int32 = LUA_NOREF
+    /// Metatable of decoded values holding marked empty arrays.
+    var markedRoots: Int32 = LUA_NOREF
 
     init(decode: Int32, encode: Int32) {
         decodeFn = decode
@@ -125,28 +133,42 @@ struct JSONCodec {
     /// Encodes the value at `idx`; pushes the text (true) or cjson's message (false).
     func encode(_ L: LuaState, _ idx: Int32) -> Bool {
         let idx = lua_absindex(L, idx)
+        if lua_type(L, idx) == LUA_TTABLE {
+            if isMarkedEmpty(L, idx) {
+                Lua.push(L, "[]")
+                return true
+            }
+            var decodedWithMarks = false
+            if lua_getmetatable(L, idx) != 0 {
+                lua_rawgeti(L, Lua.registry, lua_Integer(markedRoots))
+                decodedWithMarks = lua_rawequal(L, -1, -2) != 0
+                sl_pop(L, 2)
+            }
+            if decodedWithMarks, let result = encodeMarked(L, idx) { return result }
+        }
         lua_rawgeti(L, Lua.registry, lua_Integer(encodeFn))
         lua_pushvalue(L, idx)
         guard sl_pcall(L, 1, 1, 0) == LUA_OK else { return false }
+        // A table built by the script may hold json.array() tables: look only if the
+        // text has an empty object at all.
         guard lua_type(L, idx) == LUA_TTABLE, containsEmptyObject(L, -1) else { return true }
-        // Find empty tables marked as arrays: (parent, key, value) triples in a list.
-        let firstEncoding = lua_gettop(L)
-        lua_createtable(L, 0, 0)
-        var list = lua_gettop(L)
+        let first = lua_gettop(L)
+        guard let result = encodeMarked(L, idx) else { return true }
+        sl_remove(L, first)
+        return result
+    }
+
+    /// Encodes with the marked empty arrays replaced by a marker that becomes `[]` in the
+    /// text. Nil (stack unchanged) when there are none; else pushes as `encode` does.
+    private func encodeMarked(_ L: LuaState, _ idx: Int32) -> Bool? {
+        lua_createtable(L, 3, 0)
+        let list = lua_gettop(L)
         var found: lua_Integer = 0
-        if lua_type(L, idx) == LUA_TTABLE, isMarkedEmpty(L, idx) {
-            sl_pop(L, 1)
-            Lua.push(L, "[]")
-            return true
-        }
         collectMarked(L, idx, list, &found, depth: 0)
         guard found > 0 else {
             sl_pop(L, 1)
-            return true
+            return nil
         }
-        sl_remove(L, firstEncoding)
-        list -= 1
-        // Put the marker in their place, encode, put them back.
         var i: lua_Integer = 1
         while i <= found {
             lua_rawgeti(L, list, i)
@@ -173,21 +195,25 @@ struct JSONCodec {
         var len = 0
         guard let p = lua_tolstring(L, -1, &len) else { return true }
         let text = UnsafeRawBufferPointer(start: p, count: len).bindMemory(to: UInt8.self)
-        var out: [UInt8] = []
-        out.reserveCapacity(len)
         let m = JSONBindings.encodedMarker
+        let out = UnsafeMutablePointer<UInt8>.allocate(capacity: len)
+        defer { out.deallocate() }
+        var n = 0
         var k = 0
         while k < len {
             if text[k] == m[0], k + m.count <= len, text[k..<(k + m.count)].elementsEqual(m) {
-                out.append(contentsOf: [91, 93])  // []
+                out[n] = 91  // [
+                out[n + 1] = 93  // ]
+                n += 2
                 k += m.count
             } else {
-                out.append(text[k])
+                out[n] = text[k]
+                n += 1
                 k += 1
             }
         }
         sl_pop(L, 1)
-        out.withUnsafeBufferPointer { _ = lua_pushlstring(L, UnsafeRawPointer($0.baseAddress)?.assumingMemoryBound(to: CChar.self), $0.count) }
+        _ = lua_pushlstring(L, UnsafeRawPointer(out).assumingMemoryBound(to: CChar.self), n)
         return true
     }
 
@@ -219,6 +245,8 @@ struct JSONCodec {
         return true
     }
 
+    /// Appends (parent, key, table) to `list` for every empty table marked as an array
+    /// inside the table at `table`.
     private func collectMarked(_ L: LuaState, _ table: Int32, _ list: Int32, _ found: inout lua_Integer, depth: Int) {
         guard depth < 64, lua_checkstack(L, 4) != 0 else { return }
         lua_pushnil(L)
@@ -255,6 +283,7 @@ struct JSONCodec {
             lua_settop(L, root)
         }
         var paths: [[PathStep]] = []
+        var marked = false
         scanEmptyArrays(text, &paths)
         for path in paths {
             lua_pushvalue(L, root)
@@ -278,11 +307,18 @@ struct JSONCodec {
                 if lua_next(L, -2) == 0 {
                     lua_rawgeti(L, Lua.registry, lua_Integer(arrayMetatable))
                     _ = lua_setmetatable(L, -2)
+                    marked = true
                 } else {
                     sl_pop(L, 2)
                 }
             }
             lua_settop(L, root)
+        }
+        if marked, lua_getmetatable(L, root) == 0 {
+            lua_rawgeti(L, Lua.registry, lua_Integer(markedRoots))
+            _ = lua_setmetatable(L, root)
+        } else if marked {
+            sl_pop(L, 1)
         }
     }
 
