@@ -424,6 +424,10 @@ static void stophook(lua_State *L, lua_Debug *ar) {
   luaL_error(L, "interrupted!");
 }
 
+void sl_clearinterrupt(lua_State *L) {
+  lua_sethook(L, NULL, 0, 0);
+}
+
 void sl_interrupt(lua_State *L) {
   lua_sethook(L, stophook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
 }
@@ -433,6 +437,7 @@ void sl_interrupt(lua_State *L) {
 static volatile sig_atomic_t stop_signal = 0;
 static volatile sig_atomic_t stop_forced = 0;
 static lua_State *volatile stop_state = NULL;
+static volatile unsigned stop_grace = 10;
 static int stop_pipe[2] = {-1, -1};
 
 static void force_stop(void) {
@@ -446,6 +451,7 @@ static void on_stop_signal(int sig) {
     if (stop_signal != 0) force_stop();
   } else if (stop_signal == 0) {
     stop_signal = sig;
+    alarm(stop_grace);  /* the stop must finish within the grace period */
     if (stop_pipe[1] >= 0) { char c = 1; (void)!write(stop_pipe[1], &c, 1); }
   } else {
     force_stop();
@@ -453,7 +459,8 @@ static void on_stop_signal(int sig) {
   errno = saved;
 }
 
-void sl_stop_install(lua_State *L) {
+void sl_stop_install(lua_State *L, unsigned grace) {
+  stop_grace = grace > 0 ? grace : 1;
   if (stop_pipe[0] < 0 && pipe(stop_pipe) == 0) {
     for (int i = 0; i < 2; i++) {
       fcntl(stop_pipe[i], F_SETFL, fcntl(stop_pipe[i], F_GETFL) | O_NONBLOCK);
@@ -468,6 +475,13 @@ void sl_stop_install(lua_State *L) {
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGALRM, &sa, NULL);
+  /* A parent may have started us with these blocked (some process launchers do). */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGALRM);
+  sigprocmask(SIG_UNBLOCK, &set, NULL);
 }
 
 void sl_stop_uninstall(void) {
@@ -481,7 +495,6 @@ void sl_stop_uninstall(void) {
 int sl_stop_signal(void) { return stop_signal; }
 int sl_stop_forced(void) { return stop_forced; }
 int sl_stop_fd(void) { return stop_pipe[0]; }
-void sl_arm_grace(unsigned seconds) { alarm(seconds > 0 ? seconds : 1); }
 
 void sl_stop_reset(void) {
   stop_signal = 0;

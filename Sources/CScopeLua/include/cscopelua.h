@@ -145,8 +145,9 @@ void sl_pushclosure(lua_State *L, sl_SwiftFunction fn, int nup);
  * the signal, wake the runner through a pipe, and on a second signal (or when the grace
  * period set with sl_arm_grace runs out) set lua.c's interrupt hook on the state. */
 
-/* Installs the handlers for SIGINT and SIGTERM (and SIGALRM for the grace period). */
-void sl_stop_install(lua_State *L);
+/* Installs the handlers for SIGINT and SIGTERM (and SIGALRM for the grace period: the
+ * first stop signal starts it; when it runs out, the stop is forced). */
+void sl_stop_install(lua_State *L, unsigned grace);
 /* Restores the default handlers. */
 void sl_stop_uninstall(void);
 /* The first stop signal received (0 if none). */
@@ -155,8 +156,6 @@ int sl_stop_signal(void);
 int sl_stop_forced(void);
 /* A file descriptor that becomes readable when a stop signal arrives (for poll). */
 int sl_stop_fd(void);
-/* Starts the grace period: after `seconds`, the stop is forced. */
-void sl_arm_grace(unsigned seconds);
 /* Forgets a previous stop (tests, REPL). */
 void sl_stop_reset(void);
 
@@ -215,5 +214,8 @@ uint64_t sl_monotonic_ns(void);
  * "interrupted!" at the next instruction, as lua.c does. Safe to call from a signal
  * handler: lua_sethook is documented as signal-safe. */
 void sl_interrupt(lua_State *L);
+
+/* Removes the interrupt hook if it has not fired. */
+void sl_clearinterrupt(lua_State *L);
 
 #endif

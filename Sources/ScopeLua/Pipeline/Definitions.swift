@@ -127,4 +127,13 @@ final class PipelineRegistry {
     var stagesByTable: [UnsafeRawPointer?: StageDefinition] = [:]
     var pipelinesByTable: [UnsafeRawPointer?: PipelineDefinition] = [:]
     var objects: [Int32] = []
+
+    /// Registered pipelines that no other registered pipeline contains, in order.
+    var outermostPipelines: [String] {
+        var nested = Set<ObjectIdentifier>()
+        for p in pipelines.values {
+            for case .pipeline(let inner) in p.items { nested.insert(ObjectIdentifier(inner)) }
+        }
+        return pipelineOrder.filter { name in pipelines[name].map { !nested.contains(ObjectIdentifier($0)) } ?? false }
+    }
 }

@@ -52,6 +52,10 @@ final class LineReader {
                 let lineEnd = UnsafeMutablePointer<UInt8>(nl.assumingMemoryBound(to: UInt8.self)) - buffer
                 let lineStart = start
                 start = lineEnd + 1
+                if !skipping, lineEnd - lineStart > limit {  // arrived whole in one read
+                    return .tooLong(prefix: Array(UnsafeBufferPointer(start: buffer + lineStart, count: 256)),
+                                    length: lineEnd - lineStart)
+                }
                 if skipping {
                     skipping = false
                     let total = skipped + (lineEnd - lineStart)

@@ -42,6 +42,8 @@ final class PipelineRun {
         let task: Scope
         /// Registry reference of the stage's ctx table.
         var ctx: Int32 = LUA_NOREF
+        /// Whether `open` completed: `close` runs only for stages that opened.
+        var opened = false
         var calls = 0
         var errors = 0
         var time = Histogram()
@@ -121,8 +123,13 @@ final class PipelineRun {
             output?.close()
             deadLetter?.close()
         }
-        if options.handleSignals { sl_stop_install(L) }
-        defer { if options.handleSignals { sl_stop_uninstall() } }
+        if options.handleSignals { sl_stop_install(L, UInt32(max(1, options.grace.rounded(.up)))) }
+        defer {
+            if options.handleSignals {
+                sl_stop_uninstall()
+                sl_clearinterrupt(L)
+            }
+        }
 
         // Open: stages in order, nested pipelines as nested lifecycles.
         let saved = rt.current
@@ -138,11 +145,10 @@ final class PipelineRun {
         var outcome = Outcome.finished
         let continued = feedInput(L)
         inputEnded = true
-        if !continued, abortMessage == nil, sl_stop_signal() != 0 {
+        if !continued, abortMessage == nil || sl_stop_forced() != 0, sl_stop_signal() != 0 {
             outcome = .stopped(signal: sl_stop_signal())
         }
         if continued, sl_stop_signal() != 0 { outcome = .stopped(signal: sl_stop_signal()) }
-        if case .stopped = outcome { sl_arm_grace(UInt32(max(1, options.grace.rounded(.up)))) }
         clearProgress()
 
         // Close, in reverse; the error that ended the run (if any) goes to close(ctx, err).
@@ -195,12 +201,13 @@ final class PipelineRun {
                     runningStage = nil
                     rt.current = scope
                     if status != LUA_OK {
-                        let error = lua_gettop(L)
+                        let error = lua_gettop(L)  // the stage's scope still releases what open acquired
                         let described = describeError(L, error)
                         return OpenFailure(message: "pipeline '\(definition.name)': stage '\(stageDef.name)' failed to open: \(described)",
                                            errorIndex: error)
                     }
                 }
+                stage.opened = true
             case .pipeline(let nested):
                 if let failure = open(L, nested, parent: scope, inherited: policy) { return failure }
             }
@@ -231,7 +238,7 @@ final class PipelineRun {
             let base = lua_gettop(L)
             switch item {
             case .stage(let stage):
-                if stage.definition.close != LUA_NOREF, !forced {
+                if stage.definition.close != LUA_NOREF, stage.opened, !forced {
                     rt.current = stage.scope
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.definition.close))
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.ctx))
@@ -404,7 +411,6 @@ final class PipelineRun {
             dropEmitted(L, from: queueBase)
             if sl_stop_forced() != 0 {
                 forcedStage = stage.definition.name
-                abortMessage = "stop forced while stage '\(stage.definition.name)' was running"
                 return false
             }
             if case .retry(let times, let backoff, let then) = policy {
@@ -661,6 +667,11 @@ final class PipelineRun {
     private func describeEvent(_ L: LuaState, _ event: Int32) -> String {
         if Lua.rawField(L, event, "id") != LUA_TNIL {
             defer { sl_pop(L, 1) }
+            // JSON numbers decode as floats: show 3.0 as 3.
+            if lua_type(L, -1) == LUA_TNUMBER, lua_isinteger(L, -1) == 0 {
+                let d = lua_tonumberx(L, -1, nil)
+                if d == d.rounded(), abs(d) < 1e15 { return "event \(Int64(d))" }
+            }
             return "event \(Lua.describe(L, -1, metamethods: false))"
         }
         sl_pop(L, 1)

@@ -118,11 +118,13 @@ public enum ScriptRunner {
             }
             definition = found
         } else {
-            guard registry.pipelineOrder.count == 1, let only = registry.pipelines[registry.pipelineOrder[0]] else {
+            // The pipeline to run is the one no other pipeline contains.
+            let roots = registry.outermostPipelines
+            guard roots.count == 1, let only = registry.pipelines[roots[0]] else {
                 if registry.pipelineOrder.isEmpty {
                     rt.diagnose("scopelua: --input given, but the script registered no pipeline")
                 } else {
-                    rt.diagnose("scopelua: the script registered several pipelines (\(registry.pipelineOrder.joined(separator: ", "))): choose one with --pipeline NAME")
+                    rt.diagnose("scopelua: the script registered several pipelines (\(roots.joined(separator: ", "))): choose one with --pipeline NAME")
                 }
                 return usageError
             }
