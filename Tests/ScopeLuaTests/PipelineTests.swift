@@ -162,4 +162,30 @@ import Testing
             """)
         #expect(run.values == [.boolean(false), .string("timer"), .string("every 0.01s")])
     }
+
+    @Test func descriptorCountIsUnchangedUnderEveryPolicy() {
+        let dir = temporaryDirectory()
+        for policy in ["skip", "dead_letter", "{ retry = 2 }", "abort"] {
+            let run = runLua("""
+                stage "s" {
+                  open = function(ctx) ctx.state.log = fs.open("\(dir)/stage.log", "w") end,
+                  process = function(ctx, e)
+                    local a = fs.open("\(dir)/a.txt", "w")
+                    local b <close> = fs.open("\(dir)/b.txt", "w")
+                    local c = io.open("\(dir)/c.txt", "w")
+                    if e.id % 2 == 0 then error("even") end
+                    return e
+                  end,
+                  on_error = \(policy),
+                }
+                local events = {}
+                for i = 1, 500 do events[i] = { id = i } end
+                return pcall(function() return pipeline("p", { "s" }):run{ input = events, dead_letter = "\(dir)/dl.jsonl" } end)
+                """)
+            #expect(run.error == nil, "\(policy): \(run.error?.message ?? "")")
+            #expect(openDescriptors(under: dir) == 0, "policy \(policy)")
+            #expect(run.counts.acquired == run.counts.released, "policy \(policy)")
+            #expect(run.counts.leaked == 0)
+        }
+    }
 }
