@@ -25,6 +25,14 @@ let package = Package(
             pkgConfig: "sqlite3",
             providers: [.apt(["libsqlite3-dev"])]
         ),
+        // Debian's libedit-dev: line editing and history for the REPL.
+        .systemLibrary(
+            name: "CEdit",
+            pkgConfig: "libedit",
+            providers: [.apt(["libedit-dev"])]
+        ),
+        // The REPL's terminal plumbing on libedit (history file, completion, Ctrl-C).
+        .target(name: "CLineEdit", dependencies: ["CEdit"]),
         // The only code allowed to raise Lua errors (longjmp): trampolines,
         // protected helpers and the allocator.
         .target(name: "CScopeLua", dependencies: ["CLua"]),
@@ -43,6 +51,7 @@ let package = Package(
             name: "scopelua",
             dependencies: [
                 "ScopeLua",
+                "CLineEdit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]

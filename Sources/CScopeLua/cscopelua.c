@@ -501,3 +501,35 @@ void sl_stop_reset(void) {
   stop_forced = 0;
   if (stop_pipe[0] >= 0) { char buf[64]; while (read(stop_pipe[0], buf, sizeof buf) > 0) {} }
 }
+
+/* ---- REPL interrupts ---------------------------------------------------------------- */
+
+static lua_State *volatile repl_state = NULL;
+
+static void on_repl_sigint(int sig) {
+  signal(sig, SIG_DFL);  /* a second Ctrl-C before the hook fires ends the process */
+  if (repl_state != NULL) sl_interrupt(repl_state);
+}
+
+void sl_repl_interrupt_install(lua_State *L) {
+  repl_state = L;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_repl_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
+void sl_repl_interrupt_uninstall(void) {
+  signal(SIGINT, SIG_IGN);
+  if (repl_state != NULL) sl_clearinterrupt(repl_state);
+  repl_state = NULL;
+}
+
+void sl_repl_interrupt_now(void) {
+  if (repl_state != NULL) sl_interrupt(repl_state);
+}

@@ -15,9 +15,12 @@ struct ScopeluaCommand: ParsableCommand {
             by a tree of scopes in the runtime and released exactly once, newest first, however \
             the script ends: normal exit, break, an error, an abandoned coroutine.
 
-            Exit status: 0 success; 1 script error; 2 usage error (bad option, unreadable script).
+            `scopelua` alone on a terminal starts the REPL.
+
+            Exit status: 0 success; 1 script error or aborted pipeline; 2 usage error (bad \
+            option, unreadable script); 130/143 after a graceful stop on SIGINT/SIGTERM.
             """,
-        subcommands: [Run.self]
+        subcommands: [Run.self, ReplCommand.self]
     )
 }
 
@@ -183,6 +186,10 @@ struct Run: ParsableCommand {
 @main
 enum Main {
     static func main() {
+        if CommandLine.arguments.count == 1, isatty(0) != 0 {
+            do { try ReplCommand.start(trace: false) } catch { exit(1) }
+            return
+        }
         do {
             var command = try ScopeluaCommand.parseAsRoot()
             try command.run()

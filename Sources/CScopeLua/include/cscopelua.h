@@ -215,6 +215,13 @@ uint64_t sl_monotonic_ns(void);
  * handler: lua_sethook is documented as signal-safe. */
 void sl_interrupt(lua_State *L);
 
+/* REPL: while a chunk runs, Ctrl-C (SIGINT) sets the interrupt hook on `L` (a second
+ * Ctrl-C before the hook fires gets the default action, as in lua.c). */
+void sl_repl_interrupt_install(lua_State *L);
+void sl_repl_interrupt_uninstall(void);
+/* Raises SIGINT's interrupt now (tests: simulate Ctrl-C from another thread). */
+void sl_repl_interrupt_now(void);
+
 /* Removes the interrupt hook if it has not fired. */
 void sl_clearinterrupt(lua_State *L);
 

@@ -55,6 +55,11 @@ public enum StandardError {
     public static func write(line: String) {
         sl_eprint(line)
     }
+
+    /// Flushes C's stdout (shared with Lua's print).
+    public static func flushStdout() {
+        fflush(sl_stdout())
+    }
 }
 
 extension Report {

@@ -1,0 +1,107 @@
+import ArgumentParser
+import CLineEdit
+import ScopeLua
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `scopelua repl`: an interactive Lua prompt that shows who owns what.
+struct ReplCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "repl",
+        abstract: "An interactive Lua prompt where the runtime's scopes and resources can be watched.",
+        discussion: """
+            Chunks run in the session scope: resources kept in globals stay open until \
+            released or until the session ends; `local x <close>` closes at the end of its \
+            chunk. An expression prints its value (`=x` works too), an incomplete chunk \
+            continues on a `>>` prompt. Ctrl-C interrupts a running chunk (releasing what it \
+            acquired in its scopes) or clears the line; Ctrl-D or :quit ends the session, \
+            releasing everything, newest first. :help lists the meta-commands (:resources, \
+            :scopes, :trace on|off, :load FILE, :run PIPELINE [FILE], :report, :quit).
+
+            With stdin not a terminal, chunks are read from stdin without prompts or line \
+            editing. History is kept in ~/.scopelua_history (last 1000 lines).
+            """
+    )
+
+    @Flag(help: "Start with acquire/release tracing on (:trace on).")
+    var trace = false
+
+    func run() throws {
+        try Self.start(trace: trace)
+    }
+
+    static func start(trace: Bool) throws {
+        var options = RuntimeOptions()
+        options.trace = trace
+        let interactive = isatty(0) != 0
+        let repl = Repl(options: options) { text in
+            guard !text.isEmpty else { return }
+            print(text)
+            fflushStdout()
+        }
+        if interactive {
+            interactiveLoop(repl)
+        } else {
+            while let line = readLine(strippingNewline: true) {
+                repl.handle(line)
+                if repl.finished { return }
+            }
+        }
+        if !repl.finished { repl.write(repl.quit()) }
+    }
+
+    static func interactiveLoop(_ repl: Repl) {
+        print("scopelua REPL (Lua 5.4) — :help for commands, Ctrl-D to quit")
+        activeRepl = repl
+        let history = getenv("HOME").map { String(cString: $0) + "/.scopelua_history" }
+        le_setup(history, 1000, completer)
+        while !repl.finished {
+            let prompt: String
+            switch repl.prompt {
+            case .primary: prompt = "> "
+            case .continuation: prompt = ">> "
+            case .event: prompt = "event> "
+            }
+            var cancelled: Int32 = 0
+            guard let raw = le_readline(prompt, &cancelled) else {
+                print("")
+                return
+            }
+            let line = String(cString: raw)
+            free(raw)
+            if cancelled != 0 {
+                print("")
+                repl.cancelInput()
+                continue
+            }
+            le_remember(line)
+            repl.handle(line)
+        }
+    }
+}
+
+/// The REPL the completion callback asks (libedit's callback cannot carry a context).
+nonisolated(unsafe) var activeRepl: Repl?
+
+/// libedit's completer: a malloc'd, NULL-terminated list of malloc'd strings.
+let completer: le_completer = { text in
+    guard let text, let repl = activeRepl else { return nil }
+    let matches = repl.completions(for: String(cString: text))
+    guard !matches.isEmpty else { return nil }
+    // readline's convention: entry 0 is the common prefix (substituted on TAB).
+    var common = matches[0]
+    for m in matches.dropFirst() {
+        while !m.hasPrefix(common) { common.removeLast() }
+    }
+    let list = [common] + (matches.count > 1 ? matches : [])
+    let array = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: list.count + 1)
+    for (i, s) in list.enumerated() { array[i] = strdup(s) }
+    array[list.count] = nil
+    return array
+}
+
+func fflushStdout() {
+    StandardError.flushStdout()
+}

@@ -1,0 +1,134 @@
+import Foundation
+import Testing
+@testable import ScopeLua
+import CScopeLua
+
+/// The REPL's logic, without a terminal.
+@Suite(.serialized) struct ReplTests {
+    final class Output: @unchecked Sendable {
+        var lines: [String] = []
+    }
+
+    func session() -> (Repl, Output) {
+        let out = Output()
+        let repl = Repl { out.lines.append($0) }
+        return (repl, out)
+    }
+
+    @Test func expressionsPrintAndGlobalsPersist() {
+        let (repl, out) = session()
+        defer { repl.quit() }
+        repl.handle("1 + 41")
+        repl.handle("x = 'kept'")
+        repl.handle("x, 2, nil")
+        repl.handle("=x")
+        repl.handle("local y = 5")
+        #expect(out.lines == ["42", "kept\t2\tnil", "kept"])
+    }
+
+    @Test func incompleteChunksContinue() {
+        let (repl, out) = session()
+        defer { repl.quit() }
+        repl.handle("function f(a)")
+        #expect(repl.prompt == .continuation)
+        repl.handle("  return a * 2")
+        repl.handle("end")
+        #expect(repl.prompt == .primary)
+        repl.handle("f(21)")
+        repl.handle("x = = 1")
+        #expect(out.lines == ["42", "stdin:1: unexpected symbol near '='"])
+    }
+
+    @Test func errorsPrintMessageAndTracebackAndThePromptSurvives() {
+        let (repl, out) = session()
+        defer { repl.quit() }
+        repl.handle("error('boom')")
+        repl.handle("1")
+        #expect(out.lines.first?.hasPrefix("stdin:1: boom\nstack traceback:") == true)
+        #expect(out.lines.last == "1")
+    }
+
+    @Test func globalsKeepResourcesOpenAndCloseVariablesEndWithTheirChunk() {
+        let dir = temporaryDirectory()
+        let (repl, out) = session()
+        repl.handle("log = fs.open('\(dir)/kept.txt', 'w')")
+        repl.handle("local tmp <close> = fs.open('\(dir)/tmp.txt', 'w'); t = tmp")
+        repl.handle("log:is_open(), t:is_open()")
+        repl.handle(":resources")
+        repl.handle(":scopes")
+        #expect(out.lines[0] == "true\tfalse")
+        #expect(out.lines[1].hasPrefix("file#1 \"\(dir)/kept.txt\"  run/repl  "))
+        #expect(out.lines[1].hasSuffix("  stdin:1"))
+        #expect(out.lines[2] == "run (0 open)\n  repl (1 open)")
+        #expect(openDescriptors(under: dir) == 1)
+        #expect(repl.quit() == "released file#1 \"\(dir)/kept.txt\"")
+        #expect(openDescriptors(under: dir) == 0)
+    }
+
+    @Test func interruptStopsAnEndlessChunkAndReleasesItsScopes() {
+        let dir = temporaryDirectory()
+        let (repl, out) = session()
+        defer { repl.quit() }
+        // Simulate Ctrl-C from another thread once the loop runs (the hook is signal-safe).
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            usleep(300_000)
+            sl_repl_interrupt_now()
+            done.signal()
+        }
+        repl.handle("scope(function() local f = fs.open('\(dir)/held.txt', 'w'); while true do end end)")
+        done.wait()
+        #expect(out.lines.first?.hasPrefix("interrupted!") == true)
+        #expect(openDescriptors(under: dir) == 0)
+        repl.handle("'alive'")
+        #expect(out.lines.last == "alive")
+    }
+
+    @Test func metaCommands() {
+        let dir = temporaryDirectory()
+        write("""
+            stage "up" { process = function(ctx, e) e.name = e.name:upper(); return e end }
+            pipeline "shout" { "up" }
+            """, to: "p.lua", in: dir)
+        write("{\"name\":\"ada\"}\n", to: "in.jsonl", in: dir)
+        let (repl, out) = session()
+        defer { repl.quit() }
+        repl.handle(":load \(dir)/p.lua")
+        repl.handle(":run shout \(dir)/in.jsonl")
+        repl.handle(":run shout")
+        #expect(repl.prompt == .event)
+        repl.handle("{\"name\":\"grace\"}")
+        repl.handle("")
+        repl.handle(":trace on")
+        repl.handle("t = timer.measure('x')")
+        repl.handle(":trace off")
+        repl.handle(":run nope")
+        repl.handle(":bogus")
+        #expect(out.lines[0] == "loaded \(dir)/p.lua; pipelines: shout")
+        #expect(out.lines[1] == "{\"name\":\"ADA\"}")
+        #expect(out.lines[2].hasPrefix("pipeline shout\n  events     read 1  emitted 1"))
+        #expect(out.lines[3] == "type events, one JSON object per line; an empty line runs them")
+        #expect(out.lines[4] == "{\"name\":\"GRACE\"}")
+        #expect(out.lines[6] == "trace on")
+        #expect(out.lines[7] == "trace off")
+        #expect(out.lines[8] == "no pipeline named 'nope' (registered: shout)")
+        #expect(out.lines[9] == "unknown command :bogus (:help lists them)")
+    }
+
+    @Test func completion() {
+        let (repl, _) = session()
+        defer { repl.quit() }
+        #expect(repl.completions(for: "string.fo") == ["string.format"])
+        #expect(repl.completions(for: ":re") == [":resources", ":report"])
+        #expect(repl.completions(for: "with_") == ["with_resource"])
+        #expect(repl.completions(for: "timer.me") == ["timer.measure"])
+    }
+
+    @Test func quitReleasesNewestFirst() {
+        let (repl, _) = session()
+        repl.handle("a = timer.measure('first')")
+        repl.handle("b = timer.measure('second')")
+        #expect(repl.quit() == "released timer#2 \"second\"\nreleased timer#1 \"first\"")
+        #expect(repl.finished)
+    }
+}
