@@ -1,5 +1,8 @@
 import CLua
 import CScopeLua
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The `json` module: Debian's lua-cjson (the fast C codec of the Lua world) for the
 /// work, plus round-tripping of empty arrays, which cjson 2.1 cannot tell from empty
@@ -337,16 +340,17 @@ struct JSONCodec {
         }
     }
 
+    /// Whether the text has a `[` followed (after blanks) by `]`: memchr finds the
+    /// brackets, so lines without any cost next to nothing.
     private func hasEmptyArray(_ text: UnsafeBufferPointer<UInt8>) -> Bool {
-        var i = 0
-        let n = text.count
-        while i < n {
-            if text[i] == 91 {  // [
-                var j = i + 1
-                while j < n, text[j] == 32 || text[j] == 9 || text[j] == 10 || text[j] == 13 { j += 1 }
-                if j < n, text[j] == 93 { return true }
-            }
-            i += 1
+        guard let base = text.baseAddress else { return false }
+        let end = base + text.count
+        var p = base
+        while p < end, let found = memchr(p, 91, end - p) {
+            var j = UnsafePointer<UInt8>(found.assumingMemoryBound(to: UInt8.self)) + 1
+            while j < end, j.pointee == 32 || j.pointee == 9 || j.pointee == 10 || j.pointee == 13 { j += 1 }
+            if j < end, j.pointee == 93 { return true }
+            p = j
         }
         return false
     }
