@@ -94,8 +94,9 @@ import Testing
         let unknown = try scopelua(["run", "p.lua", "--input", "in.jsonl", "--pipeline", "c"], directory: dir)
         #expect(unknown.status == 2)
         #expect(unknown.stderr == "scopelua: no pipeline named 'c' (registered: a, b)\n")
-        let missing = try scopelua(["run", "p.lua", "--input", "nope.jsonl"], directory: dir)
-        #expect(missing.status == 2 || missing.status == 1)
+        let missing = try scopelua(["run", "p.lua", "--input", "nope.jsonl", "--pipeline", "a"], directory: dir)
+        #expect(missing.status == 2)
+        #expect(missing.stderr == "scopelua: cannot open input nope.jsonl: No such file or directory\n")
     }
 
     @Test func argumentsAfterTheScriptAndDoubleDash() throws {

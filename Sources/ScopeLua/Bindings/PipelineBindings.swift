@@ -260,13 +260,17 @@ enum PipelineBindings {
 
     // MARK: - ctx
 
+    /// The running pipeline, or an error pushed saying `method` needs one.
+    static func activeRun(_ rt: Runtime, _ L: LuaState, for method: String) -> PipelineRun? {
+        if let run = rt.activeRun { return run }
+        Lua.pushError(L, "ctx:\(method) can only be used while the pipeline runs")
+        return nil
+    }
+
     /// ctx:emit(e): sends an extra event downstream of the stage.
     static let emit: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
-        guard let run = rt.activeRun else {
-            Lua.pushError(L, "ctx:emit can only be used while the pipeline runs")
-            return raise
-        }
+        guard let run = activeRun(rt, L, for: "emit") else { return raise }
         guard lua_type(L, 2) == LUA_TTABLE else {
             Lua.pushTypeError(L, 2, "table")
             return raise
@@ -281,10 +285,7 @@ enum PipelineBindings {
     /// ctx:own(h): moves a handle from the task scope to the stage scope; returns it.
     static let own: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
-        guard let run = rt.activeRun else {
-            Lua.pushError(L, "ctx:own can only be used while the pipeline runs")
-            return raise
-        }
+        guard let run = activeRun(rt, L, for: "own") else { return raise }
         guard let h = HandleBindings.checkOpen(rt, L, 2) else { return raise }
         if let problem = run.own(L, ctx: 1, handle: h) {
             Lua.pushError(L, problem)

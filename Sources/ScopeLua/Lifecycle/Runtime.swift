@@ -554,24 +554,6 @@ public final class Runtime {
 
     /// Timer statistics so far, in label order of first use.
     public var timers: [TimerSummary] { ledger.timers }
-
-    /// Handles still open from the current scope up to the root, oldest first:
-    /// (description, scope path, acquisition site).
-    public var openResources: [(resource: String, scope: String, site: String)] {
-        var all: [(String, String, String)] = []
-        var chain: [Scope] = []
-        var s: Scope? = current
-        while let scope = s {
-            chain.insert(scope, at: 0)
-            s = scope.parent
-        }
-        for scope in chain {
-            for h in scope.openHandles where h.pointee.resource?.isHandle ?? true {
-                all.append((describe(h), scope.path, describe(h.pointee.site)))
-            }
-        }
-        return all
-    }
 }
 
 /// A Lua value converted for Swift callers (tests, the REPL).

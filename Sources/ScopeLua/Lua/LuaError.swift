@@ -6,8 +6,6 @@ public struct LuaError: Error, CustomStringConvertible, Equatable {
         case syntax(incomplete: Bool)
         /// An error raised while running Lua code (or a release failure).
         case runtime
-        /// A file could not be opened or read.
-        case file
     }
 
     public let kind: Kind

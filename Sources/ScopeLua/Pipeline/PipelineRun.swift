@@ -728,11 +728,6 @@ final class PipelineRun {
 
     // MARK: - Report
 
-    /// The identity every run keeps: read = emitted + filtered + skipped + dead_lettered + rejected.
-    var balanced: Bool {
-        read == original.emitted + original.filtered + original.skipped + original.deadLettered + rejected
-    }
-
     /// Pushes the report table (see `Report.pushPipeline`). Stack: +1.
     func pushReport(_ L: LuaState) {
         Report.pushPipeline(self, L)

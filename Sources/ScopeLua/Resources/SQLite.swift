@@ -95,6 +95,11 @@ final class Transaction: Resource {
     let savepoint: String?
     var rollbackRequested = false
 
+    /// The SQL that undoes this transaction (or savepoint) and ends it.
+    private var rollbackSQL: String {
+        savepoint.map { "ROLLBACK TO \($0); RELEASE \($0)" } ?? "ROLLBACK"
+    }
+
     init(database: Database, savepoint: String?) {
         self.database = database
         self.savepoint = savepoint
@@ -107,15 +112,14 @@ final class Transaction: Resource {
         let rollback = rollbackRequested || errIndex != 0
             || how == Int32(SL_BY_PARENT) || how == Int32(SL_BY_GC)
         if rollback {
-            let sql = savepoint.map { "ROLLBACK TO \($0); RELEASE \($0)" } ?? "ROLLBACK"
-            guard let problem = database.execute(sql) else { return true }
+            guard let problem = database.execute(rollbackSQL) else { return true }
             Lua.push(L, "rollback of \(runtime.describe(handle)) failed: \(problem)")
             return false
         }
         let sql = savepoint.map { "RELEASE \($0)" } ?? "COMMIT"
         guard let problem = database.execute(sql) else { return true }
         // A failed COMMIT leaves the transaction open: roll back so the connection is usable.
-        _ = database.execute(savepoint.map { "ROLLBACK TO \($0); RELEASE \($0)" } ?? "ROLLBACK")
+        _ = database.execute(rollbackSQL)
         Lua.push(L, "commit of \(runtime.describe(handle)) failed (rolled back): \(problem)")
         return false
     }

@@ -130,6 +130,11 @@ public enum ScriptRunner {
             }
             definition = only
         }
+        // An input that cannot be read is a usage error, like an unreadable script.
+        if p.input != "-", let problem = unreadable(p.input) {
+            rt.diagnose("scopelua: cannot open input \(p.input): \(problem)")
+            return usageError
+        }
         var options = PipelineRun.Options()
         options.input = p.input == "-" ? .stdin : .path(p.input)
         switch p.output {
