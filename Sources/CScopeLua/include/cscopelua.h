@@ -24,9 +24,10 @@ typedef int (*sl_SwiftFunction)(lua_State *L);
  * valid while the resource is open: its finalizer would release the resource first.
  * Kinds with Swift-side state (files, databases) keep a Swift object in `record`;
  * those handles also carry their label as user value 1, to describe them after release. */
+struct sl_Registry;
 typedef struct sl_Handle {
   void *record;              /* Swift Resource, retained while open; NULL for plain kinds */
-  void *scope;               /* owning Scope (unretained) while open */
+  struct sl_Registry *scope; /* the owning scope's registry while open */
   struct sl_Handle *owner;   /* owning handle (a statement's connection) while open */
   int64_t id;
   uint64_t start;            /* acquisition time, monotonic ns */
@@ -45,7 +46,8 @@ enum { SL_OPEN = 0, SL_BY_HANDLE = 1, SL_BY_SCOPE = 2, SL_BY_PARENT = 3, SL_BY_G
 /* Pushes the __close function for handle metatables: Lua calls it only with a value
  * whose metatable holds it, so it checks the handle's shape (size, kind) but not its
  * metatable (handle metatables are protected by __metatable, so only the debug library
- * could call it with something else). Open handles go to `release` (Swift). */
+ * could call it with something else). Open timer.measure handles are released in C
+ * (sl_closetimer); other open handles go to `release` (Swift). */
 void sl_pushhandleclose(lua_State *L, sl_SwiftFunction release);
 
 /* The handle at `idx` if it is a userdata of handle size whose metatable is
@@ -72,11 +74,84 @@ int sl_site(lua_State *L, const void *knownfn, sl_Site *out);
  * (Swift) to be reported and released. */
 void sl_pushhandlegc(lua_State *L, sl_SwiftFunction leak);
 
+/* ---- scope registries ---------------------------------------------------------------
+ * A scope's open handles, oldest first. A handle released before its scope ends leaves
+ * at once: the newest is popped; an older one leaves a hole, and holes are compacted
+ * once they are half the registry (so a million acquire/release pairs in one scope do
+ * not grow it). Why C: the timer fast path (sl_pushtimermeasure) registers and removes
+ * handles without entering Swift. */
+typedef struct sl_Registry {
+  sl_Handle **entries;
+  int32_t count, cap, holes;
+  void *scope;               /* the Swift Scope that owns this registry (unretained) */
+} sl_Registry;
+
+/* A registry for `scope`; NULL when out of memory. */
+sl_Registry *sl_registry_new(void *scope);
+void sl_registry_free(sl_Registry *r);
+/* Appends `h` (grows the registry; aborts when out of memory, like the guarded
+ * allocator: Swift may be on the stack). */
+void sl_registry_add(sl_Registry *r, sl_Handle *h);
+/* Takes `h` out of its registry, if it is in one. */
+void sl_registry_remove(sl_Handle *h);
+/* Detaches and returns the newest handle, or NULL when the registry is empty. */
+sl_Handle *sl_registry_popnewest(sl_Registry *r);
+
+/* ---- latency histograms -------------------------------------------------------------
+ * Values in nanoseconds, 64 sub-buckets per power of two (relative error under 1.6%), so
+ * a service that measures forever keeps a fixed footprint; count, total and max exact.
+ * Why C: timer.measure's fast path records a sample without entering Swift. */
+typedef struct sl_Hist {
+  uint64_t count, total, max;
+  uint32_t *buckets;         /* SL_HIST_BUCKETS counters */
+} sl_Hist;
+
+/* Returns 0 when out of memory. */
+int sl_hist_init(sl_Hist *h);
+void sl_hist_destroy(sl_Hist *h);
+void sl_hist_record(sl_Hist *h, uint64_t nanos);
+/* The value at quantile q (0...1): the middle of its bucket, capped by max. */
+uint64_t sl_hist_quantile(const sl_Hist *h, double q);
+
+/* Resource counts of the run, kept in C so the fast path can update them. */
+typedef struct sl_Counts {
+  int64_t acquired, released_by_handle, released_by_scope, leaked, release_errors;
+} sl_Counts;
+
 /* Per-state data, reached from any thread of the state through its extra space. */
 typedef struct sl_StateInfo {
   void *runtime;   /* the Swift Runtime (unretained: it owns the state) */
   int guarded;     /* allocation failures abort instead of raising (see sl_alloc) */
+  int trace;       /* --trace: every acquire and release goes through Swift */
+  int64_t lastid;  /* the last handle id given out */
+  sl_Counts counts;
+  sl_Registry *current;        /* the registry of the scope acquisitions go to */
+  /* The last acquisition site's function (pinned in the registry, see sl_site) and its
+   * interned source index. */
+  const void *sitefn;
+  int32_t sitesource;
+  /* timer.measure: the last label string (pinned by Swift) and its statistics index;
+   * per-label statistics; the registry refs of the open and released timer metatables. */
+  const void *timerlabel;
+  int32_t timerlabelindex;
+  int32_t timerkind;
+  int timermt, timerreleasedmt;
+  sl_Hist **timers;
+  int32_t ntimers, timerscap;
 } sl_StateInfo;
+
+/* Appends a label's histogram to info->timers; returns 0 when out of memory. */
+int sl_timers_push(sl_StateInfo *info, sl_Hist *h);
+
+/* Pushes timer.measure: a C function for the common case (the same label and calling
+ * function as the previous call, no tracing) that acquires a timer handle without
+ * entering Swift; anything else goes to `slow` (Swift), which also refreshes the
+ * caches. Closing a timer handle with `<close>` has a matching C path in the handle
+ * __close (see sl_pushhandleclose). */
+void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow);
+/* The handle __close's C path for a timer.measure handle (see fastpath.c): releases it
+ * and returns 1, or returns 0 for anything Swift must release. */
+int sl_closetimer(lua_State *L, sl_Handle *h);
 
 static inline sl_StateInfo *sl_info(lua_State *L) {
   return *(sl_StateInfo **)lua_getextraspace(L);
@@ -87,8 +162,10 @@ static inline sl_StateInfo *sl_info(lua_State *L) {
  * a memory error through Swift frames (see sl_pcall for where failures may raise). */
 lua_State *sl_newstate(void);
 
-/* lua_close, then frees the per-state data. */
+/* lua_close. The per-state data outlives the state (the runtime reads its counts after
+ * the close) and is freed with sl_freeinfo. */
 void sl_closestate(lua_State *L);
+void sl_freeinfo(sl_StateInfo *info);
 
 /* Pushes a Lua function that enters `fn` through the trampoline (rule 1). */
 void sl_pushfunction(lua_State *L, sl_SwiftFunction fn);
@@ -207,8 +284,12 @@ static inline int sl_isinteger_number(lua_State *L, int idx) { return lua_isinte
 /* Runs a chunk like lua.c's dochunk but returns the status; used by tests and the CLI. */
 int sl_loadbuffer(lua_State *L, const char *buf, size_t len, const char *name);
 
-/* Monotonic clock in nanoseconds (CLOCK_MONOTONIC). */
+/* Monotonic clock in nanoseconds: CLOCK_MONOTONIC, read through the TSC when the kernel
+ * keeps it with the TSC (see cscopelua.c). SCOPELUA_CLOCK=monotonic forces
+ * clock_gettime. */
 uint64_t sl_monotonic_ns(void);
+/* Nanoseconds since `start` (a reading of sl_monotonic_ns); never negative. */
+uint64_t sl_elapsed_ns(uint64_t start);
 
 /* Interrupt support (REPL Ctrl-C, graceful stop): sets a hook that raises
  * "interrupted!" at the next instruction, as lua.c does. Safe to call from a signal

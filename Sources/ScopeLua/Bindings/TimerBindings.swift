@@ -9,14 +9,22 @@ enum TimerBindings {
         lua_createtable(L, 0, 8)
         rt.timerLabelsRef = luaL_ref(L, Lua.registry)
 
+        // The C fast path needs the kind and its metatables (open, released twin).
+        rt.info.pointee.timerkind = Int32(ResourceKind.timer.index)
+        rt.info.pointee.timermt = rt.metatableRefs[ResourceKind.timer.index]
+        rt.info.pointee.timerreleasedmt = rt.metatableRefs[ResourceKind.count + ResourceKind.timer.index]
+
         lua_createtable(L, 0, 4)
-        Lua.setFunction(L, -1, "measure", measure)
+        sl_pushtimermeasure(L, measure)
+        Lua.setField(L, -2, "measure")
         Lua.setFunction(L, -1, "now", now)
         Lua.setFunction(L, -1, "every", every)
         Lua.setFunction(L, -1, "after", after)
         Bindings.publishModule(L, "timer")
     }
 
+    /// timer.measure(label) when the C fast path (sl_pushtimermeasure) declines: a new
+    /// label or calling function (this refreshes its caches), or tracing.
     static let measure: SwiftLuaFunction = { L in
         let L = L.unsafelyUnwrapped
         return Runtime.unretained(L)._withUnsafeGuaranteedRef { rt in
@@ -32,10 +40,9 @@ enum TimerBindings {
 
     /// The ledger index of the label at index 1. The last label string is pinned, so
     /// the same string (Lua interns short strings) is found by pointer alone.
-    @inline(__always)
     static func labelIndex(_ rt: Runtime, _ L: LuaState) -> Int {
         let p = lua_topointer(L, 1)
-        if p == rt.lastTimerLabel, p != nil { return rt.lastTimerLabelIndex }
+        if p == rt.info.pointee.timerlabel, p != nil { return Int(rt.info.pointee.timerlabelindex) }
         lua_rawgeti(L, Lua.registry, lua_Integer(rt.timerLabelsRef))
         lua_pushvalue(L, 1)
         let index: Int
@@ -52,15 +59,15 @@ enum TimerBindings {
         }
         lua_pushvalue(L, 1)
         Lua.setRegistryField(L, "scopelua.lasttimerlabel")
-        rt.lastTimerLabel = p
-        rt.lastTimerLabelIndex = index
+        rt.info.pointee.timerlabel = p
+        rt.info.pointee.timerlabelindex = Int32(index)
         return index
     }
 
     static let elapsed: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard let h = HandleBindings.check(rt, L, 1, kind: .timer) else { return raise }
-        let nanos = h.pointee.isOpen || h.pointee.record != nil ? sl_monotonic_ns() &- h.pointee.start : UInt64(h.pointee.value)
+        let nanos = h.pointee.isOpen || h.pointee.record != nil ? sl_elapsed_ns(h.pointee.start) : UInt64(h.pointee.value)
         lua_pushnumber(L, Double(nanos) / 1e9)
         return 1
     }

@@ -1,3 +1,9 @@
+import CScopeLua
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Counts of what happened to resources during a run (the "resources" part of the report).
 public struct ResourceCounts: Equatable, Sendable {
     public var acquired = 0
@@ -23,65 +29,68 @@ public struct TimerSummary: Equatable, Sendable {
     public let max: Double
 }
 
-/// Latency histogram with bounded memory: values in nanoseconds, 64 sub-buckets per
-/// power of two (relative error under 1.6%), so a service that measures forever keeps a
-/// fixed footprint per label. The maximum is kept exactly.
-struct Histogram {
-    private static let subBits = 6
-    private static let sub = 1 << subBits
-    private var buckets = [UInt32](repeating: 0, count: (64 - subBits + 1) * sub)
-    private(set) var count = 0
-    private(set) var totalNanos: UInt64 = 0
-    private(set) var maxNanos: UInt64 = 0
+/// Latency histogram with bounded memory (`sl_Hist`, in C so the timer fast path can
+/// record into it): values in nanoseconds, 64 sub-buckets per power of two (relative
+/// error under 1.6%), so a service that measures forever keeps a fixed footprint per
+/// label. Count, total and maximum are exact.
+final class Histogram {
+    let raw: UnsafeMutablePointer<sl_Hist>
 
-    private static func index(_ v: UInt64) -> Int {
-        if v < UInt64(sub) { return Int(v) }
-        let e = 63 - v.leadingZeroBitCount
-        let s = Int((v >> UInt64(e - subBits)) & UInt64(sub - 1))
-        return (e - subBits + 1) * sub + s
+    init() {
+        raw = .allocate(capacity: 1)
+        guard sl_hist_init(raw) != 0 else {
+            sl_eprint("scopelua: out of memory creating a histogram")
+            abort()
+        }
     }
 
-    private static func lowerBound(_ i: Int) -> UInt64 {
-        if i < sub { return UInt64(i) }
-        let e = i / sub + subBits - 1
-        let s = UInt64(i % sub)
-        return (1 << UInt64(e)) | (s << UInt64(e - subBits))
+    deinit {
+        sl_hist_destroy(raw)
+        raw.deallocate()
     }
 
-    mutating func record(_ nanos: UInt64) {
-        buckets[Self.index(nanos)] &+= 1
-        count += 1
-        totalNanos &+= nanos
-        if nanos > maxNanos { maxNanos = nanos }
-    }
+    var count: Int { Int(raw.pointee.count) }
+    var totalNanos: UInt64 { raw.pointee.total }
+    var maxNanos: UInt64 { raw.pointee.max }
+
+    @inline(__always)
+    func record(_ nanos: UInt64) { sl_hist_record(raw, nanos) }
 
     /// The value at quantile `q` (0...1), as the middle of its bucket, capped by max.
-    func quantile(_ q: Double) -> UInt64 {
-        guard count > 0 else { return 0 }
-        let rank = Swift.max(1, Int((q * Double(count)).rounded(.up)))
-        var seen = 0
-        for (i, c) in buckets.enumerated() where c > 0 {
-            seen += Int(c)
-            if seen >= rank {
-                let lo = Self.lowerBound(i)
-                let hi = Self.lowerBound(i + 1)
-                return Swift.min(maxNanos, lo + (hi - lo) / 2)
-            }
-        }
-        return maxNanos
-    }
+    func quantile(_ q: Double) -> UInt64 { sl_hist_quantile(raw, q) }
 }
 
-/// The run's accounting: resource counts and timer statistics.
+/// The run's accounting: resource counts (kept in the state's C data, which the fast
+/// paths update too) and timer statistics.
 final class Ledger {
-    var counts = ResourceCounts()
+    private let info: UnsafeMutablePointer<sl_StateInfo>
     private(set) var timerLabels: [String] = []
     private var timerStats: [Histogram] = []
 
+    init(_ info: UnsafeMutablePointer<sl_StateInfo>) {
+        self.info = info
+    }
+
+    var counts: ResourceCounts {
+        let c = info.pointee.counts
+        var counts = ResourceCounts()
+        counts.acquired = Int(c.acquired)
+        counts.releasedByHandle = Int(c.released_by_handle)
+        counts.releasedByScope = Int(c.released_by_scope)
+        counts.leaked = Int(c.leaked)
+        counts.releaseErrors = Int(c.release_errors)
+        return counts
+    }
+
     /// A new timer label's index.
     func addTimerLabel(_ label: String) -> Int {
+        let h = Histogram()
+        guard sl_timers_push(info, h.raw) != 0 else {
+            sl_eprint("scopelua: out of memory adding timer label \(label)")
+            abort()
+        }
         timerLabels.append(label)
-        timerStats.append(Histogram())
+        timerStats.append(h)
         return timerLabels.count - 1
     }
 

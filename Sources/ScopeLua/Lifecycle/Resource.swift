@@ -86,6 +86,6 @@ extension sl_Handle {
 
     /// The owning scope while open.
     var owningScope: Scope? {
-        scope.map { Unmanaged<Scope>.fromOpaque($0).takeUnretainedValue() }
+        scope.flatMap { $0.pointee.scope.map { Unmanaged<Scope>.fromOpaque($0).takeUnretainedValue() } }
     }
 }

@@ -28,12 +28,17 @@ public struct RuntimeOptions {
 public final class Runtime {
     /// The main thread's state.
     public let L: LuaState
-    var options: RuntimeOptions
-    let ledger = Ledger()
+    var options: RuntimeOptions {
+        didSet { info.pointee.trace = options.trace ? 1 : 0 }
+    }
+    /// The state's C-side data (counts, caches and the fast paths' view of the runtime).
+    let info: UnsafeMutablePointer<sl_StateInfo>
+    let ledger: Ledger
     /// The run's root scope, and the scope acquisitions go to right now.
     let root: Scope
-    var current: Scope
-    private var nextID = 0
+    var current: Scope {
+        didSet { info.pointee.current = current.registry }
+    }
     private var closed = false
 
     /// Metatable registry references and identities, indexed by `ResourceKind.index`;
@@ -50,9 +55,6 @@ public final class Runtime {
     /// Interned script sources for `Site`s.
     private var sourceNames: [String] = []
     private var sourceKeys: [String: Int32] = [:]
-    /// The function of the last site (pinned by the C side, see `sl_site`).
-    private var lastFunction: UnsafeRawPointer?
-    private var lastSourceIndex: Int32 = -1
     private var siteScratch = sl_Site()
 
     /// Per-kind state that binding files keep on the runtime.
@@ -70,8 +72,6 @@ public final class Runtime {
     var missingModules: [String: String] = [:]
     /// Identity of the metatable of `sql.blob` values.
     var blobMetatable: UnsafeRawPointer?
-    var lastTimerLabel: UnsafeRawPointer?
-    var lastTimerLabelIndex = 0
     var adopted = AdoptedFiles()
 
 
@@ -81,10 +81,15 @@ public final class Runtime {
             exit(70)
         }
         L = state
+        info = sl_info(state)
         self.options = options
+        ledger = Ledger(info)
         root = Scope(name: "run", parent: nil)
         current = root
-        sl_info(L).pointee.runtime = Unmanaged.passUnretained(self).toOpaque()
+        info.pointee.runtime = Unmanaged.passUnretained(self).toOpaque()
+        info.pointee.trace = options.trace ? 1 : 0
+        info.pointee.current = root.registry
+        info.pointee.sitesource = -1
         luaL_openlibs(L)
         Bindings.install(self)
         // lua.c runs scripts with the generational collector; so do we (rule 5), and it
@@ -94,6 +99,7 @@ public final class Runtime {
 
     deinit {
         close()
+        sl_freeinfo(info)
     }
 
     /// The runtime that owns `L` (any of its threads).
@@ -112,8 +118,8 @@ public final class Runtime {
     }
 
     func newID() -> Int {
-        nextID += 1
-        return nextID
+        info.pointee.lastid += 1
+        return Int(info.pointee.lastid)
     }
 
     // MARK: - Sites
@@ -122,22 +128,23 @@ public final class Runtime {
     /// called into the runtime). Stack: 0.
     @inline(__always)
     func currentSite(_ L: LuaState) -> Site {
-        guard sl_site(L, lastFunction, &siteScratch) != 0 else { return .unknown }
-        if siteScratch.function != lastFunction { internSiteSource() }
-        return Site(source: lastSourceIndex, line: siteScratch.line)
+        guard sl_site(L, info.pointee.sitefn, &siteScratch) != 0 else { return .unknown }
+        if siteScratch.function != info.pointee.sitefn { internSiteSource() }
+        return Site(source: info.pointee.sitesource, line: siteScratch.line)
     }
 
     private func internSiteSource() {
-        lastFunction = siteScratch.function
+        info.pointee.sitefn = siteScratch.function
         let short = withUnsafeBytes(of: &siteScratch.short_src) { raw in
             String(cString: raw.bindMemory(to: CChar.self).baseAddress.unsafelyUnwrapped)
         }
         if let known = sourceKeys[short] {
-            lastSourceIndex = known
+            info.pointee.sitesource = known
         } else {
-            lastSourceIndex = Int32(sourceNames.count)
+            let index = Int32(sourceNames.count)
             sourceNames.append(short)
-            sourceKeys[short] = lastSourceIndex
+            sourceKeys[short] = index
+            info.pointee.sitesource = index
         }
     }
 
@@ -243,7 +250,7 @@ public final class Runtime {
         _ = lua_setmetatable(L, -2)
         let owner = scope ?? current
         owner.add(h)
-        ledger.counts.acquired += 1
+        info.pointee.counts.acquired += 1
         if options.trace { traceAcquire(h, owner) }
         return h
     }
@@ -264,26 +271,26 @@ public final class Runtime {
         switch cause {
         case .closed:
             h.pointee.how = Int32(SL_BY_CLOSE)
-            ledger.counts.releasedByHandle += 1
+            info.pointee.counts.released_by_handle += 1
         case .handle(let site):
             h.pointee.how = Int32(SL_BY_HANDLE)
             h.pointee.relsource = site.source
             h.pointee.relline = site.line
-            ledger.counts.releasedByHandle += 1
+            info.pointee.counts.released_by_handle += 1
         case .scopeEnd(let scope):
             h.pointee.how = Int32(SL_BY_SCOPE)
             h.pointee.detail = Int64(internPath(scope))
-            ledger.counts.releasedByScope += 1
+            info.pointee.counts.released_by_scope += 1
         case .parent(let owner):
             h.pointee.how = Int32(SL_BY_PARENT)
             h.pointee.relsource = owner.pointee.kind
             h.pointee.detail = owner.pointee.id
-            ledger.counts.releasedByScope += 1
+            info.pointee.counts.released_by_scope += 1
         case .collected:
             h.pointee.how = Int32(SL_BY_GC)
-            ledger.counts.leaked += 1
+            info.pointee.counts.leaked += 1
         }
-        h.pointee.owningScope?.remove(h)
+        sl_registry_remove(h)
         if let owner = h.pointee.owner {
             h.pointee.owner = nil
             if let r = owner.pointee.resource, let i = r.children.lastIndex(of: h) { r.children.remove(at: i) }
@@ -300,7 +307,7 @@ public final class Runtime {
         }
         _ = lua_checkstack(L, 8)
         if !r.close(self, L, h, error: errIndex) {
-            ledger.counts.releaseErrors += 1
+            info.pointee.counts.release_errors += 1
             failures += 1
         }
         h.pointee.record = nil
@@ -312,7 +319,7 @@ public final class Runtime {
     @inline(__always)
     private func closePlain(_ h: Handle) {
         if h.pointee.kind == ResourceKind.timer.rawValue {
-            let elapsed = sl_monotonic_ns() &- h.pointee.start
+            let elapsed = sl_elapsed_ns(h.pointee.start)
             h.pointee.value = Int64(elapsed)
             ledger.recordTimer(Int(h.pointee.aux), nanos: elapsed)
         }
@@ -443,7 +450,7 @@ public final class Runtime {
         Lua.setField(L, -2, "site")
         Lua.push(L, h.pointee.owningScope?.path ?? "?")
         Lua.setField(L, -2, "scope")
-        lua_pushnumber(L, Double(sl_monotonic_ns() &- h.pointee.start) / 1e9)
+        lua_pushnumber(L, Double(sl_elapsed_ns(h.pointee.start)) / 1e9)
         Lua.setField(L, -2, "age")
     }
 

@@ -1,5 +1,9 @@
 import CScopeLua
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A node of the ownership tree: run → pipeline → stage → worker → task.
 ///
 /// A scope keeps the handles acquired while it was current, oldest first, and releases
@@ -9,8 +13,8 @@ import CScopeLua
 final class Scope {
     let name: String
     let parent: Scope?
-    private(set) var entries = ContiguousArray<Handle?>()
-    private var holes = 0
+    /// The open handles, in C (`sl_Registry`) so that the timer fast path can use it.
+    let registry: UnsafeMutablePointer<sl_Registry>
     private(set) var ended = false
     /// Index of `path` among the runtime's interned paths, once interned.
     var pathIndex: Int?
@@ -18,59 +22,39 @@ final class Scope {
     init(name: String, parent: Scope?) {
         self.name = name
         self.parent = parent
+        guard let registry = sl_registry_new(nil) else {
+            sl_eprint("scopelua: out of memory creating scope \(name)")
+            abort()
+        }
+        self.registry = registry
+        registry.pointee.scope = Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    deinit {
+        // Handles still registered (only possible if the runtime was torn down without
+        // ending this scope) must not point at freed memory.
+        for h in openHandles {
+            h.pointee.scope = nil
+            h.pointee.slot = -1
+        }
+        sl_registry_free(registry)
     }
 
     /// `run/analytics/log_events/task`.
     private(set) lazy var path: String = parent.map { "\($0.path)/\(name)" } ?? name
 
     /// Number of open resources (defers included).
-    var openCount: Int { entries.count - holes }
+    var openCount: Int { Int(registry.pointee.count - registry.pointee.holes) }
 
     /// Open handles, oldest first.
-    var openHandles: [Handle] { entries.compactMap { $0 } }
+    var openHandles: [Handle] {
+        guard let entries = registry.pointee.entries else { return [] }
+        return (0..<Int(registry.pointee.count)).compactMap { entries[$0] }
+    }
 
     @inline(__always)
     func add(_ h: Handle) {
-        h.pointee.scope = Unmanaged.passUnretained(self).toOpaque()
-        h.pointee.slot = Int32(entries.count)
-        entries.append(h)
-    }
-
-    /// Removes a handle released before its scope ended. O(1) amortized: the newest
-    /// entry is popped; an older one leaves a hole, and holes are compacted once they
-    /// are half the registry.
-    @inline(__always)
-    func remove(_ h: Handle) {
-        let i = Int(h.pointee.slot)
-        h.pointee.scope = nil
-        h.pointee.slot = -1
-        guard i >= 0, i < entries.count, entries[i] == h else { return }
-        if i == entries.count - 1 {
-            entries.removeLast()
-            if holes > 0 { trimHoles() }
-        } else {
-            entries[i] = nil
-            holes += 1
-            if holes > 16, holes * 2 > entries.count { compact() }
-        }
-    }
-
-    private func trimHoles() {
-        while let last = entries.last, last == nil {
-            entries.removeLast()
-            holes -= 1
-        }
-    }
-
-    private func compact() {
-        var kept = ContiguousArray<Handle?>()
-        kept.reserveCapacity(entries.count - holes)
-        for case let h? in entries {
-            h.pointee.slot = Int32(kept.count)
-            kept.append(h)
-        }
-        entries = kept
-        holes = 0
+        sl_registry_add(registry, h)
     }
 
     /// Makes an ended, empty scope usable again (a stage's task scope is reused from
@@ -82,14 +66,6 @@ final class Scope {
     /// Marks the scope as ending and detaches its newest open handle, if any.
     func popNewest() -> Handle? {
         ended = true
-        while let last = entries.popLast() {
-            if let h = last {
-                h.pointee.scope = nil
-                h.pointee.slot = -1
-                return h
-            }
-            holes -= 1
-        }
-        return nil
+        return sl_registry_popnewest(registry)
     }
 }

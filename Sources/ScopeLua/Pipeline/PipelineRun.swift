@@ -370,7 +370,7 @@ final class PipelineRun {
             lua_pushvalue(L, event)
             let t0 = sl_monotonic_ns()
             let status = sl_pcall(L, 2, 1, msgh)
-            stage.time.record(sl_monotonic_ns() &- t0)
+            stage.time.record(sl_elapsed_ns(t0))
             stage.calls += 1
             runningStage = nil
             let result = lua_gettop(L)  // the result, or the error object
@@ -479,7 +479,7 @@ final class PipelineRun {
         guard owner === stage.task else {
             return "ctx:own: \(rt.describe(h)) belongs to \(owner?.path ?? "no scope"), not to this event's task scope"
         }
-        stage.task.remove(h)
+        sl_registry_remove(h)
         stage.scope.add(h)
         return nil
     }

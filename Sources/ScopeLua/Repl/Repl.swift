@@ -182,11 +182,10 @@ public final class Repl {
 
     /// `:resources`: one line per open handle.
     func resourcesText() -> String {
-        let now = sl_monotonic_ns()
         var lines: [String] = []
         for scope in [runtime.root, session] {
             for h in scope.openHandles where h.pointee.resource?.isHandle ?? true {
-                let age = Double(now &- h.pointee.start) / 1e9
+                let age = Double(sl_elapsed_ns(h.pointee.start)) / 1e9
                 lines.append("\(runtime.describe(h))  \(scope.path)  \(Report.seconds(age))  \(runtime.describe(h.pointee.site))")
             }
         }
