@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """scopelua benchmarks, side by side with the baselines in shared/bench.
 
-  Benchmarks/bench.py micro [--runs 7] [--n 1000000]     timer.measure pair vs pure-Lua <close>
+  Benchmarks/bench.py micro [--runs 9] [--n 1000000]     timer.measure pair vs pure-Lua <close>
   Benchmarks/bench.py sqlite [--runs 5] [--n 100000]     prepared inserts, 1000 per transaction, vs Python sqlite3
   Benchmarks/bench.py pipeline [--runs 5] [--n 200000]   analytics-1 (scripts/analytics.lua) vs plain Lua and Python
 
@@ -65,21 +65,36 @@ def instructions(cmd):
 
 
 def micro(args):
+    """Per-pair cost: each program runs with N pairs and with none (start-up and exit
+    only), alternating; (median(N) - median(0)) / N is what one pair costs."""
     bench = shared_bench(args.shared)
-    n = str(args.n)
-    ours = [SCOPELUA, "run", os.path.join(ROOT, "Benchmarks", "micro_measure.lua"), n]
-    base = ["lua5.4", os.path.join(bench, "micro_tbc.lua"), n]
-    print(f"micro: {args.n} acquire/release pairs, {args.runs} alternating runs")
-    ma, mb = side_by_side("scopelua timer.measure", ours, "lua5.4 <close> table", base, args.runs)
-    print(f"  ratio (scopelua / pure Lua): {ma / mb:.2f}x  (target: within 2x)")
-    print(f"  per pair: scopelua {ma / args.n * 1e9:.0f} ns, pure Lua {mb / args.n * 1e9:.0f} ns")
+    ours = [SCOPELUA, "run", os.path.join(ROOT, "Benchmarks", "micro_measure.lua")]
+    base = ["lua5.4", os.path.join(bench, "micro_tbc.lua")]
+    n = args.n
+    print(f"micro: {n} acquire/release pairs, {args.runs} alternating runs (each also with 0 pairs)")
+    t = {k: [] for k in ("ours", "ours0", "base", "base0")}
+    for _ in range(args.runs):
+        t["ours"].append(timed(ours + [str(n)]))
+        t["base"].append(timed(base + [str(n)]))
+        t["ours0"].append(timed(ours + ["0"]))
+        t["base0"].append(timed(base + ["0"]))
+    m = {k: statistics.median(v) for k, v in t.items()}
+    print(f"  {'scopelua timer.measure':<28} median {m['ours']:7.3f}s   (start-up alone {m['ours0']:.3f}s)")
+    print(f"  {'lua5.4 <close> table':<28} median {m['base']:7.3f}s   (start-up alone {m['base0']:.3f}s)")
+    pa = (m["ours"] - m["ours0"]) / n
+    pb = (m["base"] - m["base0"]) / n
+    print(f"  per pair: scopelua {pa * 1e9:.0f} ns, pure Lua {pb * 1e9:.0f} ns")
+    print(f"  ratio per pair (scopelua / pure Lua): {pa / pb:.2f}x  (target: within 2x)")
+    print(f"  ratio of whole runs, start-up included: {m['ours'] / m['base']:.2f}x")
     if args.instructions:
-        small = "200000"
-        ia = instructions(ours[:-1] + [small])
-        ib = instructions(base[:-1] + [small])
-        if ia and ib:
-            print(f"  instructions per pair (callgrind, 200k pairs): scopelua {ia / 2e5:.0f}, "
-                  f"pure Lua {ib / 2e5:.0f}, ratio {ia / ib:.2f}x")
+        small = 200000
+        counts = [instructions(c) for c in (ours + [str(small)], ours + ["0"], base + [str(small)], base + ["0"])]
+        if None in counts:
+            print("  instructions: valgrind (callgrind) is not available")
+            return
+        ia, ib = counts[0] - counts[1], counts[2] - counts[3]
+        print(f"  instructions per pair (callgrind, {small} pairs minus start-up): scopelua {ia / small:.0f}, "
+              f"pure Lua {ib / small:.0f}, ratio {ia / ib:.2f}x")
 
 
 def sqlite(args):
@@ -139,7 +154,7 @@ def main():
     p.add_argument("--shared", help="path to shared/bench (default: ../shared/bench)")
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("micro", help="timer.measure acquire+release vs a pure-Lua <close> table")
-    m.add_argument("--runs", type=int, default=7)
+    m.add_argument("--runs", type=int, default=9)
     m.add_argument("--n", type=int, default=1000000)
     m.add_argument("--instructions", action="store_true", help="also count instructions with callgrind")
     m.set_defaults(fn=micro)
