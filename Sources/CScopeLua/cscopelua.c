@@ -54,6 +54,7 @@ void sl_closestate(lua_State *L) {
 
 void sl_freeinfo(sl_StateInfo *info) {
   free(info->timers);  /* the histograms themselves belong to the Swift ledger */
+  free(info->jsonbuf);
   free(info);
 }
 

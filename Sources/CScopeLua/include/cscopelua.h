@@ -138,6 +138,10 @@ typedef struct sl_StateInfo {
   int timermt, timerreleasedmt;
   sl_Hist **timers;
   int32_t ntimers, timerscap;
+  /* json.encode: its reusable buffer, and the identity of json.array_mt. */
+  char *jsonbuf;
+  size_t jsoncap;
+  const void *jsonarraymt;
 } sl_StateInfo;
 
 /* Appends a label's histogram to info->timers; returns 0 when out of memory. */
@@ -149,6 +153,14 @@ int sl_timers_push(sl_StateInfo *info, sl_Hist *h);
  * caches. Closing a timer handle with `<close>` has a matching C path in the handle
  * __close (see sl_pushhandleclose). */
 void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow);
+/* JSON encoding (jsonencode.c): the text cjson would write, with empty tables marked
+ * by json.array_mt written as [] and integers written exactly. Never raises: pushes the
+ * text and returns 1, or pushes cjson's message ("Cannot serialise function: type not
+ * supported") and returns 0. */
+int sl_json_encode(lua_State *L, int idx);
+/* Pushes json.encode (raises the message above, positioned at the caller). */
+void sl_pushjsonencode(lua_State *L);
+
 /* The handle __close's C path for a timer.measure handle (see fastpath.c): releases it
  * and returns 1, or returns 0 for anything Swift must release. */
 int sl_closetimer(lua_State *L, sl_Handle *h);
