@@ -7,7 +7,7 @@ packages=(
   pkg-config
   liblua5.4-dev      # the embedded Lua 5.4 (headers + library, found by pkg-config)
   libsqlite3-dev     # SQLite's C library (the sql module)
-  lua-cjson          # JSON for scripts (json module)
+  lua-cjson          # the plain-Lua baseline; tests compare scopelua's json with it
   libedit-dev        # line editing in the REPL
   lua5.4             # stock lua, for the parity tests and the baselines
   lua-sql-sqlite3    # the plain-Lua baseline's database driver

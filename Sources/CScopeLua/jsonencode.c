@@ -1,5 +1,5 @@
 /*
- * json.encode. Decoding stays with Debian's lua-cjson; encoding is done here because
+ * json.encode, in place of lua-cjson's encoder (jsondecode.c replaces its decoder):
  * the pipeline encodes every event it logs or writes, and cjson 2.1 measured slow at it:
  * it formats every number with snprintf("%.14g") (half of an analytics event's encoding
  * cost: ids and timestamps are integers), and it cannot write an empty array, so tables

@@ -74,6 +74,73 @@ import Testing
         }
     }
 
+    /// The decoder accepts what cjson accepts and says what cjson says, value for value:
+    /// checked against cjson on a corpus of valid and broken texts, big containers
+    /// (members past the first 32 go in differently) and 20 000 random numbers.
+    @Test func decodeReadsWhatCjsonReads() {
+        let run = runLua(#"""
+            local cjson = require "cjson"
+            local function same(a, b)
+              if type(a) ~= type(b) then return false end
+              if type(a) == "table" then
+                for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+                for k in pairs(b) do if a[k] == nil then return false end end
+                return true
+              end
+              if type(a) == "number" then return a == b and (a ~= 0 or 1/a == 1/b) end
+              return a == b
+            end
+            local inputs = {
+              '{"id":0,"user":"u654","kind":"click","amount":2.5,"ts":1700000000,"tags":["a"]}',
+              '[1,2,3]', '"x"', '3', '-0', '-0.0', '1.', '-.5', '1e5', '1E-3', '1.5e+10', '12345678901234567890',
+              '1e400', '0.1', '123.456e-7', '{"a":{"b":{"c":[1,[2,[3]]]}}}', '  { "a" : 1 , "b" : [ true , false , null ] } ',
+              '{"k\\"q":"\\u00e9\\ud83d\\ude00\\n\\t\\/\\\\"}', '"a\1b"', '{"a":1}\0junk',
+              '{"a":', '{"a"}', '{a:1}', '[1,]', '[1 2]', '{"a":1,}', '', ' ', 'nul', 'tru', '-', '-a', '"abc', '"\\x"',
+              '"\\u12"', '"\\ud83d"', '"\\ude00"', '"\\ud83d\\u0041"', '[1]x', '{"a":1} {"b":2}', '1.5.3', '1e', '1e+',
+              string.rep("[", 1001) .. string.rep("]", 1001), string.rep("[", 999) .. string.rep("]", 999),
+            }
+            local members, items = {}, {}
+            for i = 1, 100 do members[i] = '"k' .. i .. '":' .. i; items[i] = tostring(i * 1.5) end
+            inputs[#inputs+1] = "{" .. table.concat(members, ",") .. "}"
+            inputs[#inputs+1] = "[" .. table.concat(items, ",") .. "]"
+            math.randomseed(3)
+            for i = 1, 20000 do inputs[#inputs+1] = string.format("%.17g", (math.random() - 0.5) * 10 ^ math.random(-300, 300)) end
+            local differ = {}
+            for _, s in ipairs(inputs) do
+              local ok1, a = pcall(json.decode, s)
+              local ok2, b = pcall(cjson.decode, s)
+              if ok1 ~= ok2 or (ok1 and not same(a, b)) or (not ok1 and a ~= b) then differ[#differ+1] = s end
+            end
+            return #differ, differ[1]
+            """#)
+        #expect(run.error == nil)
+        #expect(run.values.first == .integer(0))
+    }
+
+    /// Where the decoder differs from cjson 2.1 on purpose: integers stay integers, and
+    /// numbers JSON does not allow (cjson lets them through by default) are errors.
+    @Test func decodeKeepsIntegersAndRejectsWhatJSONDoesNotAllow() {
+        let run = runLua("""
+            local e = json.decode('{"id":17,"amount":2.50,"big":12345678901234567890}')
+            return math.type(e.id), math.type(e.amount), math.type(e.big)
+            """)
+        #expect(run.values == [.string("integer"), .string("float"), .string("float")])
+        let cases: [(String, String)] = [
+            ("01", "Expected value but found invalid number at character 1"),
+            ("-01", "Expected value but found invalid number at character 1"),
+            ("0x10", "Expected value but found invalid number at character 1"),
+            ("-inf", "Expected value but found invalid number at character 1"),
+            ("+1", "Expected value but found invalid token at character 1"),
+            ("NaN", "Expected value but found invalid token at character 1"),
+            ("[1,inf]", "Expected value but found invalid token at character 4"),
+        ]
+        for (text, message) in cases {
+            #expect(runLua("json.decode('\(text)')").error?.message == "test:1: \(message)", "\(text)")
+        }
+        #expect(runLua("json.decode('\\0x')").error?.message == "test:1: JSON parser does not support UTF-16 or UTF-32")
+        #expect(runLua("json.decode(42)").error?.message == "test:1: bad argument #1 to 'decode' (string expected, got number)")
+    }
+
     @Test func requireableAsScopeJson() {
         #expect(runLua("return require('scope.json') == json").values == [.boolean(true)])
     }

@@ -160,6 +160,13 @@ void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow);
 int sl_json_encode(lua_State *L, int idx);
 /* Pushes json.encode (raises the message above, positioned at the caller). */
 void sl_pushjsonencode(lua_State *L);
+/* JSON decoding (jsondecode.c): what cjson accepts, with cjson's messages; integers
+ * become Lua integers, `[]` an empty table with json.array_mt (which must be in the
+ * registry under its address, `jsonarraymt`). Never raises: pushes the value and
+ * returns 1, or pushes the message and returns 0. */
+int sl_json_decode(lua_State *L, const char *s, size_t len);
+/* Pushes json.decode (raises the message above, positioned at the caller). */
+void sl_pushjsondecode(lua_State *L);
 
 /* The handle __close's C path for a timer.measure handle (see fastpath.c): releases it
  * and returns 1, or returns 0 for anything Swift must release. */

@@ -66,10 +66,8 @@ public final class Runtime {
     var pipelineMetatable: UnsafeRawPointer?
     /// Timers from timer.every / timer.after, fired by a running pipeline.
     var scheduled: [ScheduledTimer] = []
-    /// cjson's functions, when lua-cjson is installed.
-    var json: JSONCodec?
-    /// Modules that could not be loaded at start, and why.
-    var missingModules: [String: String] = [:]
+    /// JSON for the runner and the REPL.
+    let json = JSONCodec()
     /// Identity of the metatable of `sql.blob` values.
     var blobMetatable: UnsafeRawPointer?
     var adopted = AdoptedFiles()

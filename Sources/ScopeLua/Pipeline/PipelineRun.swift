@@ -297,10 +297,7 @@ final class PipelineRun {
     }
 
     private func feedLines(_ L: LuaState, _ reader: LineReader) -> Bool {
-        guard let codec = rt.json else {
-            abortMessage = rt.missingModules["json"] ?? "json is not available"
-            return false
-        }
+        let codec = rt.json
         var lineNumber = 0
         while true {
             if !fireTimers(L) { return false }
@@ -590,7 +587,8 @@ final class PipelineRun {
             }
             return true
         case .path, .stdout:
-            guard let codec = rt.json, let output else { return true }
+            guard let output else { return true }
+            let codec = rt.json
             guard codec.encode(L, event) else {
                 abortMessage = "pipeline '\(definition.name)' aborted: cannot encode an output event as JSON: \(Lua.describe(L, -1))"
                 return false
@@ -645,7 +643,7 @@ final class PipelineRun {
 
     /// Writes the table at `idx` as a JSON line to the dead-letter file, or to stderr.
     private func writeRecord(_ L: LuaState, _ idx: Int32) {
-        guard let codec = rt.json, codec.encode(L, idx) else {
+        guard rt.json.encode(L, idx) else {
             rt.diagnose("scopelua: dead letter (not encodable): \(Lua.describe(L, -1))")
             sl_pop(L, 1)
             return
@@ -667,7 +665,7 @@ final class PipelineRun {
     private func describeEvent(_ L: LuaState, _ event: Int32) -> String {
         if Lua.rawField(L, event, "id") != LUA_TNIL {
             defer { sl_pop(L, 1) }
-            // JSON numbers decode as floats: show 3.0 as 3.
+            // An id a script computed as a float: show 3.0 as 3.
             if lua_type(L, -1) == LUA_TNUMBER, lua_isinteger(L, -1) == 0 {
                 let d = lua_tonumberx(L, -1, nil)
                 if d == d.rounded(), abs(d) < 1e15 { return "event \(Int64(d))" }
@@ -675,7 +673,7 @@ final class PipelineRun {
             return "event \(Lua.describe(L, -1, metamethods: false))"
         }
         sl_pop(L, 1)
-        if let codec = rt.json, codec.encode(L, event), var text = Lua.string(L, -1) {
+        if rt.json.encode(L, event), var text = Lua.string(L, -1) {
             sl_pop(L, 1)
             if text.count > 200 { text = String(text.prefix(200)) + "..." }
             return "event \(text)"

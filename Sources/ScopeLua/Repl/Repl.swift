@@ -227,7 +227,7 @@ public final class Repl {
             var n: lua_Integer = 0
             for text in c.events {
                 Lua.push(L, text)
-                if let codec = runtime.json, codec.decode(L, -1) {
+                if runtime.json.decode(L, -1) {
                     sl_remove(L, -2)
                 } else {
                     write("not a JSON object: \(text)")
@@ -259,7 +259,8 @@ public final class Repl {
         if case .failed(let message) = outcome { write(message) }
         // The events that came out, as JSON lines, then the report.
         run.pushReport(L)
-        if Lua.rawField(L, -1, "output") == LUA_TTABLE, let codec = runtime.json {
+        if Lua.rawField(L, -1, "output") == LUA_TTABLE {
+            let codec = runtime.json
             let list = lua_gettop(L)
             let n = lua_rawlen(L, list)
             if n > 0 {
