@@ -26,7 +26,7 @@ static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     free(ptr);
     return NULL;
   }
-  void *p = realloc(ptr, nsize);
+  void *p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize);
   if (p == NULL && info->guarded) {
     fprintf(stderr, "scopelua: out of memory while the runtime held the Lua state (%zu bytes)\n", nsize);
     abort();

@@ -23,20 +23,15 @@ void sl_registry_free(sl_Registry *r) {
   free(r);
 }
 
-void sl_registry_add(sl_Registry *r, sl_Handle *h) {
-  if (r->count == r->cap) {
-    int32_t cap = r->cap < 8 ? 8 : r->cap * 2;
-    sl_Handle **grown = (sl_Handle **)realloc(r->entries, (size_t)cap * sizeof(sl_Handle *));
-    if (grown == NULL) {
-      fprintf(stderr, "scopelua: out of memory growing a scope's registry (%d handles)\n", (int)r->count);
-      abort();
-    }
-    r->entries = grown;
-    r->cap = cap;
+void sl_registry_grow(sl_Registry *r) {
+  int32_t cap = r->cap < 8 ? 8 : r->cap * 2;
+  sl_Handle **grown = (sl_Handle **)realloc(r->entries, (size_t)cap * sizeof(sl_Handle *));
+  if (grown == NULL) {
+    fprintf(stderr, "scopelua: out of memory growing a scope's registry (%d handles)\n", (int)r->count);
+    abort();
   }
-  h->scope = r;
-  h->slot = r->count;
-  r->entries[r->count++] = h;
+  r->entries = grown;
+  r->cap = cap;
 }
 
 static void compact(sl_Registry *r) {
@@ -51,7 +46,7 @@ static void compact(sl_Registry *r) {
   r->holes = 0;
 }
 
-void sl_registry_remove(sl_Handle *h) {
+void sl_registry_removeslow(sl_Handle *h) {
   sl_Registry *r = h->scope;
   int32_t i = h->slot;
   h->scope = NULL;
@@ -85,7 +80,7 @@ sl_Handle *sl_registry_popnewest(sl_Registry *r) {
 
 /* ---- latency histograms ---------------------------------------------------------- */
 
-enum { SUBBITS = 6, SUB = 1 << SUBBITS, SL_HIST_BUCKETS = (64 - SUBBITS + 1) * SUB };
+enum { SUBBITS = SL_HIST_SUBBITS, SUB = SL_HIST_SUB };
 
 int sl_hist_init(sl_Hist *h) {
   memset(h, 0, sizeof *h);
@@ -98,26 +93,12 @@ void sl_hist_destroy(sl_Hist *h) {
   h->buckets = NULL;
 }
 
-static int bucketof(uint64_t v) {
-  if (v < SUB) return (int)v;
-  int e = 63 - __builtin_clzll(v);
-  int s = (int)((v >> (e - SUBBITS)) & (SUB - 1));
-  return (e - SUBBITS + 1) * SUB + s;
-}
-
 static uint64_t lowerbound(int i) {
   if (i < SUB) return (uint64_t)i;
   if (i >= SL_HIST_BUCKETS) return UINT64_MAX;
   int e = i / SUB + SUBBITS - 1;
   uint64_t s = (uint64_t)(i % SUB);
   return ((uint64_t)1 << e) | (s << (e - SUBBITS));
-}
-
-void sl_hist_record(sl_Hist *h, uint64_t nanos) {
-  h->buckets[bucketof(nanos)]++;
-  h->count++;
-  h->total += nanos;
-  if (nanos > h->max) h->max = nanos;
 }
 
 uint64_t sl_hist_quantile(const sl_Hist *h, double q) {
@@ -156,7 +137,8 @@ int sl_timers_push(sl_StateInfo *info, sl_Hist *h) {
 /* Why: a timer pair is the cheapest thing a script can ask of the runtime and sits in
  * the innermost loops, so the common case does in C what Runtime.acquire does in Swift
  * (same record, same registry, same counts). The caches it relies on (label, calling
- * function) are filled by the Swift path the first time round. Upvalue 1: that path. */
+ * function) are filled by the Swift path the first time round. Upvalues: that path, the
+ * open timer metatable. */
 static int timermeasure(lua_State *L) {
   sl_StateInfo *info = sl_info(L);
   const void *label = lua_topointer(L, 1);  /* the pinned label string is unique */
@@ -175,7 +157,7 @@ static int timermeasure(lua_State *L) {
         h->aux = info->timerlabelindex;
         h->source = info->sitesource;
         h->line = ar.currentline;
-        lua_rawgeti(L, LUA_REGISTRYINDEX, info->timermt);
+        lua_pushvalue(L, lua_upvalueindex(2));  /* the open timer metatable */
         lua_setmetatable(L, -2);
         sl_registry_add(info->current, h);
         info->counts.acquired++;
@@ -195,7 +177,8 @@ static int timermeasure(lua_State *L) {
 
 void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow) {
   lua_pushlightuserdata(L, (void *)slow);
-  lua_pushcclosure(L, timermeasure, 1);
+  lua_rotate(L, -2, 1);  /* upvalues: the Swift path, the metatable */
+  lua_pushcclosure(L, timermeasure, 2);
 }
 
 /* The release half, called by the handle __close for an open handle: a plain timer

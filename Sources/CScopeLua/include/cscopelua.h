@@ -89,11 +89,32 @@ typedef struct sl_Registry {
 /* A registry for `scope`; NULL when out of memory. */
 sl_Registry *sl_registry_new(void *scope);
 void sl_registry_free(sl_Registry *r);
-/* Appends `h` (grows the registry; aborts when out of memory, like the guarded
- * allocator: Swift may be on the stack). */
-void sl_registry_add(sl_Registry *r, sl_Handle *h);
-/* Takes `h` out of its registry, if it is in one. */
-void sl_registry_remove(sl_Handle *h);
+/* Grows the registry (aborts when out of memory, like the guarded allocator: Swift may
+ * be on the stack). */
+void sl_registry_grow(sl_Registry *r);
+/* sl_registry_remove for anything but the newest entry of a registry without holes. */
+void sl_registry_removeslow(sl_Handle *h);
+
+/* Appends `h`. Inline: every acquisition does it. */
+static inline void sl_registry_add(sl_Registry *r, sl_Handle *h) {
+  if (r->count == r->cap) sl_registry_grow(r);
+  h->scope = r;
+  h->slot = r->count;
+  r->entries[r->count++] = h;
+}
+
+/* Takes `h` out of its registry, if it is in one. Inline for the common case, the
+ * newest handle of its scope (a `<close>` block). */
+static inline void sl_registry_remove(sl_Handle *h) {
+  sl_Registry *r = h->scope;
+  if (r != NULL && r->holes == 0 && h->slot == r->count - 1 && r->entries[h->slot] == h) {
+    r->count--;
+    h->scope = NULL;
+    h->slot = -1;
+    return;
+  }
+  sl_registry_removeslow(h);
+}
 /* Detaches and returns the newest handle, or NULL when the registry is empty. */
 sl_Handle *sl_registry_popnewest(sl_Registry *r);
 
@@ -109,7 +130,21 @@ typedef struct sl_Hist {
 /* Returns 0 when out of memory. */
 int sl_hist_init(sl_Hist *h);
 void sl_hist_destroy(sl_Hist *h);
-void sl_hist_record(sl_Hist *h, uint64_t nanos);
+enum { SL_HIST_SUBBITS = 6, SL_HIST_SUB = 1 << SL_HIST_SUBBITS,
+       SL_HIST_BUCKETS = (64 - SL_HIST_SUBBITS + 1) * SL_HIST_SUB };
+static inline void sl_hist_record(sl_Hist *h, uint64_t nanos) {
+  int bucket;
+  if (nanos < SL_HIST_SUB) {
+    bucket = (int)nanos;
+  } else {
+    int e = 63 - __builtin_clzll(nanos);
+    bucket = (e - SL_HIST_SUBBITS + 1) * SL_HIST_SUB + (int)((nanos >> (e - SL_HIST_SUBBITS)) & (SL_HIST_SUB - 1));
+  }
+  h->buckets[bucket]++;
+  h->count++;
+  h->total += nanos;
+  if (nanos > h->max) h->max = nanos;
+}
 /* The value at quantile q (0...1): the middle of its bucket, capped by max. */
 uint64_t sl_hist_quantile(const sl_Hist *h, double q);
 
@@ -131,11 +166,11 @@ typedef struct sl_StateInfo {
   const void *sitefn;
   int32_t sitesource;
   /* timer.measure: the last label string (pinned by Swift) and its statistics index;
-   * per-label statistics; the registry refs of the open and released timer metatables. */
+   * per-label statistics; the registry ref of the released timer metatable. */
   const void *timerlabel;
   int32_t timerlabelindex;
   int32_t timerkind;
-  int timermt, timerreleasedmt;
+  int timerreleasedmt;
   sl_Hist **timers;
   int32_t ntimers, timerscap;
   /* json.encode: its reusable buffer, and the identity of json.array_mt. */
@@ -152,7 +187,7 @@ int sl_timers_push(sl_StateInfo *info, sl_Hist *h);
  * entering Swift; anything else goes to `slow` (Swift), which also refreshes the
  * caches. Closing a timer handle with `<close>` has a matching C path in the handle
  * __close (see sl_pushhandleclose). */
-void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow);
+void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow);  /* pops the open timer metatable */
 /* JSON encoding (jsonencode.c): the text cjson would write, with empty tables marked
  * by json.array_mt written as [] and integers written exactly. Never raises: pushes the
  * text and returns 1, or pushes cjson's message ("Cannot serialise function: type not

@@ -11,10 +11,10 @@ enum TimerBindings {
 
         // The C fast path needs the kind and its metatables (open, released twin).
         rt.info.pointee.timerkind = Int32(ResourceKind.timer.index)
-        rt.info.pointee.timermt = rt.metatableRefs[ResourceKind.timer.index]
         rt.info.pointee.timerreleasedmt = rt.metatableRefs[ResourceKind.count + ResourceKind.timer.index]
 
         lua_createtable(L, 0, 4)
+        lua_rawgeti(L, Lua.registry, lua_Integer(rt.metatableRefs[ResourceKind.timer.index]))
         sl_pushtimermeasure(L, measure)
         Lua.setField(L, -2, "measure")
         Lua.setFunction(L, -1, "now", now)
