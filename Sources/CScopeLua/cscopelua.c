@@ -183,7 +183,14 @@ static int handleclose(lua_State *L) {
 
 void sl_pushhandleclose(lua_State *L, sl_SwiftFunction release) {
   lua_pushlightuserdata(L, (void *)release);
-  lua_pushcclosure(L, handleclose, 1);
+  lua_pushnil(L);  /* the released twin metatable, set with sl_settwin */
+  lua_pushcclosure(L, handleclose, 2);
+}
+
+void sl_settwin(lua_State *L, int close, int twin) {
+  close = lua_absindex(L, close);
+  lua_pushvalue(L, twin);
+  lua_setupvalue(L, close, 2);
 }
 
 /* ---- error messages -------------------------------------------------------------- */
@@ -435,10 +442,13 @@ static uint64_t clock_ns(void) {
 #include <pthread.h>
 
 static struct {
-  int usetsc;
   uint64_t ns0, tsc0;
   uint64_t mult;  /* nanoseconds per tick, 32.32 fixed point */
 } clk;
+/* 0: not chosen yet; CLOCK_TSC or CLOCK_SYSTEM once calibrate has run (published with
+ * release order, so a reader that sees CLOCK_TSC sees `clk`). */
+enum { CLOCK_TSC = 1, CLOCK_SYSTEM = 2 };
+static int clkstate;
 static pthread_once_t clkonce = PTHREAD_ONCE_INIT;
 
 static int kernel_clock_is_tsc(void) {
@@ -450,27 +460,35 @@ static int kernel_clock_is_tsc(void) {
   return n >= 3 && strncmp(buf, "tsc", 3) == 0 && (buf[3] == '\n' || buf[3] == '\0');
 }
 
-static void calibrate(void) {
+static int calibrated(void) {
   const char *env = getenv("SCOPELUA_CLOCK");  /* "monotonic": always clock_gettime */
-  if ((env != NULL && strcmp(env, "monotonic") == 0) || !kernel_clock_is_tsc()) return;
+  if ((env != NULL && strcmp(env, "monotonic") == 0) || !kernel_clock_is_tsc()) return 0;
   uint64_t t0 = clock_ns(), c0 = __rdtsc(), t1, c1;
   do {
     t1 = clock_ns();
     c1 = __rdtsc();
   } while (t1 - t0 < 500000);
-  if (c1 <= c0) return;
+  if (c1 <= c0) return 0;
   uint64_t mult = (uint64_t)(((unsigned __int128)(t1 - t0) << 32) / (c1 - c0));
   /* A plausible tick rate (50 MHz to 20 GHz), or the calibration went wrong. */
-  if (mult < ((uint64_t)1 << 32) / 20 || mult > ((uint64_t)20 << 32)) return;
+  if (mult < ((uint64_t)1 << 32) / 20 || mult > ((uint64_t)20 << 32)) return 0;
   clk.ns0 = t1;
   clk.tsc0 = c1;
   clk.mult = mult;
-  clk.usetsc = 1;
+  return 1;
+}
+
+static void calibrate(void) {
+  __atomic_store_n(&clkstate, calibrated() ? CLOCK_TSC : CLOCK_SYSTEM, __ATOMIC_RELEASE);
 }
 
 uint64_t sl_monotonic_ns(void) {
-  pthread_once(&clkonce, calibrate);
-  if (clk.usetsc) {
+  int state = __atomic_load_n(&clkstate, __ATOMIC_ACQUIRE);
+  if (state == 0) {
+    pthread_once(&clkonce, calibrate);
+    state = __atomic_load_n(&clkstate, __ATOMIC_ACQUIRE);
+  }
+  if (state == CLOCK_TSC) {
     uint64_t c = __rdtsc();
     if (c < clk.tsc0) return clk.ns0;
     return clk.ns0 + (uint64_t)(((unsigned __int128)(c - clk.tsc0) * clk.mult) >> 32);

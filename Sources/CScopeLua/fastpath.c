@@ -183,7 +183,8 @@ void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow) {
 
 /* The release half, called by the handle __close for an open handle: a plain timer
  * (timer.measure's, no Swift record, no owner) is released here exactly as
- * Runtime.release would with cause .closed; returns 0 to leave anything else to Swift. */
+ * Runtime.release would with cause .closed; returns 0 to leave anything else to Swift.
+ * Runs in the __close closure's frame: its upvalue 2 is the released twin metatable. */
 int sl_closetimer(lua_State *L, sl_Handle *h) {
   sl_StateInfo *info = sl_info(L);
   if (h->record != NULL || h->owner != NULL || h->kind != info->timerkind || info->trace) return 0;
@@ -193,7 +194,7 @@ int sl_closetimer(lua_State *L, sl_Handle *h) {
   info->counts.released_by_handle++;
   sl_registry_remove(h);
   if (h->aux >= 0 && h->aux < info->ntimers) sl_hist_record(info->timers[h->aux], elapsed);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, info->timerreleasedmt);  /* no __gc from now on */
+  lua_pushvalue(L, lua_upvalueindex(2));  /* the twin: no __gc from now on */
   lua_setmetatable(L, 1);
   return 1;
 }

@@ -51,10 +51,11 @@ import Testing
     /// and integers are exact.
     @Test func encodeWritesMarkedEmptyArraysAndExactIntegers() {
         let run = runLua("""
-            return json.encode({list = json.array(), nested = {json.array({})}}),
+            return json.encode({list = json.array(), nested = {json.array({})}}) == '{"list":[],"nested":[[]]}'
+                or json.encode({list = json.array(), nested = {json.array({})}}) == '{"nested":[[]],"list":[]}',
               json.encode(1 << 53), json.encode(math.maxinteger), json.encode(math.mininteger), json.encode(-12)
             """)
-        #expect(run.values == [.string("{\"list\":[],\"nested\":[[]]}"), .string("9007199254740992"),
+        #expect(run.values == [.boolean(true), .string("9007199254740992"),
                                .string("9223372036854775807"), .string("-9223372036854775808"), .string("-12")])
     }
 

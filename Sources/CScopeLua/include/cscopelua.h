@@ -49,6 +49,9 @@ enum { SL_OPEN = 0, SL_BY_HANDLE = 1, SL_BY_SCOPE = 2, SL_BY_PARENT = 3, SL_BY_G
  * could call it with something else). Open timer.measure handles are released in C
  * (sl_closetimer); other open handles go to `release` (Swift). */
 void sl_pushhandleclose(lua_State *L, sl_SwiftFunction release);
+/* Gives the __close function at `close` the kind's released twin metatable (at `twin`),
+ * which the C path switches a released timer to. */
+void sl_settwin(lua_State *L, int close, int twin);
 
 /* The handle at `idx` if it is a userdata of handle size whose metatable is
  * `metatables[kind]` or, once released, `metatables[nkinds + kind]`; else NULL. Cheap
@@ -166,11 +169,10 @@ typedef struct sl_StateInfo {
   const void *sitefn;
   int32_t sitesource;
   /* timer.measure: the last label string (pinned by Swift) and its statistics index;
-   * per-label statistics; the registry ref of the released timer metatable. */
+   * per-label statistics. */
   const void *timerlabel;
   int32_t timerlabelindex;
   int32_t timerkind;
-  int timerreleasedmt;
   sl_Hist **timers;
   int32_t ntimers, timerscap;
   /* json.encode: its reusable buffer, and the identity of json.array_mt. */

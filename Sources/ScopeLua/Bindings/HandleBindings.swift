@@ -36,6 +36,9 @@ enum HandleBindings {
             lua_rotate(L, -2, 1)
             lua_rawset(L, -4)
         }
+        Lua.rawField(L, -2, "__close")  // the C release path switches timers to the twin
+        sl_settwin(L, -1, -2)
+        sl_pop(L, 1)
         rt.metatablePointers[ResourceKind.count + kind.index] = lua_topointer(L, -1)
         rt.metatableRefs[ResourceKind.count + kind.index] = luaL_ref(L, Lua.registry)
         sl_pushhandlegc(L, leak)

@@ -9,9 +9,8 @@ enum TimerBindings {
         lua_createtable(L, 0, 8)
         rt.timerLabelsRef = luaL_ref(L, Lua.registry)
 
-        // The C fast path needs the kind and its metatables (open, released twin).
+        // The C fast path needs the kind.
         rt.info.pointee.timerkind = Int32(ResourceKind.timer.index)
-        rt.info.pointee.timerreleasedmt = rt.metatableRefs[ResourceKind.count + ResourceKind.timer.index]
 
         lua_createtable(L, 0, 4)
         lua_rawgeti(L, Lua.registry, lua_Integer(rt.metatableRefs[ResourceKind.timer.index]))
