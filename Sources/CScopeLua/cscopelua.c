@@ -171,9 +171,9 @@ int sl_site(lua_State *L, const void *knownfn, sl_Site *out) {
 }
 
 static int handleclose(lua_State *L) {
-  if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof(sl_Handle)) return 0;
+  /* A full userdata of handle size (a light userdata has length 0). */
   sl_Handle *h = (sl_Handle *)lua_touserdata(L, 1);
-  if (h->how != SL_OPEN) return 0;
+  if (h == NULL || lua_rawlen(L, 1) != sizeof(sl_Handle) || h->how != SL_OPEN) return 0;
   if (sl_closetimer(L, h)) return 0;
   sl_SwiftFunction release = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
   int n = callswift(L, release);
