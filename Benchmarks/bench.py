@@ -4,6 +4,7 @@
   Benchmarks/bench.py micro [--runs 9] [--n 1000000]     timer.measure pair vs pure-Lua <close>
   Benchmarks/bench.py sqlite [--runs 5] [--n 100000]     prepared inserts, 1000 per transaction, vs Python sqlite3
   Benchmarks/bench.py pipeline [--runs 5] [--n 200000]   analytics-1 (scripts/analytics.lua) vs plain Lua and Python
+  Benchmarks/bench.py json [--runs 7] [--n 200000]       scopelua's json vs lua-cjson: decode + encode every event
 
 Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
 the medians are compared. Build first: swift build -c release.
@@ -149,6 +150,21 @@ def pipeline(args):
         print(f"  speed-up over Python:    {m['python'] / m['scopelua']:.2f}x  (target: at least 2.5x)")
 
 
+def json_codec(args):
+    """Why scopelua has its own JSON codec: the same round trip with each, alternating."""
+    bench = shared_bench(args.shared)
+    with tempfile.TemporaryDirectory() as tmp:
+        events = os.path.join(tmp, "events.jsonl")
+        with open(events, "w") as f:
+            subprocess.run([sys.executable, os.path.join(bench, "gen_events.py"), str(args.n)], check=True, stdout=f)
+        script = os.path.join(ROOT, "Benchmarks", "json_roundtrip.lua")
+        ours = [SCOPELUA, "run", script, "scopelua", events]
+        cjson = [SCOPELUA, "run", script, "cjson", events]
+        print(f"json: decode + encode {args.n} events, {args.runs} alternating runs")
+        ma, mb = side_by_side("scopelua json", ours, "lua-cjson", cjson, args.runs)
+        print(f"  speed-up over cjson: {mb / ma:.2f}x")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", help="path to shared/bench (default: ../shared/bench)")
@@ -166,6 +182,10 @@ def main():
     r.add_argument("--runs", type=int, default=5)
     r.add_argument("--n", type=int, default=200000)
     r.set_defaults(fn=pipeline)
+    j = sub.add_parser("json", help="scopelua's json vs lua-cjson on the pipeline's events")
+    j.add_argument("--runs", type=int, default=7)
+    j.add_argument("--n", type=int, default=200000)
+    j.set_defaults(fn=json_codec)
     args = p.parse_args()
     if not os.path.exists(SCOPELUA):
         sys.exit("bench: build first: swift build -c release")
