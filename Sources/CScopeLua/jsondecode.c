@@ -295,12 +295,21 @@ static int descend(Dec *d) {
 }
 
 /* Creates a table sized for `size` keys, moves the `n` key/value pairs waiting on top
- * of the stack into it, and leaves it on top. */
+ * of the stack into it in document order (so that of two equal keys the later wins, as
+ * in cjson), and leaves it in their place. */
 static void flushpairs(lua_State *L, int n, int size) {
   lua_createtable(L, 0, size);
-  lua_insert(L, -2 * n - 1);
-  int t = lua_gettop(L) - 2 * n;
-  while (n-- > 0) lua_rawset(L, t);
+  int t = lua_gettop(L);
+  int first = t - 2 * n;
+  for (int i = first; i < t; i += 2) {
+    lua_pushvalue(L, i);
+    lua_pushvalue(L, i + 1);
+    lua_rawset(L, t);
+  }
+  if (n > 0) {
+    lua_replace(L, first);
+    lua_settop(L, first);
+  }
 }
 
 /* The same for `n` array elements waiting on top: they become t[first .. first+n-1]. */

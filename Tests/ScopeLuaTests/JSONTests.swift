@@ -104,8 +104,25 @@ import Testing
             for i = 1, 100 do members[i] = '"k' .. i .. '":' .. i; items[i] = tostring(i * 1.5) end
             inputs[#inputs+1] = "{" .. table.concat(members, ",") .. "}"
             inputs[#inputs+1] = "[" .. table.concat(items, ",") .. "]"
+            inputs[#inputs+1] = '{"a":1,"b":2,"a":3}'                                  -- the later key wins
+            inputs[#inputs+1] = "{" .. table.concat(members, ",") .. ',"k1":"again","k99":[]}'
             math.randomseed(3)
             for i = 1, 20000 do inputs[#inputs+1] = string.format("%.17g", (math.random() - 0.5) * 10 ^ math.random(-300, 300)) end
+            -- Broken events: an event line with a few characters inserted, deleted or
+            -- replaced (leaving out the numbers cjson lets through and scopelua rejects).
+            local event = '{"id":17,"user":"u654","kind":"click","amount":2.5,"ts":1700000000,"tags":["a"],"x":[]}'
+            local alphabet = {'{', '}', '[', ']', ',', ':', '"', '\\', 'u', '0', '9', '-', '.', 'e', ' ', 't', 'n', '\0', '\200'}
+            for i = 1, 20000 do
+              local s = event
+              for k = 1, math.random(1, 3) do
+                local pos, c = math.random(1, #s + 1), alphabet[math.random(#alphabet)]
+                local op = math.random(3)
+                if op == 1 then s = s:sub(1, pos - 1) .. c .. s:sub(pos)
+                elseif op == 2 then s = s:sub(1, pos - 1) .. s:sub(pos + 1)
+                else s = s:sub(1, pos - 1) .. c .. s:sub(pos + 1) end
+              end
+              if not s:find("[^%d%.eE]%-?0%d") then inputs[#inputs+1] = s end
+            end
             local differ = {}
             for _, s in ipairs(inputs) do
               local ok1, a = pcall(json.decode, s)
