@@ -233,9 +233,10 @@ static int numbertoken(Dec *d, Token *t) {
     }
   }
   t->type = T_NUMBER;
-  if (!point && !hasexp && nd <= 18 && !(neg && m == 0)) {
+  /* 19 digits fit m; an integer fits lua_Integer up to 2^63 - 1 (2^63 when negative). */
+  if (!point && !hasexp && nd <= 19 && !(neg && m == 0) && m <= (neg ? 9223372036854775808ull : 9223372036854775807ull)) {
     t->isint = 1;
-    t->i = neg ? -(lua_Integer)m : (lua_Integer)m;
+    t->i = (lua_Integer)(neg ? 0ull - m : m);
   } else {
     t->isint = 0;
     int scale = exp - nfrac;

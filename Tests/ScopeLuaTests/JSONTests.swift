@@ -140,9 +140,12 @@ import Testing
     @Test func decodeKeepsIntegersAndRejectsWhatJSONDoesNotAllow() {
         let run = runLua("""
             local e = json.decode('{"id":17,"amount":2.50,"big":12345678901234567890}')
-            return math.type(e.id), math.type(e.amount), math.type(e.big)
+            local limits = json.decode(json.encode({math.maxinteger, math.mininteger}))
+            return math.type(e.id), math.type(e.amount), math.type(e.big),
+              limits[1] == math.maxinteger, limits[2] == math.mininteger, math.type(json.decode("9223372036854775808"))
             """)
-        #expect(run.values == [.string("integer"), .string("float"), .string("float")])
+        #expect(run.values == [.string("integer"), .string("float"), .string("float"),
+                               .boolean(true), .boolean(true), .string("float")])
         let cases: [(String, String)] = [
             ("01", "Expected value but found invalid number at character 1"),
             ("-01", "Expected value but found invalid number at character 1"),
