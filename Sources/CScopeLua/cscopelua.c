@@ -144,9 +144,22 @@ sl_Handle *sl_tohandle(lua_State *L, int idx, const void *const *metatables, int
   return ok ? h : NULL;
 }
 
-#define SITE_PIN_KEY "scopelua.sitepin"
+/* Caches `value` for the object on top of the stack (popped), pinning it in slot
+ * `slot + 1` of the table `pins` refers to. The table has SL_CACHE preallocated array
+ * slots, so nothing is allocated and nothing can raise. */
+static void cacheput(lua_State *L, sl_CacheEntry *cache, int pins, int32_t value) {
+  const void *key = lua_topointer(L, -1);
+  int slot = sl_cacheslot(key);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, pins);
+  lua_rotate(L, -2, 1);
+  lua_rawseti(L, -2, slot + 1);
+  lua_pop(L, 1);
+  cache[slot].key = key;
+  cache[slot].value = value;
+}
 
-int sl_site(lua_State *L, const void *knownfn, sl_Site *out) {
+int sl_site(lua_State *L, sl_Site *out) {
+  sl_StateInfo *info = sl_info(L);
   lua_Debug ar;
   for (int level = 1; level < 12 && lua_getstack(L, level, &ar); level++) {
     lua_getinfo(L, "fl", &ar);  /* pushes the function */
@@ -155,19 +168,31 @@ int sl_site(lua_State *L, const void *knownfn, sl_Site *out) {
       continue;
     }
     out->line = ar.currentline;
-    out->function = lua_topointer(L, -1);
-    if (out->function == knownfn) {  /* the pinned function: same source as last time */
+    out->source = sl_cacheget(info->sites, lua_topointer(L, -1));
+    if (out->source >= 0) {
       lua_pop(L, 1);
       return 1;
     }
     lua_pushvalue(L, -1);
-    lua_getinfo(L, ">S", &ar);       /* pops the copy */
-    out->source = ar.source;
+    lua_getinfo(L, ">S", &ar);  /* pops the copy */
     memcpy(out->short_src, ar.short_src, LUA_IDSIZE);
-    lua_setfield(L, LUA_REGISTRYINDEX, SITE_PIN_KEY);  /* pin the function */
-    return 1;
+    return 2;                   /* the function stays for sl_site_remember */
   }
   return 0;
+}
+
+void sl_site_remember(lua_State *L, int32_t source) {
+  sl_StateInfo *info = sl_info(L);
+  cacheput(L, info->sites, info->sitepins, source);
+}
+
+int32_t sl_label_lookup(lua_State *L, int idx) {
+  return sl_cacheget(sl_info(L)->labels, lua_topointer(L, idx));
+}
+
+void sl_label_remember(lua_State *L, int32_t index) {
+  sl_StateInfo *info = sl_info(L);
+  cacheput(L, info->labels, info->labelpins, index);
 }
 
 static int handleclose(lua_State *L) {

@@ -137,25 +137,26 @@ int sl_timers_push(sl_StateInfo *info, sl_Hist *h) {
 /* Why: a timer pair is the cheapest thing a script can ask of the runtime and sits in
  * the innermost loops, so the common case does in C what Runtime.acquire does in Swift
  * (same record, same registry, same counts). The caches it relies on (label, calling
- * function) are filled by the Swift path the first time round. Upvalues: that path, the
- * open timer metatable. */
+ * function) are filled by the Swift path the first time a label or a function is seen.
+ * Upvalues: that path, the open timer metatable. */
 static int timermeasure(lua_State *L) {
   sl_StateInfo *info = sl_info(L);
-  const void *label = lua_topointer(L, 1);  /* the pinned label string is unique */
-  if (!info->trace && label != NULL && label == info->timerlabel && info->current != NULL) {
+  int32_t label = sl_cacheget(info->labels, lua_topointer(L, 1));  /* pinned: unique */
+  if (!info->trace && label >= 0 && info->current != NULL) {
     lua_Debug ar;
     if (lua_getstack(L, 1, &ar)) {
       lua_getinfo(L, "fl", &ar);  /* pushes the calling function */
       const void *fn = lua_topointer(L, -1);
       lua_pop(L, 1);
-      if (ar.currentline > 0 && fn == info->sitefn) {
+      int32_t source = sl_cacheget(info->sites, fn);
+      if (ar.currentline > 0 && source >= 0) {
         sl_Handle *h = (sl_Handle *)lua_newuserdatauv(L, sizeof(sl_Handle), 0);
         memset(h, 0, sizeof *h);
         h->id = ++info->lastid;
         h->kind = info->timerkind;
         h->how = SL_OPEN;
-        h->aux = info->timerlabelindex;
-        h->source = info->sitesource;
+        h->aux = label;
+        h->source = source;
         h->line = ar.currentline;
         lua_pushvalue(L, lua_upvalueindex(2));  /* the open timer metatable */
         lua_setmetatable(L, -2);

@@ -2,9 +2,10 @@ import Foundation
 import Testing
 @testable import ScopeLua
 
-/// `timer.measure` takes a C path when the label and the calling function are the same
-/// as last time (no tracing); everything else goes through Swift. These tests mix both
-/// paths and check that a handle behaves the same whichever path made or released it.
+/// `timer.measure` takes a C path when the label and the calling function have been seen
+/// before (they are in small caches) and nothing is traced; everything else goes
+/// through Swift. These tests mix both paths and check that a handle behaves the same
+/// whichever path made or released it.
 @Suite struct TimerTests {
     /// The first call of a loop takes the Swift path, the next ones the C path: ids run
     /// on, sites name the right lines, and statistics count every pair.
@@ -30,7 +31,29 @@ import Testing
         #expect(run.counts.releasedByHandle == 4)
     }
 
-    /// Alternating labels defeat the label cache: each label still gets its own count.
+    /// More functions and labels than the caches hold, functions that die and whose
+    /// memory is reused: every site names its own chunk and every label its own count.
+    @Test func sitesAndLabelsStayRightPastTheCaches() {
+        let run = runLua("""
+            local wrong = {}
+            for i = 1, 60 do
+              local chunk = "chunk" .. i
+              local f = load("local t <close> = timer.measure('label" .. (i % 20) .. "')\\n"
+                .. "return scope.current():resources()[1].site", "=" .. chunk)
+              local site = f()
+              if site ~= chunk .. ":1" then wrong[#wrong+1] = site .. " for " .. chunk end
+              f = nil
+              collectgarbage()
+            end
+            return #wrong, wrong[1]
+            """)
+        #expect(run.error == nil)
+        #expect(run.values.first == .integer(0))
+        #expect(run.timers.count == 20)
+        #expect(run.timers.allSatisfy { $0.count == 3 })
+    }
+
+    /// Alternating labels: each label gets its own count.
     @Test func alternatingLabelsAreCountedApart() {
         let run = runLua("""
             for i = 1, 10 do

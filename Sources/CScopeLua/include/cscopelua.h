@@ -58,20 +58,45 @@ void sl_settwin(lua_State *L, int close, int twin);
  * enough for every call. */
 sl_Handle *sl_tohandle(lua_State *L, int idx, const void *const *metatables, int nkinds);
 
+/* Small caches keyed by the address of a Lua object (a function, a label string), for
+ * the hot paths. A cached object is pinned (kept in a registry table, one slot per cache
+ * entry) so that its address cannot be reused by another object while it is cached. */
+enum { SL_CACHE = 16 };
+typedef struct sl_CacheEntry {
+  const void *key;
+  int32_t value;
+} sl_CacheEntry;
+
+static inline int sl_cacheslot(const void *p) {
+  uintptr_t u = (uintptr_t)p;
+  return (int)(((u >> 4) ^ (u >> 9)) & (SL_CACHE - 1));
+}
+
+/* The value cached for `key`, or -1. */
+static inline int32_t sl_cacheget(const sl_CacheEntry *cache, const void *key) {
+  const sl_CacheEntry *e = &cache[sl_cacheslot(key)];
+  return key != NULL && e->key == key ? e->value : -1;
+}
+
 /* The script position of the innermost Lua function on the stack. */
 typedef struct sl_Site {
-  const void *function;          /* the running function (identity) */
-  const char *source;            /* its chunk's source; set with short_src on a change */
   int line;
-  char short_src[LUA_IDSIZE];
+  int32_t source;                /* the interned source, when the function is cached */
+  char short_src[LUA_IDSIZE];    /* its chunk's name, when it is not */
 } sl_Site;
 
-/* Why: every acquisition records its site, so this is on the hot path. When the running
- * function is `knownfn` (the one pinned last time), only the line is computed; otherwise
- * the source is looked up and the function pinned in the registry, so that its address
- * cannot be reused by another function while it is the known one. Returns 0 if no Lua
- * function with a line is on the stack. */
-int sl_site(lua_State *L, const void *knownfn, sl_Site *out);
+/* Why: every acquisition records its site, so this is on the hot path: for a function
+ * seen before, only the line is computed and the source comes from a cache. Returns 0
+ * if no Lua function with a line is on the stack; 1 with `line` and `source` set; 2 with
+ * `line` and `short_src` set and the function pushed: the caller interns the source
+ * and calls sl_site_remember, which caches it and pops the function. */
+int sl_site(lua_State *L, sl_Site *out);
+void sl_site_remember(lua_State *L, int32_t source);
+
+/* timer.measure's label cache: the statistics index of the label string at `idx`
+ * (by address), or -1; sl_label_remember caches the string on top (popped). */
+int32_t sl_label_lookup(lua_State *L, int idx);
+void sl_label_remember(lua_State *L, int32_t index);
 
 /* Pushes the __gc function for handle metatables. Released handles (nearly all of them) return at once in C; an open one is a leak and goes to `leak`
  * (Swift) to be reported and released. */
@@ -164,14 +189,12 @@ typedef struct sl_StateInfo {
   int64_t lastid;  /* the last handle id given out */
   sl_Counts counts;
   sl_Registry *current;        /* the registry of the scope acquisitions go to */
-  /* The last acquisition site's function (pinned in the registry, see sl_site) and its
-   * interned source index. */
-  const void *sitefn;
-  int32_t sitesource;
-  /* timer.measure: the last label string (pinned by Swift) and its statistics index;
-   * per-label statistics. */
-  const void *timerlabel;
-  int32_t timerlabelindex;
+  /* Functions seen at acquisition sites → interned source; timer.measure labels →
+   * statistics index; the registry references of the tables pinning their keys. */
+  sl_CacheEntry sites[SL_CACHE];
+  sl_CacheEntry labels[SL_CACHE];
+  int sitepins, labelpins;
+  /* timer.measure: the timer kind, per-label statistics. */
   int32_t timerkind;
   sl_Hist **timers;
   int32_t ntimers, timerscap;

@@ -37,11 +37,11 @@ enum TimerBindings {
         }
     }
 
-    /// The ledger index of the label at index 1. The last label string is pinned, so
-    /// the same string (Lua interns short strings) is found by pointer alone.
+    /// The ledger index of the label at index 1. Cached label strings are pinned, so
+    /// the same string (Lua interns short strings) is found by address alone.
     static func labelIndex(_ rt: Runtime, _ L: LuaState) -> Int {
-        let p = lua_topointer(L, 1)
-        if p == rt.info.pointee.timerlabel, p != nil { return Int(rt.info.pointee.timerlabelindex) }
+        let cached = sl_label_lookup(L, 1)
+        if cached >= 0 { return Int(cached) }
         lua_rawgeti(L, Lua.registry, lua_Integer(rt.timerLabelsRef))
         lua_pushvalue(L, 1)
         let index: Int
@@ -57,9 +57,7 @@ enum TimerBindings {
             sl_pop(L, 1)
         }
         lua_pushvalue(L, 1)
-        Lua.setRegistryField(L, "scopelua.lasttimerlabel")
-        rt.info.pointee.timerlabel = p
-        rt.info.pointee.timerlabelindex = Int32(index)
+        sl_label_remember(L, Int32(index))
         return index
     }
 

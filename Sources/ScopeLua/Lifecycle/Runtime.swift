@@ -87,7 +87,11 @@ public final class Runtime {
         info.pointee.runtime = Unmanaged.passUnretained(self).toOpaque()
         info.pointee.trace = options.trace ? 1 : 0
         info.pointee.current = root.registry
-        info.pointee.sitesource = -1
+        // The tables pinning the keys of the site and label caches (see sl_CacheEntry).
+        lua_createtable(state, Int32(SL_CACHE), 0)
+        info.pointee.sitepins = luaL_ref(state, Lua.registry)
+        lua_createtable(state, Int32(SL_CACHE), 0)
+        info.pointee.labelpins = luaL_ref(state, Lua.registry)
         luaL_openlibs(L)
         Bindings.install(self)
         // lua.c runs scripts with the generational collector; so do we (rule 5), and it
@@ -126,24 +130,27 @@ public final class Runtime {
     /// called into the runtime). Stack: 0.
     @inline(__always)
     func currentSite(_ L: LuaState) -> Site {
-        guard sl_site(L, info.pointee.sitefn, &siteScratch) != 0 else { return .unknown }
-        if siteScratch.function != info.pointee.sitefn { internSiteSource() }
-        return Site(source: info.pointee.sitesource, line: siteScratch.line)
+        switch sl_site(L, &siteScratch) {
+        case 0:
+            return .unknown
+        case 1:
+            return Site(source: siteScratch.source, line: siteScratch.line)
+        default:
+            let source = internSiteSource()
+            sl_site_remember(L, source)
+            return Site(source: source, line: siteScratch.line)
+        }
     }
 
-    private func internSiteSource() {
-        info.pointee.sitefn = siteScratch.function
+    private func internSiteSource() -> Int32 {
         let short = withUnsafeBytes(of: &siteScratch.short_src) { raw in
             String(cString: raw.bindMemory(to: CChar.self).baseAddress.unsafelyUnwrapped)
         }
-        if let known = sourceKeys[short] {
-            info.pointee.sitesource = known
-        } else {
-            let index = Int32(sourceNames.count)
-            sourceNames.append(short)
-            sourceKeys[short] = index
-            info.pointee.sitesource = index
-        }
+        if let known = sourceKeys[short] { return known }
+        let index = Int32(sourceNames.count)
+        sourceNames.append(short)
+        sourceKeys[short] = index
+        return index
     }
 
     func describe(_ site: Site) -> String {
