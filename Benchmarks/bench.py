@@ -84,8 +84,13 @@ def micro(args):
     print(f"  {'lua5.4 <close> table':<28} median {m['base']:7.3f}s   (start-up alone {m['base0']:.3f}s)")
     pa = (m["ours"] - m["ours0"]) / n
     pb = (m["base"] - m["base0"]) / n
+    # Each round ran both programs back to back: the ratio within a round is spared the
+    # machine's slow and fast spells, which move both.
+    rounds = [(a - m["ours0"]) / (b - m["base0"]) for a, b in zip(t["ours"], t["base"])]
     print(f"  per pair: scopelua {pa * 1e9:.0f} ns, pure Lua {pb * 1e9:.0f} ns")
     print(f"  ratio per pair (scopelua / pure Lua): {pa / pb:.2f}x  (target: within 2x)")
+    print(f"  the same ratio round by round: median {statistics.median(rounds):.2f}x, "
+          f"quartiles {statistics.quantiles(rounds, n=4)[0]:.2f}x-{statistics.quantiles(rounds, n=4)[2]:.2f}x")
     print(f"  ratio of whole runs, start-up included: {m['ours'] / m['base']:.2f}x")
     if args.instructions:
         small = 200000
