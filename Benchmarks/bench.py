@@ -65,6 +65,14 @@ def instructions(cmd):
     return None
 
 
+def generate_events(bench, n, directory):
+    """n events from shared/bench/gen_events.py, in directory/events.jsonl."""
+    events = os.path.join(directory, "events.jsonl")
+    with open(events, "w") as f:
+        subprocess.run([sys.executable, os.path.join(bench, "gen_events.py"), str(n)], check=True, stdout=f)
+    return events
+
+
 def micro(args):
     """Per-pair cost: each program runs with N pairs and with none (start-up and exit
     only), alternating; (median(N) - median(0)) / N is what one pair costs."""
@@ -120,9 +128,7 @@ def sqlite(args):
 def pipeline(args):
     bench = shared_bench(args.shared)
     with tempfile.TemporaryDirectory() as tmp:
-        events = os.path.join(tmp, "events.jsonl")
-        with open(events, "w") as f:
-            subprocess.run([sys.executable, os.path.join(bench, "gen_events.py"), str(args.n)], check=True, stdout=f)
+        events = generate_events(bench, args.n, tmp)
         dirs = {k: os.path.join(tmp, k) for k in ("ours", "lua", "py")}
         for d in dirs.values():
             os.mkdir(d)
@@ -159,9 +165,7 @@ def json_codec(args):
     """Why scopelua has its own JSON codec: the same round trip with each, alternating."""
     bench = shared_bench(args.shared)
     with tempfile.TemporaryDirectory() as tmp:
-        events = os.path.join(tmp, "events.jsonl")
-        with open(events, "w") as f:
-            subprocess.run([sys.executable, os.path.join(bench, "gen_events.py"), str(args.n)], check=True, stdout=f)
+        events = generate_events(bench, args.n, tmp)
         script = os.path.join(ROOT, "Benchmarks", "json_roundtrip.lua")
         ours = [SCOPELUA, "run", script, "scopelua", events]
         cjson = [SCOPELUA, "run", script, "cjson", events]

@@ -79,13 +79,16 @@ static int callswift(lua_State *L, sl_SwiftFunction fn) {
 
 /* ---- trampolines ----------------------------------------------------------------- */
 
-/* Why: the one entry from Lua into Swift. Swift reports failure by returning SL_RAISE;
+/* Why: the one way from Lua into Swift. Swift reports failure by returning SL_RAISE;
  * the raise happens here, after the Swift frame is gone. */
-static int trampoline(lua_State *L) {
-  sl_SwiftFunction fn = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
+int sl_enterswift(lua_State *L, sl_SwiftFunction fn) {
   int n = callswift(L, fn);
   if (n < 0) return lua_error(L);
   return n;
+}
+
+static int trampoline(lua_State *L) {
+  return sl_enterswift(L, (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1)));
 }
 
 void sl_pushclosure(lua_State *L, sl_SwiftFunction fn, int nup) {
@@ -107,10 +110,7 @@ static int handleindex(lua_State *L) {
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
   lua_pop(L, 1);
-  sl_SwiftFunction fields = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(2));
-  int n = callswift(L, fields);
-  if (n < 0) return lua_error(L);
-  return n;
+  return sl_enterswift(L, (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(2)));
 }
 
 void sl_pushindex(lua_State *L, sl_SwiftFunction fields) {
@@ -200,10 +200,7 @@ static int handleclose(lua_State *L) {
   sl_Handle *h = (sl_Handle *)lua_touserdata(L, 1);
   if (h == NULL || lua_rawlen(L, 1) != sizeof(sl_Handle) || h->how != SL_OPEN) return 0;
   if (sl_closetimer(L, h)) return 0;
-  sl_SwiftFunction release = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
-  int n = callswift(L, release);
-  if (n < 0) return lua_error(L);
-  return n;
+  return sl_enterswift(L, (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1)));
 }
 
 void sl_pushhandleclose(lua_State *L, sl_SwiftFunction release) {

@@ -167,13 +167,7 @@ static int timermeasure(lua_State *L) {
       }
     }
   }
-  sl_SwiftFunction slow = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
-  int saved = info->guarded;
-  info->guarded = 1;
-  int n = slow(L);
-  info->guarded = saved;
-  if (n < 0) return lua_error(L);
-  return n;
+  return sl_enterswift(L, (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1)));
 }
 
 void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow) {

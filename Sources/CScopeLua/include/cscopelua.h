@@ -246,6 +246,11 @@ lua_State *sl_newstate(void);
 void sl_closestate(lua_State *L);
 void sl_freeinfo(sl_StateInfo *info);
 
+/* Calls `fn` with the allocator guarded and returns its result count, or raises the
+ * error it left when it returned SL_RAISE: every C function that hands over to Swift
+ * ends with this (rule 1). */
+int sl_enterswift(lua_State *L, sl_SwiftFunction fn);
+
 /* Pushes a Lua function that enters `fn` through the trampoline (rule 1). */
 void sl_pushfunction(lua_State *L, sl_SwiftFunction fn);
 
