@@ -158,7 +158,7 @@ static int string(Enc *e, const char *s, size_t len) {
   *out++ = '"';
   for (size_t i = 0; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
-    const char *esc = (c < 32 || c == '"' || c == '\\' || c == '/' || c == 127) ? escapeof(c) : NULL;
+    const char *esc = escapeof(c);
     if (esc == NULL) {
       *out++ = (char)c;
     } else {
