@@ -53,6 +53,7 @@ void sl_closestate(lua_State *L) {
 }
 
 void sl_freeinfo(sl_StateInfo *info) {
+  free(info->leaks);  /* the records themselves belong to the pool */
   free(info->timers);  /* the histograms themselves belong to the Swift ledger */
   free(info->jsonbuf);
   free(info);
@@ -67,11 +68,14 @@ int sl_pcall(lua_State *L, int nargs, int nresults, int msgh) {
   return status;
 }
 
-/* Calls a Swift function with the allocator guarded (Swift is on the stack). */
+/* Calls a Swift function with the allocator guarded (Swift is on the stack). An entry
+ * straight from Lua code (not from a metamethod that Swift's own API calls set off,
+ * which run guarded) is a safe point: queued leaks are released first. */
 static int callswift(lua_State *L, sl_SwiftFunction fn) {
   sl_StateInfo *info = sl_info(L);
   int saved = info->guarded;
   info->guarded = 1;
+  if (!saved && info->leakhead < info->nleaks && info->releaseleaks != NULL) info->releaseleaks(L);
   int n = fn(L);
   info->guarded = saved;
   return n;
@@ -116,32 +120,6 @@ static int handleindex(lua_State *L) {
 void sl_pushindex(lua_State *L, sl_SwiftFunction fields) {
   lua_pushlightuserdata(L, (void *)fields);
   lua_pushcclosure(L, handleindex, 2);
-}
-
-/* Why: every handle needs a finalizer to catch leaks, but almost every handle is
- * released long before it is collected; this keeps their finalization out of Swift. */
-static int handlegc(lua_State *L) {
-  sl_Handle *h = (sl_Handle *)lua_touserdata(L, 1);
-  if (h == NULL || h->how != SL_OPEN) return 0;
-  sl_SwiftFunction leak = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1));
-  callswift(L, leak);  /* never raises: errors in __gc would only become warnings */
-  return 0;
-}
-
-void sl_pushhandlegc(lua_State *L, sl_SwiftFunction leak) {
-  lua_pushlightuserdata(L, (void *)leak);
-  lua_pushcclosure(L, handlegc, 1);
-}
-
-sl_Handle *sl_tohandle(lua_State *L, int idx, const void *const *metatables, int nkinds) {
-  if (lua_type(L, idx) != LUA_TUSERDATA || lua_rawlen(L, idx) != sizeof(sl_Handle)) return NULL;
-  sl_Handle *h = (sl_Handle *)lua_touserdata(L, idx);
-  if (h->kind < 0 || h->kind >= nkinds || metatables[h->kind] == NULL) return NULL;
-  if (!lua_getmetatable(L, idx)) return NULL;
-  const void *mt = lua_topointer(L, -1);
-  int ok = mt == metatables[h->kind] || mt == metatables[nkinds + h->kind];
-  lua_pop(L, 1);
-  return ok ? h : NULL;
 }
 
 /* Caches `value` for the object on top of the stack (popped), pinning it in slot
@@ -195,11 +173,24 @@ void sl_label_remember(lua_State *L, int32_t index) {
   cacheput(L, info->labels, info->labelpins, index);
 }
 
+/* Why C: leaving a `<close>` block is the hot path; a timer.measure handle is released
+ * without entering Swift. Upvalues: Swift's release, the released twin metatable. */
 static int handleclose(lua_State *L) {
-  /* A full userdata of handle size (a light userdata has length 0). */
-  sl_Handle *h = (sl_Handle *)lua_touserdata(L, 1);
-  if (h == NULL || lua_rawlen(L, 1) != sizeof(sl_Handle) || h->how != SL_OPEN) return 0;
-  if (sl_closetimer(L, h)) return 0;
+  sl_Box *b = (sl_Box *)lua_touserdata(L, 1);
+  if (b == NULL || lua_rawlen(L, 1) != sizeof(sl_Box) || b->magic != SL_BOXMAGIC || b->h == NULL) return 0;
+  sl_Handle *h = b->h;
+  if (h->how != SL_OPEN) {  /* released by its scope meanwhile: only the box is left */
+    sl_detach(L, 1);
+    return 0;
+  }
+  /* Only a box wearing its own kind's metatable is released (rule: nothing a script
+   * does to a metatable may confuse the runtime). */
+  sl_StateInfo *info = sl_info(L);
+  if (h->kind < 0 || h->kind >= SL_MAXKINDS || !lua_getmetatable(L, 1)) return 0;
+  int own = lua_topointer(L, -1) == info->metatables[h->kind];
+  lua_pop(L, 1);
+  if (!own) return 0;
+  if (sl_closetimer(L, b)) return 0;
   return sl_enterswift(L, (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1)));
 }
 

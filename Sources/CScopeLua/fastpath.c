@@ -150,8 +150,8 @@ static int timermeasure(lua_State *L) {
       lua_pop(L, 1);
       int32_t source = sl_cacheget(info->sites, fn);
       if (ar.currentline > 0 && source >= 0) {
-        sl_Handle *h = (sl_Handle *)lua_newuserdatauv(L, sizeof(sl_Handle), 0);
-        memset(h, 0, sizeof *h);
+        sl_Handle *h = sl_rec_new(info->pool);
+        sl_pushbox(L, h, 0);
         h->id = ++info->lastid;
         h->kind = info->timerkind;
         h->how = SL_OPEN;
@@ -180,8 +180,9 @@ void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow) {
  * (timer.measure's, no Swift record, no owner) is released here exactly as
  * Runtime.release would with cause .closed; returns 0 to leave anything else to Swift.
  * Runs in the __close closure's frame: its upvalue 2 is the released twin metatable. */
-int sl_closetimer(lua_State *L, sl_Handle *h) {
+int sl_closetimer(lua_State *L, sl_Box *b) {
   sl_StateInfo *info = sl_info(L);
+  sl_Handle *h = b->h;
   if (h->record != NULL || h->owner != NULL || h->kind != info->timerkind || info->trace) return 0;
   uint64_t elapsed = sl_elapsed_ns(h->start);
   h->how = SL_BY_CLOSE;
@@ -189,6 +190,12 @@ int sl_closetimer(lua_State *L, sl_Handle *h) {
   info->counts.released_by_handle++;
   sl_registry_remove(h);
   if (h->aux >= 0 && h->aux < info->ntimers) sl_hist_record(info->timers[h->aux], elapsed);
+  /* Detach: the box keeps the released record, the record goes back to the pool. */
+  b->tomb = *h;
+  b->tomb.scope = NULL;
+  b->h = NULL;
+  h->boxgone = 1;
+  sl_rec_maybefree(info->pool, h);
   lua_pushvalue(L, lua_upvalueindex(2));  /* the twin: no __gc from now on */
   lua_setmetatable(L, 1);
   return 1;

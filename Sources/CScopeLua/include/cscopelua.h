@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -18,12 +19,19 @@
 typedef int (*sl_SwiftFunction)(lua_State *L);
 #define SL_RAISE (-1)
 
-/* The memory of every resource handle (a full userdata), and the runtime's record of the
- * resource: scopes register handles, not Swift objects, so the hot path (acquire,
- * release) needs no allocation or reference counting on the Swift side. The memory is
- * valid while the resource is open: its finalizer would release the resource first.
- * Kinds with Swift-side state (files, databases) keep a Swift object in `record`;
- * those handles also carry their label as user value 1, to describe them after release. */
+/* The runtime's record of one resource (ARCHITECTURE.md, "Ownership of records").
+ *
+ * Records live in memory the runtime owns (a per-state pool, see sl_rec_alloc), never
+ * inside a GC-managed object: scope registries, owners' child lists, scheduled timers
+ * and the leak queue point at records, and a record stays valid whatever the collector
+ * or a script (debug.setmetatable, a finalizer that resurrects) does to the Lua value.
+ * The Lua value a script holds is a box (sl_Box) pointing at the record.
+ *
+ * A record is freed (back to the pool) only when all three hold: it is released, no box
+ * points at it any more (`boxgone`: the box was finalized, or detached while it was on
+ * the Lua stack), and nothing in the runtime pinned it (`pins`: code that keeps a record
+ * across a call into Lua pins it). Kinds with Swift-side state (files, databases) keep a
+ * retained Swift object in `record` while open. */
 struct sl_Registry;
 typedef struct sl_Handle {
   void *record;              /* Swift Resource, retained while open; NULL for plain kinds */
@@ -39,24 +47,100 @@ typedef struct sl_Handle {
   int32_t aux;               /* kind-specific: a timer's label index */
   int32_t source, line;      /* acquired at (interned source, line) */
   int32_t relsource, relline;/* released at; the owner's kind for SL_BY_PARENT */
+  int32_t pins;              /* runtime references held across calls into Lua */
+  int32_t boxgone;           /* no box points here any more */
 } sl_Handle;
+
+/* The Lua side of a handle: a full userdata holding a pointer to its record while the
+ * record may still be needed, and afterwards (detached) a copy of the released record
+ * (`tomb`), so that a released handle can still say what it was and how it was released
+ * without keeping runtime memory alive. `magic` tells a box from any other userdata of
+ * the same size before anything else in it is trusted. */
+enum { SL_BOXMAGIC = 0x5c0be1u };
+typedef struct sl_Box {
+  uint32_t magic;
+  sl_Handle *h;              /* the record, or NULL once detached */
+  sl_Handle tomb;            /* the record as it was released, once detached */
+} sl_Box;
+
+/* The record (or, once detached, the tomb) behind the box at `idx`, if `idx` holds a
+ * box; NULL otherwise. Checks the size and the magic, not the metatable. */
+static inline sl_Handle *sl_boxhandle(lua_State *L, int idx) {
+  sl_Box *b = (sl_Box *)lua_touserdata(L, idx);
+  if (b == NULL || lua_rawlen(L, idx) != sizeof(sl_Box) || b->magic != SL_BOXMAGIC) return NULL;
+  return b->h != NULL ? b->h : &b->tomb;
+}
 
 enum { SL_OPEN = 0, SL_BY_HANDLE = 1, SL_BY_SCOPE = 2, SL_BY_PARENT = 3, SL_BY_GC = 4, SL_BY_CLOSE = 5 };
 
-/* Pushes the __close function for handle metatables: Lua calls it only with a value
- * whose metatable holds it, so it checks the handle's shape (size, kind) but not its
- * metatable (handle metatables are protected by __metatable, so only the debug library
- * could call it with something else). Open timer.measure handles are released in C
- * (sl_closetimer); other open handles go to `release` (Swift). */
+/* Pushes the __close function for handle metatables. It checks that the value is a box
+ * whose metatable is its kind's (the debug library can give any value any metatable).
+ * Open timer.measure handles are released in C (sl_closetimer); other open handles go
+ * to `release` (Swift), which detaches the box afterwards (sl_detach). */
 void sl_pushhandleclose(lua_State *L, sl_SwiftFunction release);
 /* Gives the __close function at `close` the kind's released twin metatable (at `twin`),
  * which the C path switches a released timer to. */
 void sl_settwin(lua_State *L, int close, int twin);
 
-/* The handle at `idx` if it is a userdata of handle size whose metatable is
- * `metatables[kind]` or, once released, `metatables[nkinds + kind]`; else NULL. Cheap
- * enough for every call. */
-sl_Handle *sl_tohandle(lua_State *L, int idx, const void *const *metatables, int nkinds);
+/* The record (or tomb) of the box at `idx` if its metatable is its kind's,
+ * `info->metatables[kind]` or, released, `info->metatables[SL_MAXKINDS + kind]`; else
+ * NULL. Cheap enough for every call. */
+sl_Handle *sl_tohandle(lua_State *L, int idx);
+
+/* ---- records and boxes (records.c) -------------------------------------------------
+ * Why: the ownership rule above. Records come from a per-state pool of fixed-size
+ * chunks, so the hot path (timer.measure) allocates one with a pointer pop. */
+typedef struct sl_Pool {
+  sl_Handle *free;           /* free records, linked through `owner` */
+  sl_Handle **chunks;
+  int32_t nchunks, chunkcap;
+  int64_t live;              /* records handed out and not yet freed (tests, leaks) */
+} sl_Pool;
+
+sl_Pool *sl_pool_new(void);
+/* Frees every chunk: the records of a state are gone after this. */
+void sl_pool_free(sl_Pool *p);
+/* Adds a chunk of records to the free list (aborts when out of memory: Swift may be on
+ * the stack). */
+void sl_pool_grow(sl_Pool *p);
+
+/* A zeroed record from the pool. Inline: every acquisition does it. */
+static inline sl_Handle *sl_rec_new(sl_Pool *p) {
+  if (p->free == NULL) sl_pool_grow(p);
+  sl_Handle *h = p->free;
+  p->free = h->owner;
+  p->live++;
+  memset(h, 0, sizeof *h);
+  return h;
+}
+
+/* Returns the record to the pool if it is released, unboxed and unpinned. */
+static inline void sl_rec_maybefree(sl_Pool *p, sl_Handle *h) {
+  if (h->how != 0 /* SL_OPEN */ && h->boxgone && h->pins == 0) {
+    h->record = NULL;
+    h->scope = NULL;
+    h->owner = p->free;
+    h->how = -1;             /* freed: never SL_OPEN, so a stale read sees "released" */
+    p->free = h;
+    p->live--;
+  }
+}
+
+/* Pins the record while the runtime keeps it across a call into Lua; unpin frees it if
+ * it was released and unboxed meanwhile. */
+static inline void sl_rec_pin(sl_Handle *h) { h->pins++; }
+static inline void sl_rec_unpin(sl_Pool *p, sl_Handle *h) {
+  h->pins--;
+  sl_rec_maybefree(p, h);
+}
+
+/* Pushes a new box for `h` with `nuv` user values (no metatable yet). */
+sl_Box *sl_pushbox(lua_State *L, sl_Handle *h, int nuv);
+
+/* For the box at `idx` whose record is released: copies the record into the box (the
+ * tomb), unlinks the two and frees the record if nothing else needs it. Returns 1 if
+ * the box is (now) detached, 0 if its record is still open. */
+int sl_detach(lua_State *L, int idx);
 
 /* Small caches keyed by the address of a Lua object (a function, a label string), for
  * the hot paths. A cached object is pinned (kept in a registry table, one slot per cache
@@ -98,9 +182,12 @@ void sl_site_remember(lua_State *L, int32_t source);
 int32_t sl_label_lookup(lua_State *L, int idx);
 void sl_label_remember(lua_State *L, int32_t index);
 
-/* Pushes the __gc function for handle metatables. Released handles (nearly all of them) return at once in C; an open one is a leak and goes to `leak`
- * (Swift) to be reported and released. */
-void sl_pushhandlegc(lua_State *L, sl_SwiftFunction leak);
+/* Pushes the __gc function for handle metatables. It only detaches the box; a record
+ * still open is a leak, queued (pinned) for the runtime to report and release at its
+ * next safe point (sl_leak_pop), never in the middle of other work (ARCHITECTURE.md). */
+void sl_pushhandlegc(lua_State *L);
+/* The oldest queued leak (still pinned: the caller releases it, then unpins), or NULL. */
+sl_Handle *sl_leak_pop(lua_State *L);
 
 /* ---- scope registries ---------------------------------------------------------------
  * A scope's open handles, oldest first. A handle released before its scope ends leaves
@@ -182,8 +269,16 @@ typedef struct sl_Counts {
 } sl_Counts;
 
 /* Per-state data, reached from any thread of the state through its extra space. */
+enum { SL_MAXKINDS = 16 };
 typedef struct sl_StateInfo {
   void *runtime;   /* the Swift Runtime (unretained: it owns the state) */
+  sl_Pool *pool;   /* the records (owned by the Swift RecordArena, may outlive the state) */
+  /* Handle metatables by kind, then their released twins at SL_MAXKINDS + kind. */
+  const void *metatables[2 * SL_MAXKINDS];
+  /* Records whose box was collected while open, waiting for a safe point. */
+  sl_Handle **leaks;
+  int32_t nleaks, leakcap, leakhead;
+  sl_SwiftFunction releaseleaks;  /* releases them (Runtime.releaseLeaks); stack kept */
   int guarded;     /* allocation failures abort instead of raising (see sl_alloc) */
   int trace;       /* --trace: every acquire and release goes through Swift */
   int64_t lastid;  /* the last handle id given out */
@@ -228,9 +323,10 @@ int sl_json_decode(lua_State *L, const char *s, size_t len);
 /* Pushes json.decode (raises the message above, positioned at the caller). */
 void sl_pushjsondecode(lua_State *L);
 
-/* The handle __close's C path for a timer.measure handle (see fastpath.c): releases it
- * and returns 1, or returns 0 for anything Swift must release. */
-int sl_closetimer(lua_State *L, sl_Handle *h);
+/* The handle __close's C path for the open timer.measure handle in box `b` at index 1
+ * (see fastpath.c): releases and detaches it and returns 1, or returns 0 for anything
+ * Swift must release. */
+int sl_closetimer(lua_State *L, sl_Box *b);
 
 static inline sl_StateInfo *sl_info(lua_State *L) {
   return *(sl_StateInfo **)lua_getextraspace(L);

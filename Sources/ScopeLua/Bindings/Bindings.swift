@@ -8,6 +8,8 @@ import Glibc
 enum Bindings {
     static func install(_ rt: Runtime) {
         let L = rt.L
+        HandleBindings.makeHiddenMetatable(rt, L, kind: .defer)
+        HandleBindings.makeHiddenMetatable(rt, L, kind: .ioFile)
         ScopeBindings.install(rt, L)
         FileBindings.install(rt, L)
         TimerBindings.install(rt, L)

@@ -39,11 +39,27 @@ enum HandleBindings {
         Lua.rawField(L, -2, "__close")  // the C release path switches timers to the twin
         sl_settwin(L, -1, -2)
         sl_pop(L, 1)
-        rt.metatablePointers[ResourceKind.count + kind.index] = lua_topointer(L, -1)
+        rt.setMetatableIdentity(kind, released: true, lua_topointer(L, -1))
         rt.metatableRefs[ResourceKind.count + kind.index] = luaL_ref(L, Lua.registry)
-        sl_pushhandlegc(L, leak)
+        sl_pushhandlegc(L)
         Lua.setField(L, -2, "__gc")
-        rt.metatablePointers[kind.index] = lua_topointer(L, -1)
+        rt.setMetatableIdentity(kind, released: false, lua_topointer(L, -1))
+        rt.kindNames[kind.index] = kind.name
+        rt.metatableRefs[kind.index] = luaL_ref(L, Lua.registry)
+    }
+
+    /// The metatable of a kind whose boxes scripts never see (defers, adopted io files):
+    /// only the finalizer, which every box needs so that its record is freed (or its
+    /// leak noticed) when the collector reclaims it.
+    static func makeHiddenMetatable(_ rt: Runtime, _ L: LuaState, kind: ResourceKind) {
+        lua_createtable(L, 0, 3)
+        Lua.push(L, kind.name)
+        Lua.setField(L, -2, "__name")
+        lua_pushboolean(L, 0)
+        Lua.setField(L, -2, "__metatable")
+        sl_pushhandlegc(L)
+        Lua.setField(L, -2, "__gc")
+        rt.setMetatableIdentity(kind, released: false, lua_topointer(L, -1))
         rt.kindNames[kind.index] = kind.name
         rt.metatableRefs[kind.index] = luaL_ref(L, Lua.registry)
     }
@@ -93,7 +109,7 @@ enum HandleBindings {
     static let close: SwiftLuaFunction = { L in
         let L = L.unsafelyUnwrapped
         return Runtime.unretained(L)._withUnsafeGuaranteedRef { rt in
-            let h = lua_touserdata(L, 1).unsafelyUnwrapped.assumingMemoryBound(to: sl_Handle.self)
+            let h = sl_boxhandle(L, 1).unsafelyUnwrapped  // the C side checked the box
             let errIndex: Int32 = sl_isnoneornil(L, 2) != 0 ? 0 : 2
             let failures = rt.release(h, L, cause: .closed, error: errIndex)
             rt.retire(h, L, 1)
@@ -101,21 +117,6 @@ enum HandleBindings {
             _ = rt.mergeErrors(L, primary: errIndex, failures: failures)
             return raise
         }
-    }
-
-    /// Called by the C finalizer for a handle collected while open: a leak. Warn with
-    /// the acquisition site, count it, and release the resource now.
-    static let leak: SwiftLuaFunction = { L in
-        let (rt, L) = Runtime.from(L)
-        guard let h = rt.handle(at: 1, L), h.pointee.isOpen else { return 0 }
-        rt.diagnose("scopelua: leak: \(rt.describe(h)) acquired at \(rt.describe(h.pointee.site)) was never released (reclaimed by the garbage collector)")
-        let base = lua_gettop(L)
-        let failures = rt.release(h, L, cause: .collected, error: 0)
-        for i in 0..<failures {
-            rt.diagnose("scopelua: release error: \(Lua.describe(L, base + 1 + i))")
-        }
-        lua_settop(L, base)
-        return 0
     }
 
     /// `file#7 "events.log" (open, run/analytics/log_events)` or `... (released)`.

@@ -1,8 +1,32 @@
 import CLua
 import CScopeLua
 
-/// A handle's memory: the runtime's record of one resource (see `sl_Handle`).
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The runtime's record of one resource (see `sl_Handle`): runtime-owned memory from the
+/// state's pool, valid while anything in the runtime refers to it (ARCHITECTURE.md,
+/// "Ownership of records"). A released handle reached through its box may instead be
+/// the box's tomb, valid while the box is on the Lua stack.
 typealias Handle = UnsafeMutablePointer<sl_Handle>
+
+/// The pool the records of one state come from. A class so that the scopes (whose
+/// registries point at records) and the runtime share it: the memory goes only when
+/// the last of them does, whatever order they are torn down in.
+final class RecordArena {
+    let pool: UnsafeMutablePointer<sl_Pool>
+
+    init() {
+        guard let pool = sl_pool_new() else {
+            sl_eprint("scopelua: out of memory creating the handle record pool")
+            abort()
+        }
+        self.pool = pool
+    }
+
+    deinit { sl_pool_free(pool) }
+}
 
 /// Where something happened in a script: an interned source name and a line.
 /// `Runtime.describe(_:)` turns it into `job.lua:12`.

@@ -34,6 +34,8 @@ public final class Runtime {
     /// The state's C-side data (counts, caches and the fast paths' view of the runtime).
     let info: UnsafeMutablePointer<sl_StateInfo>
     let ledger: Ledger
+    /// The pool of handle records (shared with the scopes, see `RecordArena`).
+    let arena = RecordArena()
     /// The run's root scope, and the scope acquisitions go to right now.
     let root: Scope
     var current: Scope {
@@ -45,7 +47,14 @@ public final class Runtime {
     /// then, at `ResourceKind.count + index`, the same metatable without `__gc`, which a
     /// handle gets once released so the collector need not call its finalizer.
     var metatableRefs = [Int32](repeating: LUA_NOREF, count: 2 * ResourceKind.count)
-    var metatablePointers = [UnsafeRawPointer?](repeating: nil, count: 2 * ResourceKind.count)
+    /// Records the identity of a kind's metatable (`released`: its twin) where the C
+    /// side checks handles against it (`sl_StateInfo.metatables`).
+    func setMetatableIdentity(_ kind: ResourceKind, released: Bool, _ p: UnsafeRawPointer?) {
+        let i = Int(released ? SL_MAXKINDS : 0) + kind.index
+        withUnsafeMutableBytes(of: &info.pointee.metatables) { raw in
+            raw.bindMemory(to: UnsafeRawPointer?.self)[i] = p
+        }
+    }
     /// Kind names by `ResourceKind.index`, for handles whose record is gone.
     var kindNames: [String] = (0..<ResourceKind.count).map { ResourceKind(rawValue: Int32($0))?.name ?? "resource" }
     /// Interned scope paths, for "released at the end of scope ..." after the scope is gone.
@@ -82,8 +91,14 @@ public final class Runtime {
         info = sl_info(state)
         self.options = options
         ledger = Ledger(info)
-        root = Scope(name: "run", parent: nil)
+        root = Scope(name: "run", parent: nil, arena: arena)
         current = root
+        info.pointee.pool = arena.pool
+        info.pointee.releaseleaks = { L in
+            let (rt, L) = Runtime.from(L)
+            rt.releaseLeaks(L)
+            return 0
+        }
         info.pointee.runtime = Unmanaged.passUnretained(self).toOpaque()
         info.pointee.trace = options.trace ? 1 : 0
         info.pointee.current = root.registry
@@ -234,13 +249,13 @@ public final class Runtime {
     func acquire(_ kind: ResourceKind, _ resource: Resource?, _ L: LuaState, site: Site,
                  in scope: Scope? = nil, labelIndex: Int32 = 0, aux: Int32 = 0) -> Handle {
         let labelIndex = labelIndex == 0 ? 0 : lua_absindex(L, labelIndex)
-        let h = lua_newuserdatauv(L, MemoryLayout<sl_Handle>.size, resource == nil ? 0 : 1).unsafelyUnwrapped
-            .bindMemory(to: sl_Handle.self, capacity: 1)
-        h.initialize(to: sl_Handle(
+        let h = sl_rec_new(arena.pool).unsafelyUnwrapped
+        h.pointee = sl_Handle(
             record: resource.map { Unmanaged.passRetained($0).toOpaque() }, scope: nil, owner: nil,
             id: Int64(newID()), start: sl_monotonic_ns(), value: 0, detail: 0,
             kind: Int32(kind.index), how: Int32(SL_OPEN), slot: -1, aux: aux,
-            source: site.source, line: site.line, relsource: 0, relline: 0))
+            source: site.source, line: site.line, relsource: 0, relline: 0, pins: 0, boxgone: 0)
+        _ = sl_pushbox(L, h, resource == nil ? 0 : 1)
         if let resource {
             if labelIndex != 0 {
                 lua_pushvalue(L, labelIndex)
@@ -270,9 +285,15 @@ public final class Runtime {
     /// Releases the handle's resource once: marks it released, takes it out of its scope
     /// and owner, releases its children (newest first), then runs its release handler.
     /// Returns the number of failures, each pushed on the stack as an error object.
+    ///
+    /// `h` is pinned for the duration (release handlers may run Lua, which may collect
+    /// the handle's box), and may be freed when this returns: callers do not touch it
+    /// afterwards except through a box on the stack (`retire`).
     @discardableResult
     func release(_ h: Handle, _ L: LuaState, cause: ReleaseCause, error errIndex: Int32) -> Int32 {
         guard h.pointee.isOpen else { return 0 }
+        sl_rec_pin(h)
+        defer { sl_rec_unpin(arena.pool, h) }
         switch cause {
         case .closed:
             h.pointee.how = Int32(SL_BY_CLOSE)
@@ -352,6 +373,7 @@ public final class Runtime {
     /// error at `errIndex` (0: none) to each release handler. A failing release does not
     /// stop the others. Returns the number of failures pushed on the stack.
     func endScope(_ scope: Scope, _ L: LuaState, error errIndex: Int32) -> Int32 {
+        if info.pointee.leakhead < info.pointee.nleaks { releaseLeaks(L) }
         var failures: Int32 = 0
         while let h = scope.popNewest() {
             failures += release(h, L, cause: .scopeEnd(scope), error: errIndex)
@@ -415,11 +437,34 @@ public final class Runtime {
         return true
     }
 
-    /// Gives the released handle at `idx` the metatable without a finalizer. Stack: 0.
+    /// Detaches the released handle's box at `idx` from its record (which may be freed:
+    /// `h` is not to be used afterwards) and gives it the metatable without a finalizer.
+    /// Stack: 0.
     @inline(__always)
     func retire(_ h: Handle, _ L: LuaState, _ idx: Int32) {
-        lua_rawgeti(L, Lua.registry, lua_Integer(metatableRefs[ResourceKind.count + Int(h.pointee.kind)]))
+        let kind = Int(h.pointee.kind)
+        guard sl_detach(L, idx) != 0 else { return }
+        lua_rawgeti(L, Lua.registry, lua_Integer(metatableRefs[ResourceKind.count + kind]))
         _ = lua_setmetatable(L, idx)
+    }
+
+    /// Releases the handles whose boxes the collector reclaimed while they were open
+    /// (leaks), queued by the finalizer. Runs only at safe points: on entry from Lua
+    /// into the runtime, at the end of a scope, between events; never from inside an
+    /// allocation. Warns with the acquisition site and counts each. Stack: 0.
+    func releaseLeaks(_ L: LuaState) {
+        while let h = sl_leak_pop(L) {
+            if h.pointee.isOpen {
+                diagnose("scopelua: leak: \(describe(h)) acquired at \(describe(h.pointee.site)) was never released (reclaimed by the garbage collector)")
+                let base = lua_gettop(L)
+                let failures = release(h, L, cause: .collected, error: 0)
+                for i in 0..<failures {
+                    diagnose("scopelua: release error: \(Lua.describe(L, base + 1 + i))")
+                }
+                lua_settop(L, base)
+            }
+            sl_rec_unpin(arena.pool, h)
+        }
     }
 
     /// The message for using the released handle at `idx`, positioned at the caller.
@@ -433,9 +478,7 @@ public final class Runtime {
     /// released. Stack: 0.
     @inline(__always)
     func handle(at idx: Int32, _ L: LuaState, kind: ResourceKind? = nil) -> Handle? {
-        let h = metatablePointers.withUnsafeBufferPointer {
-            sl_tohandle(L, idx, $0.baseAddress, Int32(ResourceKind.count))
-        }
+        let h = sl_tohandle(L, idx)
         if let kind, let h, h.pointee.kind != Int32(kind.index) { return nil }
         return h
     }
@@ -480,6 +523,7 @@ public final class Runtime {
         lua_rotate(L, fnIndex, 1)
         let status = sl_pcall(L, nargs, LUA_MULTRET, fnIndex)
         sl_remove(L, fnIndex)
+        if info.pointee.leakhead < info.pointee.nleaks { releaseLeaks(L) }  // a safe point
         if status != LUA_OK {
             let error = takeError(L)
             throw error

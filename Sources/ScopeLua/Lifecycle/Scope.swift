@@ -9,19 +9,27 @@ import Glibc
 /// A scope keeps the handles acquired while it was current, oldest first, and releases
 /// what is still open when it ends, newest first. Released handles leave the registry at
 /// once, so a million acquire/release pairs in one scope do not grow it. The registry
-/// holds handle pointers: valid while open (see `sl_Handle`), no reference counting.
+/// holds record pointers (runtime-owned memory, see `sl_Handle`), no reference counting.
 final class Scope {
     let name: String
     let parent: Scope?
+    /// The pool its registered records come from (kept alive while the scope is).
+    let arena: RecordArena
     /// The open handles, in C (`sl_Registry`) so that the timer fast path can use it.
     let registry: UnsafeMutablePointer<sl_Registry>
     private(set) var ended = false
     /// Index of `path` among the runtime's interned paths, once interned.
     var pathIndex: Int?
 
-    init(name: String, parent: Scope?) {
+    /// A child of `parent`, or (with `arena`) a root.
+    init(name: String, parent: Scope?, arena: RecordArena? = nil) {
         self.name = name
         self.parent = parent
+        guard let arena = arena ?? parent?.arena else {
+            sl_eprint("scopelua: scope \(name) has neither a parent nor an arena")
+            abort()
+        }
+        self.arena = arena
         guard let registry = sl_registry_new(nil) else {
             sl_eprint("scopelua: out of memory creating scope \(name)")
             abort()

@@ -508,6 +508,10 @@ final class PipelineRun {
                 t.due = max(t.due &+ UInt64(interval * 1e9), now)
             }
             let base = lua_gettop(L)
+            // The callback may release this very timer and collect its box: keep the
+            // record until the firing is done.
+            sl_rec_pin(h)
+            defer { sl_rec_unpin(rt.arena.pool, h) }
             let stageIndex = stages.firstIndex { $0.scope === t.owner || $0.task === t.owner }
             let callScope = Scope(name: "timer", parent: t.owner)
             let saved = rt.current
