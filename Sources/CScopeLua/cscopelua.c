@@ -177,19 +177,16 @@ void sl_label_remember(lua_State *L, int32_t index) {
  * without entering Swift. Upvalues: Swift's release, the released twin metatable. */
 static int handleclose(lua_State *L) {
   sl_Box *b = (sl_Box *)lua_touserdata(L, 1);
-  if (b == NULL || lua_rawlen(L, 1) != sizeof(sl_Box) || b->magic != SL_BOXMAGIC || b->h == NULL) return 0;
-  sl_Handle *h = b->h;
+  if (b == NULL || lua_rawlen(L, 1) != sizeof(sl_Box) || b->t.pins != SL_BOXMAGIC || b->t.record == NULL) return 0;
+  sl_Handle *h = (sl_Handle *)b->t.record;
   if (h->how != SL_OPEN) {  /* released by its scope meanwhile: only the box is left */
     sl_detach(L, 1);
     return 0;
   }
-  /* Only a box wearing its own kind's metatable is released (rule: nothing a script
-   * does to a metatable may confuse the runtime). */
-  sl_StateInfo *info = sl_info(L);
-  if (h->kind < 0 || h->kind >= SL_MAXKINDS || !lua_getmetatable(L, 1)) return 0;
-  int own = lua_topointer(L, -1) == info->metatables[h->kind];
-  lua_pop(L, 1);
-  if (!own) return 0;
+  /* The size and the magic prove it is a box: a script cannot make a userdata that
+   * passes them, even by giving any value a handle metatable with the debug library.
+   * A box wearing another kind's metatable is released as what its record says it is
+   * (the record, not the metatable, decides), so no metatable check is needed here. */
   if (sl_closetimer(L, b)) return 0;
   return sl_enterswift(L, (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1)));
 }

@@ -182,8 +182,8 @@ void sl_pushtimermeasure(lua_State *L, sl_SwiftFunction slow) {
  * Runs in the __close closure's frame: its upvalue 2 is the released twin metatable. */
 int sl_closetimer(lua_State *L, sl_Box *b) {
   sl_StateInfo *info = sl_info(L);
-  sl_Handle *h = b->h;
-  if (h->record != NULL || h->owner != NULL || h->kind != info->timerkind || info->trace) return 0;
+  sl_Handle *h = (sl_Handle *)b->t.record;
+  if (h->record != NULL || h->kind != info->timerkind || info->trace) return 0;  /* Swift state */
   uint64_t elapsed = sl_elapsed_ns(h->start);
   h->how = SL_BY_CLOSE;
   h->value = (int64_t)elapsed;
@@ -191,9 +191,9 @@ int sl_closetimer(lua_State *L, sl_Box *b) {
   sl_registry_remove(h);
   if (h->aux >= 0 && h->aux < info->ntimers) sl_hist_record(info->timers[h->aux], elapsed);
   /* Detach: the box keeps the released record, the record goes back to the pool. */
-  b->tomb = *h;
-  b->tomb.scope = NULL;
-  b->h = NULL;
+  b->t = *h;
+  b->t.scope = NULL;
+  b->t.pins = SL_BOXMAGIC;  /* record is NULL already: a plain timer has no Swift state */
   h->boxgone = 1;
   sl_rec_maybefree(info->pool, h);
   lua_pushvalue(L, lua_upvalueindex(2));  /* the twin: no __gc from now on */

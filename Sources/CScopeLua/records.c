@@ -40,36 +40,35 @@ void sl_pool_grow(sl_Pool *p) {
   p->chunks[p->nchunks++] = chunk;
   for (int i = CHUNK - 1; i >= 0; i--) {
     chunk[i].how = -1;
-    chunk[i].owner = p->free;
+    chunk[i].record = p->free;
     p->free = &chunk[i];
   }
 }
 
 sl_Box *sl_pushbox(lua_State *L, sl_Handle *h, int nuv) {
   sl_Box *b = (sl_Box *)lua_newuserdatauv(L, sizeof(sl_Box), nuv);
-  b->magic = SL_BOXMAGIC;
-  b->h = h;
+  b->t.record = h;
+  b->t.pins = SL_BOXMAGIC;
   return b;
 }
 
 /* Copies the record into the box and unlinks them; the record goes back to the pool
  * unless something still pins it. The tomb keeps no runtime pointers. */
 static void unlink_box(sl_StateInfo *info, sl_Box *b) {
-  sl_Handle *h = b->h;
-  b->tomb = *h;
-  b->tomb.record = NULL;
-  b->tomb.scope = NULL;
-  b->tomb.owner = NULL;
-  b->h = NULL;
+  sl_Handle *h = (sl_Handle *)b->t.record;
+  b->t = *h;
+  b->t.record = NULL;
+  b->t.scope = NULL;
+  b->t.pins = SL_BOXMAGIC;
   h->boxgone = 1;
   sl_rec_maybefree(info->pool, h);
 }
 
 int sl_detach(lua_State *L, int idx) {
   sl_Box *b = (sl_Box *)lua_touserdata(L, idx);
-  if (b == NULL || lua_rawlen(L, idx) != sizeof(sl_Box) || b->magic != SL_BOXMAGIC) return 0;
-  if (b->h == NULL) return 1;
-  if (b->h->how == SL_OPEN) return 0;
+  if (b == NULL || lua_rawlen(L, idx) != sizeof(sl_Box) || b->t.pins != SL_BOXMAGIC) return 0;
+  if (b->t.record == NULL) return 1;
+  if (((sl_Handle *)b->t.record)->how == SL_OPEN) return 0;
   unlink_box(sl_info(L), b);
   return 1;
 }
@@ -97,13 +96,13 @@ static void queue_leak(sl_StateInfo *info, sl_Handle *h) {
 
 static int handlegc(lua_State *L) {
   sl_Box *b = (sl_Box *)lua_touserdata(L, 1);
-  if (b == NULL || lua_rawlen(L, 1) != sizeof(sl_Box) || b->magic != SL_BOXMAGIC || b->h == NULL) return 0;
+  if (b == NULL || lua_rawlen(L, 1) != sizeof(sl_Box) || b->t.pins != SL_BOXMAGIC || b->t.record == NULL) return 0;
   sl_StateInfo *info = sl_info(L);
-  sl_Handle *h = b->h;
+  sl_Handle *h = (sl_Handle *)b->t.record;
   if (h->how == SL_OPEN) {
     queue_leak(info, h);
     unlink_box(info, b);
-    b->tomb.how = SL_BY_GC;  /* a finalizer that resurrects the box sees it released */
+    b->t.how = SL_BY_GC;  /* a finalizer that resurrects the box sees it released */
   } else {
     unlink_box(info, b);
   }

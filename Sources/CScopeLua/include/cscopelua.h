@@ -31,12 +31,13 @@ typedef int (*sl_SwiftFunction)(lua_State *L);
  * points at it any more (`boxgone`: the box was finalized, or detached while it was on
  * the Lua stack), and nothing in the runtime pinned it (`pins`: code that keeps a record
  * across a call into Lua pins it). Kinds with Swift-side state (files, databases) keep a
- * retained Swift object in `record` while open. */
+ * retained Swift object in `record` while open; an owned handle (a statement) finds its
+ * owner through that object. The struct is kept small: a box is one (see sl_Box), and
+ * boxes are allocated for every acquisition. */
 struct sl_Registry;
 typedef struct sl_Handle {
   void *record;              /* Swift Resource, retained while open; NULL for plain kinds */
   struct sl_Registry *scope; /* the owning scope's registry while open */
-  struct sl_Handle *owner;   /* owning handle (a statement's connection) while open */
   int64_t id;
   uint64_t start;            /* acquisition time, monotonic ns */
   int64_t value;             /* kind-specific: a timer's elapsed ns once released */
@@ -51,30 +52,30 @@ typedef struct sl_Handle {
   int32_t boxgone;           /* no box points here any more */
 } sl_Handle;
 
-/* The Lua side of a handle: a full userdata holding a pointer to its record while the
- * record may still be needed, and afterwards (detached) a copy of the released record
- * (`tomb`), so that a released handle can still say what it was and how it was released
- * without keeping runtime memory alive. `magic` tells a box from any other userdata of
- * the same size before anything else in it is trusted. */
-enum { SL_BOXMAGIC = 0x5c0be1u };
+/* The Lua side of a handle: a full userdata the size of a record. While attached, `t.record`
+ * points at the record (nothing else in `t` is used); once detached, `t` is a copy of the
+ * released record (its tomb, `record` NULL), so that a released handle can still say
+ * what it was and how it was released without keeping runtime memory alive. `t.pins`
+ * always holds SL_BOXMAGIC, which tells a box from any other userdata of the same size
+ * before anything else in it is trusted. (One record's size, not more: Lua allocates a
+ * box per acquisition, and a larger one falls out of malloc's fast bins.) */
+enum { SL_BOXMAGIC = 0x5c0be1 };
 typedef struct sl_Box {
-  uint32_t magic;
-  sl_Handle *h;              /* the record, or NULL once detached */
-  sl_Handle tomb;            /* the record as it was released, once detached */
+  sl_Handle t;
 } sl_Box;
 
 /* The record (or, once detached, the tomb) behind the box at `idx`, if `idx` holds a
  * box; NULL otherwise. Checks the size and the magic, not the metatable. */
 static inline sl_Handle *sl_boxhandle(lua_State *L, int idx) {
   sl_Box *b = (sl_Box *)lua_touserdata(L, idx);
-  if (b == NULL || lua_rawlen(L, idx) != sizeof(sl_Box) || b->magic != SL_BOXMAGIC) return NULL;
-  return b->h != NULL ? b->h : &b->tomb;
+  if (b == NULL || lua_rawlen(L, idx) != sizeof(sl_Box) || b->t.pins != SL_BOXMAGIC) return NULL;
+  return b->t.record != NULL ? (sl_Handle *)b->t.record : &b->t;
 }
 
 enum { SL_OPEN = 0, SL_BY_HANDLE = 1, SL_BY_SCOPE = 2, SL_BY_PARENT = 3, SL_BY_GC = 4, SL_BY_CLOSE = 5 };
 
 /* Pushes the __close function for handle metatables. It checks that the value is a box
- * whose metatable is its kind's (the debug library can give any value any metatable).
+ * (size and magic: the debug library can give any value a handle metatable).
  * Open timer.measure handles are released in C (sl_closetimer); other open handles go
  * to `release` (Swift), which detaches the box afterwards (sl_detach). */
 void sl_pushhandleclose(lua_State *L, sl_SwiftFunction release);
@@ -91,7 +92,7 @@ sl_Handle *sl_tohandle(lua_State *L, int idx);
  * Why: the ownership rule above. Records come from a per-state pool of fixed-size
  * chunks, so the hot path (timer.measure) allocates one with a pointer pop. */
 typedef struct sl_Pool {
-  sl_Handle *free;           /* free records, linked through `owner` */
+  sl_Handle *free;           /* free records, linked through `record` */
   sl_Handle **chunks;
   int32_t nchunks, chunkcap;
   int64_t live;              /* records handed out and not yet freed (tests, leaks) */
@@ -108,7 +109,7 @@ void sl_pool_grow(sl_Pool *p);
 static inline sl_Handle *sl_rec_new(sl_Pool *p) {
   if (p->free == NULL) sl_pool_grow(p);
   sl_Handle *h = p->free;
-  p->free = h->owner;
+  p->free = (sl_Handle *)h->record;
   p->live++;
   memset(h, 0, sizeof *h);
   return h;
@@ -117,9 +118,8 @@ static inline sl_Handle *sl_rec_new(sl_Pool *p) {
 /* Returns the record to the pool if it is released, unboxed and unpinned. */
 static inline void sl_rec_maybefree(sl_Pool *p, sl_Handle *h) {
   if (h->how != 0 /* SL_OPEN */ && h->boxgone && h->pins == 0) {
-    h->record = NULL;
     h->scope = NULL;
-    h->owner = p->free;
+    h->record = p->free;
     h->how = -1;             /* freed: never SL_OPEN, so a stale read sees "released" */
     p->free = h;
     p->live--;

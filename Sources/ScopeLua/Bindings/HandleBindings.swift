@@ -128,7 +128,7 @@ enum HandleBindings {
         }
         let state: String
         if h.pointee.isOpen {
-            state = "open, \(h.pointee.owningScope?.path ?? h.pointee.owner.map(rt.describe) ?? "?")"
+            state = "open, \(h.pointee.owningScope?.path ?? h.pointee.resource?.ownerHandle.map(rt.describe) ?? "?")"
         } else {
             state = "released"
         }

@@ -82,6 +82,8 @@ class Resource {
     /// The handles this resource owns (a connection's statements), released before it,
     /// newest first.
     final var children: [Handle] = []
+    /// The handle that owns this one (a statement's connection) while open.
+    final var ownerHandle: Handle?
 
     init(label: String?) {
         self.label = label

@@ -251,7 +251,7 @@ public final class Runtime {
         let labelIndex = labelIndex == 0 ? 0 : lua_absindex(L, labelIndex)
         let h = sl_rec_new(arena.pool).unsafelyUnwrapped
         h.pointee = sl_Handle(
-            record: resource.map { Unmanaged.passRetained($0).toOpaque() }, scope: nil, owner: nil,
+            record: resource.map { Unmanaged.passRetained($0).toOpaque() }, scope: nil,
             id: Int64(newID()), start: sl_monotonic_ns(), value: 0, detail: 0,
             kind: Int32(kind.index), how: Int32(SL_OPEN), slot: -1, aux: aux,
             source: site.source, line: site.line, relsource: 0, relline: 0, pins: 0, boxgone: 0)
@@ -277,8 +277,8 @@ public final class Runtime {
 
     /// Makes `child` owned by `owner` as well as by its scope: `owner` releases it first.
     func adopt(_ child: Handle, by owner: Handle) {
-        guard let r = owner.pointee.resource else { return }
-        child.pointee.owner = owner
+        guard let r = owner.pointee.resource, let c = child.pointee.resource else { return }
+        c.ownerHandle = owner
         r.children.append(child)
     }
 
@@ -317,16 +317,17 @@ public final class Runtime {
             info.pointee.counts.leaked += 1
         }
         sl_registry_remove(h)
-        if let owner = h.pointee.owner {
-            h.pointee.owner = nil
-            if let r = owner.pointee.resource, let i = r.children.lastIndex(of: h) { r.children.remove(at: i) }
-        }
-        if options.trace { traceRelease(h, cause) }
         guard let raw = h.pointee.record else {
+            if options.trace { traceRelease(h, cause) }
             closePlain(h)
             return 0
         }
         let r = Unmanaged<Resource>.fromOpaque(raw).takeUnretainedValue()
+        if let owner = r.ownerHandle {
+            r.ownerHandle = nil
+            if let o = owner.pointee.resource, let i = o.children.lastIndex(of: h) { o.children.remove(at: i) }
+        }
+        if options.trace { traceRelease(h, cause) }
         var failures: Int32 = 0
         while !r.children.isEmpty, let child = r.children.popLast() {
             failures += release(child, L, cause: .parent(h), error: errIndex)
