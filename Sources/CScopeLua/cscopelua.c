@@ -372,7 +372,15 @@ void sl_pushfilelines(lua_State *L, lua_CFunction iolines, sl_SwiftFunction unwr
 static int opendelegate(lua_State *L) {
   lua_CFunction ioopen = lua_tocfunction(L, lua_upvalueindex(1));
   int n = ioopen(L);
-  if (n != 1 || sl_iofile(L, -1) == NULL) return n;
+  if (n != 1 || sl_iofile(L, -1) == NULL) {
+    /* nil, message, errno: remembered for with_resource(fs.open(p), fn), where Lua
+     * passes only the nil (see sl_lastfailure). */
+    if (n >= 2 && lua_type(L, -n + 1) == LUA_TSTRING) {
+      lua_pushvalue(L, -n + 1);
+      lua_setfield(L, LUA_REGISTRYINDEX, SL_LASTFAILURE);
+    }
+    return n;
+  }
   sl_SwiftFunction after = (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(2));
   if (callswift(L, after) < 0) return lua_error(L);
   return 1;

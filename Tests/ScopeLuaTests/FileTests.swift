@@ -88,6 +88,24 @@ import Testing
         #expect(openDescriptors(under: dir) == 0)
     }
 
+    /// An io.open file the collector reclaims while open is a leak like any other:
+    /// warned once for its line, counted, summed up at the end.
+    @Test func ioOpenFilesReclaimedOpenAreLeaks() {
+        let dir = temporaryDirectory()
+        let run = runLua("""
+            for i = 1, 5 do
+              local f = io.open("\(dir)/leak.txt", "w")
+              f:write("x")
+            end
+            collectgarbage(); collectgarbage()
+            return true
+            """)
+        #expect(run.counts.leaked == 5)
+        #expect(run.diagnostics.count == 2)
+        #expect(run.diagnostics.first?.hasSuffix("leak.txt\" acquired at test:2 was never released (reclaimed by the garbage collector)") == true)
+        #expect(run.diagnostics.last == "scopelua: 4 more leaks of io files acquired at test:2")
+    }
+
     @Test func ioFilesClosedByTheScriptAreSweptNotHeld() {
         let dir = temporaryDirectory()
         let run = runLua("""

@@ -146,7 +146,9 @@ import Testing
         #expect(run.error == nil)
         #expect(run.values == [.integer(0), .string("nil")])
         #expect(run.counts.leaked > 0)
-        #expect(run.diagnostics.allSatisfy { $0.hasPrefix("scopelua: leak: transaction#") })
+        #expect(run.diagnostics.first?.hasPrefix("scopelua: leak: transaction#") == true)
+        #expect(run.diagnostics.last == "scopelua: \(run.counts.leaked - 1) more leaks of transactions acquired at test:7")
+        #expect(run.diagnostics.count == 2)
         #expect(live <= 1)  // the connection, released when the runtime closes
     }
 

@@ -137,6 +137,35 @@ import Testing
                                .boolean(false)])
     }
 
+    /// The count in tostring(scope) is #scope:resources(); pending defers are named apart.
+    @Test func scopeCountsAgreeWithResources() {
+        let run = runLua("""
+            return scope(function()
+              local t = timer.measure("x")
+              defer(function() end); defer(function() end)
+              local s = scope.current()
+              return #s:resources(), tostring(s)
+            end)
+            """)
+        #expect(run.values == [.integer(1), .string("scope run/scope (open, 1 open resource, 2 deferred calls)")])
+    }
+
+    /// As Python's ExitStack: once a release or a defer fails, the ones after it in the
+    /// same scope receive that error, and the scope raises it.
+    @Test func aFailingReleaseIsPassedToTheReleasesAfterIt() {
+        let run = runLua("""
+            local log = {}
+            local ok, e = pcall(scope, function()
+              defer(function(err) log[#log+1] = "first got " .. tostring(err) end)
+              defer(function(err) log[#log+1] = "second got " .. tostring(err); error("second failed", 0) end)
+              defer(function(err) log[#log+1] = "third got " .. tostring(err) end)
+            end)
+            return table.concat(log, ", "), e
+            """)
+        #expect(run.values == [.string("third got nil, second got nil, first got second failed"),
+                               .string("second failed")])
+    }
+
     @Test func millionAcquireReleasePairsDoNotGrowTheScope() {
         let run = runLua("""
             local s = scope.current()

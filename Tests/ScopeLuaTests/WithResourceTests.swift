@@ -38,6 +38,12 @@ import Testing
         #expect(run.text == "body\n\trelease error: release of file#1 \"/dev/full\" failed: No space left on device")
     }
 
+    /// `with_resource(fs.open(missing), fn)`: the open's own message, not "got nil".
+    @Test func aFailedOpenRaisesItsMessage() {
+        #expect(runLua("with_resource(fs.open('/nonexistent/x.txt'), function() end)").error?.message
+            == "test:1: /nonexistent/x.txt: No such file or directory (resource #1 of 'with_resource' is nil)")
+    }
+
     @Test func badArguments() {
         #expect(runLua("with_resource(1, function() end)").error?.message
             == "test:1: bad argument #1 to 'with_resource' (resource handle expected, got number)")

@@ -430,6 +430,11 @@ int sl_closeiofile(lua_State *L, int idx);
  * `after` (Swift) with the new io file on top; `after` leaves one value on top. */
 void sl_pushopendelegate(lua_State *L, lua_CFunction ioopen, sl_SwiftFunction after);
 
+/* Registry field holding the message of the last failed fs.open / io.open / sql.open:
+ * `with_resource(fs.open(path), fn)` receives only the nil (a call's results are cut to
+ * one value unless they come last), and should still say why. */
+#define SL_LASTFAILURE "scopelua.lastfailure"
+
 /* Pops a value and pushes a function returning it (package.preload loaders for the
  * built-in modules). */
 void sl_pushconstant(lua_State *L);

@@ -69,6 +69,8 @@ enum SQLBindings {
             sqlite3_close(handle)
             lua_pushnil(L)
             Lua.push(L, "cannot open database \"\(path)\": \(reason)")
+            lua_pushvalue(L, -1)
+            Lua.setRegistryField(L, SL_LASTFAILURE)  // for with_resource(sql.open(p), fn)
             return 2
         }
         sqlite3_busy_timeout(db, busy)

@@ -96,6 +96,23 @@ enum ScopeBindings {
         var held: [Handle] = []
         held.reserveCapacity(Int(n - 1))
         for i in 1..<n {
+            // `with_resource(fs.open(path), fn)` with a missing file: the reason is the
+            // open's message (passed along when the open came last, remembered when Lua
+            // cut its results to the nil), not a type error about nil.
+            if lua_type(L, i) == LUA_TNIL {
+                var reason: String?
+                if i + 1 < n, lua_type(L, i + 1) == LUA_TSTRING {
+                    reason = Lua.string(L, i + 1)
+                } else {
+                    Lua.getRegistryField(L, SL_LASTFAILURE)
+                    reason = Lua.string(L, -1)
+                    sl_pop(L, 1)
+                }
+                if let reason {
+                    Lua.pushError(L, "\(reason) (resource #\(i) of 'with_resource' is nil)")
+                    return raise
+                }
+            }
             guard let h = HandleBindings.checkOpen(rt, L, i) else { return raise }
             held.append(h)
         }
@@ -182,7 +199,14 @@ enum ScopeBindings {
     static let scopeToString: SwiftLuaFunction = { L in
         let (_, L) = Runtime.from(L)
         guard let s = checkScope(L, 1) else { return raise }
-        Lua.push(L, "scope \(s.path) (\(s.ended ? "ended" : "open, \(s.openCount) open resources"))")
+        var state = "ended"
+        if !s.ended {
+            // The same count as #s:resources(); pending defers are not resources.
+            let (resources, defers) = s.visibleCounts
+            state = "open, \(resources) open resource\(resources == 1 ? "" : "s")"
+            if defers > 0 { state += ", \(defers) deferred call\(defers == 1 ? "" : "s")" }
+        }
+        Lua.push(L, "scope \(s.path) (\(state))")
         return 1
     }
 

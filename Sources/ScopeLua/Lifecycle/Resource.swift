@@ -30,7 +30,7 @@ final class RecordArena {
 
 /// Where something happened in a script: an interned source name and a line.
 /// `Runtime.describe(_:)` turns it into `job.lua:12`.
-struct Site: Equatable {
+struct Site: Hashable {
     var source: Int32
     var line: Int32
     static let unknown = Site(source: -1, line: 0)
@@ -51,6 +51,16 @@ enum ResourceKind: Int32, CaseIterable {
         case .sqlite: return "sqlite"
         case .statement: return "statement"
         case .transaction: return "transaction"
+        }
+    }
+
+    /// `2998 more leaks of files acquired at ...`
+    var plural: String {
+        switch self {
+        case .ioFile: return "io files"
+        case .sqlite: return "sqlite connections"
+        case .defer: return "deferred calls"
+        default: return name + "s"
         }
     }
 
@@ -99,6 +109,12 @@ class Resource {
 
     /// Pushes the kind's own field `key` (e.g. a file's `path`); false if it has none.
     func pushField(_ key: String, _ runtime: Runtime, _ L: LuaState) -> Bool { false }
+}
+
+/// Where leaks come from: a kind and an acquisition site.
+struct LeakSite: Hashable {
+    var kind: Int32
+    var site: Site
 }
 
 extension sl_Handle {

@@ -54,6 +54,14 @@ final class Scope {
     /// Number of open resources (defers included).
     var openCount: Int { Int(registry.pointee.count - registry.pointee.holes) }
 
+    /// The open resources a script can see (what `scope:resources()` lists) and the
+    /// deferred calls still to run, counted apart.
+    var visibleCounts: (resources: Int, defers: Int) {
+        let open = openHandles
+        let defers = open.filter { !($0.pointee.resource?.isHandle ?? true) }.count
+        return (open.count - defers, defers)
+    }
+
     /// Open handles, oldest first.
     var openHandles: [Handle] {
         guard let entries = registry.pointee.entries else { return [] }

@@ -104,7 +104,14 @@ extension Runtime {
         lua_rawseti(L, -2, lua_Integer(f.id))
         sl_pop(L, 1)
         adopted.live.append(f)
-        guard adopted.live.count >= adopted.threshold else { return }
+        if adopted.live.count >= adopted.threshold { sweepAdoptedFiles() }
+    }
+
+    /// Drops the adopted files that are no longer open: closed by the script (released
+    /// "by handle"), or reclaimed by the collector while open, which is a leak like any
+    /// other (io's own finalizer closed the file; the runtime warns and counts it).
+    /// Also run when the runtime closes, so no leak goes unreported. Stack: 0.
+    func sweepAdoptedFiles() {
         // Sweep outside any access to `adopted`: releasing can run Lua code.
         let list = adopted.live
         adopted.live = []
@@ -113,8 +120,12 @@ extension Runtime {
             guard let h = f.handle else { continue }  // released meanwhile
             if f.stillOpen(self, L) {
                 kept.append(f)
-            } else {
+            } else if f.pushFile(self, L) {
+                sl_pop(L, 1)
                 release(h, L, cause: .handle(.unknown), error: 0)
+            } else {
+                noteLeak(h)
+                release(h, L, cause: .collected, error: 0)
             }
         }
         adopted.live += kept
