@@ -159,3 +159,57 @@ import Testing
         #expect(r.stdout == "true\ttrue\ttrue\n")
     }
 }
+
+/// Timers outside pipelines: they fire in timer.sleep and timer.loop, and a script whose
+/// timers never fire is told so.
+@Suite struct TimerLoopTests {
+    @Test func sleepFiresDueTimersAndLoopRunsUntilNoneIsPending() {
+        let run = runLua("""
+            local log = {}
+            local n = 0
+            local every
+            every = timer.every(0.01, function()
+              n = n + 1
+              log[#log+1] = "every " .. scope.current():path()
+              if n == 3 then every:release() end
+            end)
+            timer.after(0, function() log[#log+1] = "after" end)
+            timer.sleep(0)                       -- fires what is due now: the after
+            local fired_by_sleep = #log
+            timer.loop()                         -- until the every released itself
+            return fired_by_sleep, table.concat(log, ","), every:is_open()
+            """)
+        #expect(run.error == nil)
+        #expect(run.values == [.integer(1),
+                               .string("after,every run/timer,every run/timer,every run/timer"),
+                               .boolean(false)])
+        #expect(run.diagnostics.isEmpty)
+    }
+
+    @Test func aFailingCallbackIsRaisedFromSleepAndItsScopeIsReleased() {
+        let run = runLua("""
+            local released = false
+            timer.after(0, function()
+              defer(function(err) released = err ~= nil end)
+              error("tick failed", 0)
+            end)
+            local ok, err = pcall(timer.sleep, 0.001)
+            return ok, err, released
+            """)
+        #expect(run.values == [.boolean(false), .string("tick failed"), .boolean(true)])
+    }
+
+    @Test func timersThatNeverFireAreReported() {
+        let run = runLua("""
+            timer.every(1, function() end)
+            """)
+        #expect(run.diagnostics == ["scopelua: 1 timer was scheduled but never fired (test:1): outside a pipeline, timers fire in timer.sleep and timer.loop"])
+    }
+
+    @Test func sleepChecksItsArgument() {
+        #expect(runLua("timer.sleep(-1)").error?.message
+            == "test:1: bad argument #1 to 'sleep' (seconds must be between 0 and 1e9)")
+        #expect(runLua("timer.sleep(0/0)").error?.message
+            == "test:1: bad argument #1 to 'sleep' (seconds must be between 0 and 1e9)")
+    }
+}

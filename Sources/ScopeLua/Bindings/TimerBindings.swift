@@ -19,6 +19,8 @@ enum TimerBindings {
         Lua.setFunction(L, -1, "now", now)
         Lua.setFunction(L, -1, "every", every)
         Lua.setFunction(L, -1, "after", after)
+        Lua.setFunction(L, -1, "sleep", sleep)
+        Lua.setFunction(L, -1, "loop", loop)
         Bindings.publishModule(L, "timer")
     }
 
@@ -96,6 +98,31 @@ enum TimerBindings {
         t.anchor = luaL_ref(L, Lua.registry)
         rt.scheduled.append(t)
         return 1
+    }
+
+    /// timer.sleep(seconds): waits, firing this state's due timers meanwhile (outside a
+    /// pipeline, timers fire only here, in timer.loop and at the REPL's prompt). A
+    /// failing callback's error, or a stop signal, is raised from here.
+    static let sleep: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        guard lua_type(L, 1) == LUA_TNUMBER else {
+            Lua.pushTypeError(L, 1, "number")
+            return raise
+        }
+        let seconds = lua_tonumberx(L, 1, nil)
+        guard seconds.isFinite, seconds >= 0, seconds <= 1e9 else {
+            Lua.pushArgError(L, 1, "seconds must be between 0 and 1e9")
+            return raise
+        }
+        let deadline = sl_monotonic_ns() &+ UInt64(seconds * 1e9)
+        return rt.runTimers(L, until: deadline) ? 0 : raise
+    }
+
+    /// timer.loop(): fires timers as they fall due until none is pending (every timer
+    /// released, the last `after` fired) or a stop signal arrives.
+    static let loop: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        return rt.runTimers(L, until: nil) ? 0 : raise
     }
 
     static let now: SwiftLuaFunction = { L in

@@ -630,6 +630,11 @@ public final class Runtime {
     public func close() {
         guard !closed else { return }
         sweepAdoptedFiles()
+        let idle = scheduled.filter { $0.handle != nil && $0.fired == 0 }
+        if !idle.isEmpty {
+            let sites = idle.compactMap { $0.handle.map { describe($0.pointee.site) } }.joined(separator: ", ")
+            diagnose("scopelua: \(idle.count) timer\(idle.count == 1 ? " was" : "s were") scheduled but never fired (\(sites)): outside a pipeline, timers fire in timer.sleep and timer.loop")
+        }
         for failure in releaseAll() {
             diagnose("scopelua: release error: \(failure)")
         }

@@ -512,6 +512,7 @@ final class PipelineRun {
             // record until the firing is done.
             sl_rec_pin(h)
             defer { sl_rec_unpin(rt.arena.pool, h) }
+            t.fired += 1
             let stageIndex = stages.firstIndex { $0.scope === t.owner || $0.task === t.owner }
             let callScope = Scope(name: "timer", parent: t.owner)
             let saved = rt.current

@@ -16,6 +16,8 @@ final class ScheduledTimer: Resource {
     unowned(unsafe) let owner: Scope
     var anchor: Int32 = LUA_NOREF
     var handle: Handle?
+    /// How many times it fired (a plain script whose timers never fire is told so).
+    var fired = 0
 
     init(function: Int32, delay: Double, repeats: Bool, owner: Scope) {
         self.function = function
