@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <unistd.h>
 #include <editline/readline.h>
 
 static char *history_path = NULL;
@@ -55,6 +57,47 @@ char *le_readline(const char *prompt, int *cancelled) {
     return strdup("");
   }
   return line;
+}
+
+static le_timeout_fn idle_timeout = NULL;
+static le_idle_fn idle_work = NULL;
+
+/* Why: libedit blocks in read(2) for each key, so nothing else could happen at the
+ * prompt. This getc waits with poll instead, running the idle work (due timers) each
+ * time the wait ends without a key. An interrupted wait (Ctrl-C) ends the read as
+ * libedit's own getc would, so le_readline still sees the cancel. */
+static int idle_getc(FILE *f) {
+  int fd = fileno(f);
+  for (;;) {
+    int ms = idle_timeout != NULL ? idle_timeout() : -1;
+    struct pollfd p = { .fd = fd, .events = POLLIN, .revents = 0 };
+    int n = poll(&p, 1, ms);
+    if (n < 0) {
+      if (errno == EINTR && !cancelled_flag) continue;
+      return EOF;
+    }
+    if (n == 0) {
+      /* A timer is due: what it prints goes on lines of its own, above the prompt, which
+       * is then drawn again with the line typed so far. */
+      fputs("\r\033[K", stdout);
+      fflush(stdout);
+      idle_work();
+      fflush(stdout);
+      rl_forced_update_display();
+      continue;
+    }
+    unsigned char c;
+    ssize_t r = read(fd, &c, 1);
+    if (r == 1) return c;
+    if (r < 0 && errno == EINTR && !cancelled_flag) continue;
+    return EOF;
+  }
+}
+
+void le_set_idle(le_timeout_fn timeout, le_idle_fn idle) {
+  idle_timeout = timeout;
+  idle_work = idle;
+  rl_getc_function = idle_getc;
 }
 
 void le_remember(const char *line) {

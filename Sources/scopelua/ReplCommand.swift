@@ -44,10 +44,29 @@ struct ReplCommand: ParsableCommand {
         if interactive {
             interactiveLoop(repl)
         } else {
+            // As `lua -`: errors go to stderr and the first one ends the run (exit 1),
+            // after the session's resources are released.
+            let answers = repl.write
+            repl.write = { text in
+                if repl.errors > 0 { StandardError.write(line: text) } else { answers(text) }
+            }
+            var failed = false
             while let line = readLine(strippingNewline: true) {
+                let before = repl.errors
                 repl.handle(line)
+                if repl.errors > before {
+                    failed = true
+                    break
+                }
                 if repl.finished { return }
             }
+            if failed {
+                let released = repl.quit(error: "the session ended on an error")
+                if released != "nothing to release" { StandardError.write(line: released) }
+                throw ExitCode(1)
+            }
+            if !repl.finished { repl.write(repl.quit()) }
+            return
         }
         if !repl.finished { repl.write(repl.quit()) }
     }
@@ -56,6 +75,9 @@ struct ReplCommand: ParsableCommand {
         print("scopelua REPL (Lua 5.4) — :help for commands, Ctrl-D to quit")
         activeRepl = repl
         let history = getenv("HOME").map { String(cString: $0) + "/.scopelua_history" }
+        // Timers fire while the prompt waits (see Repl.fireTimers). Before le_setup:
+        // libedit picks its key reader when it initializes.
+        le_set_idle({ Int32(activeRepl?.millisecondsToNextTimer ?? -1) }, { activeRepl?.fireTimers() == true ? 1 : 0 })
         le_setup(history, 1000, completer)
         while !repl.finished {
             let prompt: String

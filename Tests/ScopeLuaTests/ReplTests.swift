@@ -26,6 +26,48 @@ import CScopeLua
         #expect(out.lines == ["42", "kept\t2\tnil", "kept"])
     }
 
+    /// Timers fire while the prompt waits (the front end asks how long it may wait and
+    /// calls fireTimers when the wait ends); a failing callback is reported.
+    @Test func timersFireAtThePrompt() {
+        let (repl, out) = session()
+        defer { repl.quit() }
+        #expect(repl.millisecondsToNextTimer == nil)
+        repl.handle("n = 0; t = timer.every(3600, function() n = n + 1 end)")
+        #expect((repl.millisecondsToNextTimer ?? 0) > 3_000_000)
+        #expect(!repl.fireTimers())
+        repl.handle("timer.after(0, function() n = n + 1; error('tick', 0) end)")
+        #expect(repl.millisecondsToNextTimer == 0)
+        #expect(repl.fireTimers())
+        repl.handle("t:release()")
+        repl.handle("=n")
+        #expect(out.lines.count == 4)
+        #expect(out.lines.first == "timer#2 \"after 0s\" (open, run/repl)")
+        #expect(out.lines.dropFirst().first?.hasPrefix("timer: tick\nstack traceback:") == true)
+        #expect(out.lines.suffix(2) == ["true", "1"])
+        #expect(repl.errors == 1)
+        #expect(repl.millisecondsToNextTimer == nil)
+    }
+
+    /// With stdin not a terminal the REPL is `lua -`: errors on stderr, the first ends the
+    /// run with exit 1 and the session's scopes are released as by an error.
+    @Test(.timeLimit(.minutes(1))) func pipedInputStopsAtTheFirstError() throws {
+        let dir = temporaryDirectory()
+        let r = try scopelua(["repl"], stdin: """
+            db = sql.open("\(dir)/r.db"); db:exec("create table t(x)")
+            tx = db:transaction(); db:exec("insert into t values (1)")
+            print("before")
+            error("boom")
+            print("never")
+
+            """)
+        #expect(r.status == 1)
+        #expect(r.stdout == "before\n")
+        #expect(r.stderr.hasPrefix("stdin:1: boom\nstack traceback:"))
+        #expect(r.stderr.contains("released transaction#2"))
+        let check = try scopelua(["run", "-e", "print(sql.open('\(dir)/r.db'):first('select count(*) n from t').n)"])
+        #expect(check.stdout == "0\n")
+    }
+
     @Test func incompleteChunksContinue() {
         let (repl, out) = session()
         defer { repl.quit() }

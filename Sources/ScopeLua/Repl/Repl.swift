@@ -23,6 +23,10 @@ public final class Repl {
     /// Where the REPL's answers go (values, errors, meta-command output).
     public var write: (String) -> Void
     public private(set) var finished = false
+    /// Errors reported so far (a failing chunk, a syntax error, a failing :load, :run or
+    /// timer callback). With stdin not a terminal the first one ends the session, as
+    /// under `lua -`.
+    public private(set) var errors = 0
 
     public init(options: RuntimeOptions = RuntimeOptions(), write: @escaping (String) -> Void = { StandardError.write(line: $0) }) {
         runtime = Runtime(options: options)
@@ -54,11 +58,46 @@ public final class Repl {
             return
         case .failed(let message):
             pending = []
-            write(message)
+            fail(message)
         case .ready:
             pending = []
             execute()
         }
+    }
+
+    private func fail(_ message: String) {
+        errors += 1
+        write(message)
+    }
+
+    /// Milliseconds until the next `timer.every` / `timer.after` is due (0: now), or nil
+    /// when none is pending: how long the prompt may wait before `fireTimers`.
+    public var millisecondsToNextTimer: Int32? {
+        guard let due = runtime.nextTimerDue else { return nil }
+        let now = sl_monotonic_ns()
+        return due <= now ? 0 : Int32(clamping: (due - now + 999_999) / 1_000_000)
+    }
+
+    /// Fires the timers that are due, in the session scope, while the REPL waits at its
+    /// prompt (where people try out lifecycles); a failing callback is reported like a
+    /// failing chunk. Returns whether any timer fired.
+    @discardableResult
+    public func fireTimers() -> Bool {
+        let L = runtime.L
+        let base = lua_gettop(L)
+        guard let due = runtime.nextTimerDue, due <= sl_monotonic_ns() else { return false }
+        runtime.current = session
+        sl_repl_interrupt_install(L)
+        defer {
+            sl_repl_interrupt_uninstall()
+            runtime.current = session
+            lua_settop(L, base)
+        }
+        if !runtime.fireDueTimers(L) {
+            let error = runtime.takeError(L)
+            fail("timer: " + (error.traceback.map { "\(error.message)\n\($0)" } ?? error.message))
+        }
+        return true
     }
 
     /// Ctrl-C at the prompt: forget the chunk being typed.
@@ -109,7 +148,7 @@ public final class Repl {
         do {
             try runtime.call(nargs: 0)
         } catch {
-            write(error.traceback.map { "\(error.message)\n\($0)" } ?? error.message)
+            fail(error.traceback.map { "\(error.message)\n\($0)" } ?? error.message)
             return
         }
         let n = lua_gettop(L) - base
@@ -203,7 +242,7 @@ public final class Repl {
         defer { lua_settop(L, base) }
         let status = luaL_loadfilex(L, path, nil)
         guard status == LUA_OK else {
-            write(Lua.describe(L, -1))
+            fail(Lua.describe(L, -1))
             return
         }
         sl_repl_interrupt_install(L)
@@ -213,7 +252,7 @@ public final class Repl {
             let names = runtime.pipelines.pipelineOrder
             write("loaded \(path)" + (names.isEmpty ? "" : "; pipelines: \(names.joined(separator: ", "))"))
         } catch {
-            write(error.traceback.map { "\(error.message)\n\($0)" } ?? error.message)
+            fail(error.traceback.map { "\(error.message)\n\($0)" } ?? error.message)
         }
     }
 
@@ -256,7 +295,7 @@ public final class Repl {
         let outcome = run.execute(L, parent: session)
         sl_repl_interrupt_uninstall()
         run.releaseReferences(L)
-        if case .failed(let message) = outcome { write(message) }
+        if case .failed(let message) = outcome { fail(message) }
         // The events that came out, as JSON lines, then the report.
         run.pushReport(L)
         if Lua.rawField(L, -1, "output") == LUA_TTABLE {
@@ -312,7 +351,9 @@ public final class Repl {
 
     /// Ends the session: releases everything, newest first, and says what was released.
     @discardableResult
-    public func quit() -> String {
+    /// `error`, when given, ends the scopes as an error (transactions roll back, defers
+    /// receive it): the session ends because something failed.
+    public func quit(error: String? = nil) -> String {
         guard !finished else { return "" }
         finished = true
         let released = (session.openHandles + runtime.root.openHandles).reversed()
@@ -320,11 +361,17 @@ public final class Repl {
             .map { "released \(runtime.describe($0))" }
         let L = runtime.L
         let base = lua_gettop(L)
-        let failures = runtime.endScope(session, L, error: 0)
+        var errIndex: Int32 = 0
+        if let error {
+            Lua.push(L, error)
+            errIndex = lua_gettop(L)
+        }
+        let failures = runtime.endScope(session, L, error: errIndex)
         var lines = released
-        for i in 0..<failures { lines.append("release error: \(Lua.describe(L, base + 1 + i))") }
+        let top = lua_gettop(L)
+        for i in 0..<failures { lines.append("release error: \(Lua.describe(L, top - failures + 1 + i))") }
         lua_settop(L, base)
-        for failure in runtime.releaseAll() { lines.append("release error: \(failure)") }
+        for failure in runtime.releaseAll(error: error) { lines.append("release error: \(failure)") }
         runtime.close()
         return lines.isEmpty ? "nothing to release" : lines.joined(separator: "\n")
     }
