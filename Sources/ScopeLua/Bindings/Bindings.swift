@@ -15,6 +15,7 @@ enum Bindings {
         TimerBindings.install(rt, L)
         SQLBindings.install(rt, L)
         JSONBindings.install(rt, L)
+        LogBindings.install(rt, L)
         PipelineBindings.install(rt, L)
         installPackagePath(rt, L)
     }

@@ -57,6 +57,8 @@ public final class Runtime {
     }
     /// Kind names by `ResourceKind.index`, for handles whose record is gone.
     var kindNames: [String] = (0..<ResourceKind.count).map { ResourceKind(rawValue: Int32($0))?.name ?? "resource" }
+    /// Where `log.*` lines come from, when a running pipeline knows (`stage (line N)`).
+    var logContext: (() -> String?)?
     /// Leaks so far by acquisition site and kind (see `noteLeak`).
     var leakSites: [LeakSite: Int] = [:]
     var leakOrder: [LeakSite] = []
