@@ -149,10 +149,16 @@ sl_Handle *sl_registry_popnewest(sl_Registry *r);
 /* ---- latency histograms -------------------------------------------------------------
  * Values in nanoseconds, 64 sub-buckets per power of two (relative error under 1.6%), so
  * a service that measures forever keeps a fixed footprint; count, total and max exact.
+ * Every counter is 64-bit: a hot label measured a million times a second fills a 32-bit
+ * bucket in about an hour. The total is 128-bit (two words): overlapping timers of one
+ * label (nested, or in coroutines) add up faster than the wall clock, and 2^64 ns is
+ * under six centuries of wall time but only months for a thousand overlapping timers.
+ * Values under SL_HIST_SUB nanoseconds have a bucket each (bucket i holds value i).
  * Why C: timer.measure's fast path records a sample without entering Swift. */
 typedef struct sl_Hist {
   uint64_t count, total, max;
-  uint32_t *buckets;         /* SL_HIST_BUCKETS counters */
+  uint64_t totalhigh;        /* the total's upper 64 bits */
+  uint64_t *buckets;         /* SL_HIST_BUCKETS counters */
 } sl_Hist;
 
 /* Returns 0 when out of memory. */
@@ -171,8 +177,11 @@ static inline void sl_hist_record(sl_Hist *h, uint64_t nanos) {
   h->buckets[bucket]++;
   h->count++;
   h->total += nanos;
+  h->totalhigh += h->total < nanos;  /* the carry */
   if (nanos > h->max) h->max = nanos;
 }
+/* The total in seconds (both words). */
+double sl_hist_total_seconds(const sl_Hist *h);
 /* The value at quantile q (0...1): the middle of its bucket, capped by max. */
 uint64_t sl_hist_quantile(const sl_Hist *h, double q);
 
