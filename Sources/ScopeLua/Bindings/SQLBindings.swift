@@ -135,7 +135,8 @@ enum SQLBindings {
         // Fast path: one cached statement.
         let top = lua_gettop(L)
         if let stmt = cachedStatement(db, L) {
-            guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true),
+            defer { sqlite3_clear_bindings(stmt) }  // bound for this call only
+            guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true, lifetime: .call),
                   step(stmt, L, db, sqlIndex: 2) else { return raise }
             lua_pushinteger(L, lua_Integer(sqlite3_total_changes64(conn) - before))
             return 1
@@ -157,7 +158,7 @@ enum SQLBindings {
             guard let stmt else { continue }  // whitespace or a comment
             defer { sqlite3_finalize(stmt) }
             let wanted = sqlite3_bind_parameter_count(stmt)
-            guard bind(stmt, L, db, first: next, count: min(wanted, last - next + 1), exact: false),
+            guard bind(stmt, L, db, first: next, count: min(wanted, last - next + 1), exact: false, lifetime: .call),
                   step(stmt, L, db, sqlIndex: 2) else { return raise }
             next += wanted
         }
@@ -178,7 +179,8 @@ enum SQLBindings {
             if lua_gettop(L) == top { Lua.pushError(L, "first takes a single SQL statement") }
             return raise
         }
-        guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true) else { return raise }
+        defer { sqlite3_clear_bindings(stmt) }  // bound for this call only
+        guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true, lifetime: .call) else { return raise }
         return firstRow(stmt, L, db, sqlIndex: 2)
     }
 
@@ -189,7 +191,7 @@ enum SQLBindings {
         guard let (h, db) = database(rt, L), sqlText(L) else { return raise }
         guard let stmtHandle = newStatement(rt, L, h, db, loop: true) else { return raise }
         guard let stmt = (stmtHandle.pointee.resource as? Statement)?.stmt,
-              bind(stmt, L, db, first: 3, count: lua_gettop(L) - 3, exact: true) else {
+              bind(stmt, L, db, first: 3, count: lua_gettop(L) - 3, exact: true, lifetime: .loop) else {
             rt.release(stmtHandle, L, cause: .handle(rt.currentSite(L)), error: 0)
             return raise
         }
@@ -271,7 +273,8 @@ enum SQLBindings {
         let (rt, L) = Runtime.from(L)
         guard let (s, stmt) = statement(rt, L), let conn = s.database.db else { return raise }
         let before = sqlite3_total_changes64(conn)
-        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true),
+        defer { sqlite3_clear_bindings(stmt) }  // bound for this call only
+        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true, lifetime: .call),
               step(stmt, L, s.database, sql: s.label) else { return raise }
         lua_pushinteger(L, lua_Integer(sqlite3_total_changes64(conn) - before))
         return 1
@@ -281,7 +284,8 @@ enum SQLBindings {
     static let stmtFirst: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard let (s, stmt) = statement(rt, L) else { return raise }
-        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true) else { return raise }
+        defer { sqlite3_clear_bindings(stmt) }  // bound for this call only
+        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true, lifetime: .call) else { return raise }
         return firstRow(stmt, L, s.database, sql: s.label)
     }
 
@@ -290,7 +294,7 @@ enum SQLBindings {
     static let stmtRows: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard let (s, stmt) = statement(rt, L) else { return raise }
-        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true) else { return raise }
+        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true, lifetime: .loop) else { return raise }
         Lua.push(L, rowsStep)
         lua_pushvalue(L, 1)
         lua_pushnil(L)
@@ -414,9 +418,17 @@ enum SQLBindings {
         return stmt
     }
 
+    /// How long bound values are used: by this call only (the arguments are on the
+    /// stack until it returns, and the caller clears the bindings before it does), or
+    /// by a rows loop that steps after the call returned, while the loop body may
+    /// collect the arguments: then SQLite copies the bytes.
+    enum BindLifetime { case call, loop }
+
     /// Binds `count` Lua values from stack index `first` to the statement's parameters.
     /// With `exact`, the count must match. Pushes an error and returns false on failure.
-    static func bind(_ stmt: OpaquePointer, _ L: LuaState, _ db: Database, first: Int32, count: Int32, exact: Bool) -> Bool {
+    static func bind(_ stmt: OpaquePointer, _ L: LuaState, _ db: Database, first: Int32, count: Int32, exact: Bool,
+                     lifetime: BindLifetime) -> Bool {
+        let bytes = lifetime == .call ? scopelua_sqlite_static() : scopelua_sqlite_transient()
         let wanted = sqlite3_bind_parameter_count(stmt)
         if exact, count != wanted {
             Lua.pushError(L, "SQL expects \(wanted) parameter\(wanted == 1 ? "" : "s"), got \(count)")
@@ -441,13 +453,13 @@ enum SQLBindings {
             case LUA_TSTRING:
                 var len = 0
                 let p = lua_tolstring(L, idx, &len)
-                // The string stays on the stack until the statement is reset.
-                rc = sqlite3_bind_text64(stmt, param, p, sqlite3_uint64(len), scopelua_sqlite_static(), UInt8(SQLITE_UTF8))
+                rc = sqlite3_bind_text64(stmt, param, p, sqlite3_uint64(len), bytes, UInt8(SQLITE_UTF8))
             case LUA_TUSERDATA where isBlob(L, idx):
                 lua_getiuservalue(L, idx, 1)
                 var len = 0
                 let p = lua_tolstring(L, -1, &len)
-                rc = sqlite3_bind_blob64(stmt, param, p, sqlite3_uint64(len), scopelua_sqlite_transient())
+                // The blob (an argument) holds its bytes as its user value.
+                rc = sqlite3_bind_blob64(stmt, param, p, sqlite3_uint64(len), bytes)
                 sl_pop(L, 1)
             default:
                 let type = Lua.typeName(L, idx)
