@@ -324,7 +324,10 @@ enum SQLBindings {
         let rc = sqlite3_step(stmt)
         switch rc {
         case SQLITE_ROW:
-            pushRow(stmt, L)
+            guard pushRow(stmt, L) else {
+                sqlite3_reset(stmt)
+                return raise
+            }
             return 1
         case SQLITE_DONE:
             if s.finalizesAtEnd {
@@ -500,7 +503,7 @@ enum SQLBindings {
         let rc = sqlite3_step(stmt)
         defer { sqlite3_reset(stmt) }
         switch rc {
-        case SQLITE_ROW: pushRow(stmt, L)
+        case SQLITE_ROW: if !pushRow(stmt, L) { return raise }
         case SQLITE_DONE: lua_pushnil(L)
         default:
             pushSQLError(L, db, rc, sqlIndex: sqlIndex, sql: sql)
@@ -509,8 +512,12 @@ enum SQLBindings {
         return 1
     }
 
-    /// Pushes the current row as { column = value } (NULL columns are absent).
-    static func pushRow(_ stmt: OpaquePointer, _ L: LuaState) {
+    /// Pushes the current row as { column = value } (NULL columns are absent) and
+    /// returns true; or, when SQLite has no name for a column (it returns NULL when out
+    /// of memory, and a nil key would make lua_rawset raise through this Swift frame),
+    /// pushes an error and returns false. `columnName` is SQLite's, except in tests.
+    static func pushRow(_ stmt: OpaquePointer, _ L: LuaState,
+                        columnName: (OpaquePointer, Int32) -> UnsafePointer<CChar>? = { sqlite3_column_name($0, $1) }) -> Bool {
         let n = sqlite3_column_count(stmt)
         lua_createtable(L, 0, n)
         for i in 0..<n {
@@ -523,10 +530,16 @@ enum SQLBindings {
                 _ = lua_pushlstring(L, p?.assumingMemoryBound(to: CChar.self), len)
             default: continue
             }
-            _ = lua_pushstring(L, sqlite3_column_name(stmt, i))
+            guard let name = columnName(stmt, i) else {
+                sl_pop(L, 2)
+                Lua.pushError(L, "SQLite could not name column \(i + 1) of the result (out of memory)")
+                return false
+            }
+            _ = lua_pushstring(L, name)
             lua_rotate(L, -2, 1)
             lua_rawset(L, -3)
         }
+        return true
     }
 
     /// Pushes SQLite's message for `rc` with the SQL it came from, at the caller's line.
