@@ -47,11 +47,12 @@ enum SQLBindings {
         case LUA_TNONE, LUA_TNIL: break
         case LUA_TTABLE:
             if Lua.rawField(L, 2, "busy_timeout") != LUA_TNIL {
-                guard lua_isinteger(L, -1) != 0, lua_tointegerx(L, -1, nil) >= 0 else {
-                    Lua.pushArgError(L, 2, "busy_timeout must be a non-negative integer (milliseconds)")
+                // SQLite takes an int: a larger value is refused, not clamped.
+                guard lua_isinteger(L, -1) != 0, let ms = Int32(exactly: lua_tointegerx(L, -1, nil)), ms >= 0 else {
+                    Lua.pushArgError(L, 2, "busy_timeout must be an integer between 0 and 2147483647 (milliseconds)")
                     return raise
                 }
-                busy = Int32(clamping: lua_tointegerx(L, -1, nil))
+                busy = ms
             }
             if Lua.rawField(L, 2, "readonly") != LUA_TNIL { readonly = lua_toboolean(L, -1) != 0 }
             if Lua.rawField(L, 2, "wal") != LUA_TNIL { wal = wal && lua_toboolean(L, -1) != 0 }
@@ -148,9 +149,10 @@ enum SQLBindings {
         let end = text + len
         var next: Int32 = 3
         let last = lua_gettop(L)
+        guard let length = sqlLength(L, len) else { return raise }
         while let start = tail, start < end {
             var stmt: OpaquePointer?
-            let rc = sqlite3_prepare_v2(conn, start, Int32(end - start), &stmt, &tail)
+            let rc = sqlite3_prepare_v2(conn, start, length - Int32(start - text), &stmt, &tail)
             guard rc == SQLITE_OK else {
                 pushSQLError(L, db, rc, sqlIndex: 2)
                 return raise
@@ -216,11 +218,11 @@ enum SQLBindings {
     static func newStatement(_ rt: Runtime, _ L: LuaState, _ dbHandle: Handle, _ db: Database, loop: Bool) -> Handle? {
         guard let conn = db.db else { return nil }
         var len = 0
-        guard let text = lua_tolstring(L, 2, &len) else { return nil }
+        guard let text = lua_tolstring(L, 2, &len), let length = sqlLength(L, len) else { return nil }
         var stmt: OpaquePointer?
         var tail: UnsafePointer<CChar>?
         let flags = UInt32(loop ? 0 : SQLITE_PREPARE_PERSISTENT)
-        let rc = sqlite3_prepare_v3(conn, text, Int32(len), flags, &stmt, &tail)
+        let rc = sqlite3_prepare_v3(conn, text, length, flags, &stmt, &tail)
         guard rc == SQLITE_OK else {
             pushSQLError(L, db, rc, sqlIndex: 2)
             return nil
@@ -391,9 +393,13 @@ enum SQLBindings {
             sl_pop(L, 1)
             return nil
         }
+        guard let length = sqlLength(L, len) else {
+            sl_remove(L, -2)  // the cache table; the error stays on top
+            return nil
+        }
         var stmt: OpaquePointer?
         var tail: UnsafePointer<CChar>?
-        let rc = sqlite3_prepare_v3(conn, text, Int32(len), UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, &tail)
+        let rc = sqlite3_prepare_v3(conn, text, length, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, &tail)
         guard rc == SQLITE_OK, let stmt else {
             sl_pop(L, 1)
             if rc != SQLITE_OK { pushSQLError(L, db, rc, sqlIndex: 2) }
@@ -426,6 +432,16 @@ enum SQLBindings {
     /// by a rows loop that steps after the call returned, while the loop body may
     /// collect the arguments: then SQLite copies the bytes.
     enum BindLifetime { case call, loop }
+
+    /// The length of a SQL text as the `int` SQLite's prepare functions take, or nil
+    /// with an error pushed when it is longer (a conversion would trap).
+    static func sqlLength(_ L: LuaState, _ len: Int) -> Int32? {
+        guard let length = Int32(exactly: len) else {
+            Lua.pushError(L, "SQL text too long (\(len) bytes; at most \(Int32.max))")
+            return nil
+        }
+        return length
+    }
 
     /// Binds `count` Lua values from stack index `first` to the statement's parameters.
     /// With `exact`, the count must match. Pushes an error and returns false on failure.

@@ -194,7 +194,7 @@ enum ScopeBindings {
         let (rt, L) = Runtime.from(L)
         guard let s = checkScope(L, 1) else { return raise }
         let open = s.openHandles.filter { $0.pointee.resource?.isHandle ?? true }
-        lua_createtable(L, Int32(open.count), 0)
+        lua_createtable(L, Int32(clamping: open.count), 0)  // a size hint
         for (i, r) in open.enumerated() {
             rt.pushDescriptor(r, L)
             lua_rawseti(L, -2, lua_Integer(i + 1))
