@@ -377,12 +377,8 @@ static inline int sl_isinteger_number(lua_State *L, int idx) { return lua_isinte
 /* Runs a chunk like lua.c's dochunk but returns the status; used by tests and the CLI. */
 int sl_loadbuffer(lua_State *L, const char *buf, size_t len, const char *name);
 
-/* Monotonic clock in nanoseconds: CLOCK_MONOTONIC, read through the TSC when the kernel
- * keeps it with the TSC (see cscopelua.c). SCOPELUA_CLOCK=monotonic forces
- * clock_gettime. */
-uint64_t sl_monotonic_ns(void);
-/* Nanoseconds since `start` (a reading of sl_monotonic_ns); never negative. */
-uint64_t sl_elapsed_ns(uint64_t start);
+/* The monotonic clock (sl_monotonic_ns, sl_elapsed_ns) and its TSC calibration. */
+#include "slclock.h"
 
 /* Interrupt support (REPL Ctrl-C, graceful stop): sets a hook that raises
  * "interrupted!" at the next instruction, as lua.c does. Safe to call from a signal
