@@ -84,13 +84,18 @@ enum { SUBBITS = SL_HIST_SUBBITS, SUB = SL_HIST_SUB };
 
 int sl_hist_init(sl_Hist *h) {
   memset(h, 0, sizeof *h);
-  h->buckets = (uint32_t *)calloc(SL_HIST_BUCKETS, sizeof(uint32_t));
+  h->buckets = (uint64_t *)calloc(SL_HIST_BUCKETS, sizeof(uint64_t));
   return h->buckets != NULL;
 }
 
 void sl_hist_destroy(sl_Hist *h) {
   free(h->buckets);
   h->buckets = NULL;
+}
+
+/* Why: the report shows the total in seconds, and it can pass 2^64 ns (see sl_Hist). */
+double sl_hist_total_seconds(const sl_Hist *h) {
+  return ((double)h->totalhigh * 18446744073709551616.0 + (double)h->total) / 1e9;
 }
 
 static uint64_t lowerbound(int i) {
@@ -103,7 +108,10 @@ static uint64_t lowerbound(int i) {
 
 uint64_t sl_hist_quantile(const sl_Hist *h, double q) {
   if (h->count == 0) return 0;
+  if (!(q > 0)) q = 0;  /* NaN too: a double outside uint64's range must not be converted */
+  if (q > 1) q = 1;
   double r = q * (double)h->count;
+  if (r >= 18446744073709551616.0) return h->max;  /* the last sample (count near 2^64) */
   uint64_t rank = (uint64_t)r;
   if ((double)rank < r) rank++;  /* rounded up */
   if (rank < 1) rank = 1;

@@ -198,7 +198,7 @@ import Testing
         #expect(runLua("local db = sql.open(':memory:'); local tx = db:transaction(); tx:commit(); tx:commit()").error?.message
             == "test:1: transaction#2 \"transaction\" used after release (released at test:1)")
         #expect(runLua("sql.open(':memory:', {busy_timeout = -1})").error?.message
-            == "test:1: bad argument #2 to 'open' (busy_timeout must be a non-negative integer (milliseconds))")
+            == "test:1: bad argument #2 to 'open' (busy_timeout must be an integer between 0 and 2147483647 (milliseconds))")
     }
 
     @Test func busyAfterTheTimeoutSaysSo() {

@@ -236,10 +236,16 @@ sl_Handle *sl_registry_popnewest(sl_Registry *r);
 /* ---- latency histograms -------------------------------------------------------------
  * Values in nanoseconds, 64 sub-buckets per power of two (relative error under 1.6%), so
  * a service that measures forever keeps a fixed footprint; count, total and max exact.
+ * Every counter is 64-bit: a hot label measured a million times a second fills a 32-bit
+ * bucket in about an hour. The total is 128-bit (two words): overlapping timers of one
+ * label (nested, or in coroutines) add up faster than the wall clock, and 2^64 ns is
+ * under six centuries of wall time but only months for a thousand overlapping timers.
+ * Values under SL_HIST_SUB nanoseconds have a bucket each (bucket i holds value i).
  * Why C: timer.measure's fast path records a sample without entering Swift. */
 typedef struct sl_Hist {
   uint64_t count, total, max;
-  uint32_t *buckets;         /* SL_HIST_BUCKETS counters */
+  uint64_t totalhigh;        /* the total's upper 64 bits */
+  uint64_t *buckets;         /* SL_HIST_BUCKETS counters */
 } sl_Hist;
 
 /* Returns 0 when out of memory. */
@@ -258,8 +264,11 @@ static inline void sl_hist_record(sl_Hist *h, uint64_t nanos) {
   h->buckets[bucket]++;
   h->count++;
   h->total += nanos;
+  h->totalhigh += h->total < nanos;  /* the carry */
   if (nanos > h->max) h->max = nanos;
 }
+/* The total in seconds (both words). */
+double sl_hist_total_seconds(const sl_Hist *h);
 /* The value at quantile q (0...1): the middle of its bucket, capped by max. */
 uint64_t sl_hist_quantile(const sl_Hist *h, double q);
 
@@ -469,12 +478,8 @@ static inline int sl_isinteger_number(lua_State *L, int idx) { return lua_isinte
 /* Runs a chunk like lua.c's dochunk but returns the status; used by tests and the CLI. */
 int sl_loadbuffer(lua_State *L, const char *buf, size_t len, const char *name);
 
-/* Monotonic clock in nanoseconds: CLOCK_MONOTONIC, read through the TSC when the kernel
- * keeps it with the TSC (see cscopelua.c). SCOPELUA_CLOCK=monotonic forces
- * clock_gettime. */
-uint64_t sl_monotonic_ns(void);
-/* Nanoseconds since `start` (a reading of sl_monotonic_ns); never negative. */
-uint64_t sl_elapsed_ns(uint64_t start);
+/* The monotonic clock (sl_monotonic_ns, sl_elapsed_ns) and its TSC calibration. */
+#include "slclock.h"
 
 /* Interrupt support (REPL Ctrl-C, graceful stop): sets a hook that raises
  * "interrupted!" at the next instruction, as lua.c does. Safe to call from a signal

@@ -47,11 +47,12 @@ enum SQLBindings {
         case LUA_TNONE, LUA_TNIL: break
         case LUA_TTABLE:
             if Lua.rawField(L, 2, "busy_timeout") != LUA_TNIL {
-                guard lua_isinteger(L, -1) != 0, lua_tointegerx(L, -1, nil) >= 0 else {
-                    Lua.pushArgError(L, 2, "busy_timeout must be a non-negative integer (milliseconds)")
+                // SQLite takes an int: a larger value is refused, not clamped.
+                guard lua_isinteger(L, -1) != 0, let ms = Int32(exactly: lua_tointegerx(L, -1, nil)), ms >= 0 else {
+                    Lua.pushArgError(L, 2, "busy_timeout must be an integer between 0 and 2147483647 (milliseconds)")
                     return raise
                 }
-                busy = Int32(clamping: lua_tointegerx(L, -1, nil))
+                busy = ms
             }
             if Lua.rawField(L, 2, "readonly") != LUA_TNIL { readonly = lua_toboolean(L, -1) != 0 }
             if Lua.rawField(L, 2, "wal") != LUA_TNIL { wal = wal && lua_toboolean(L, -1) != 0 }
@@ -137,7 +138,8 @@ enum SQLBindings {
         // Fast path: one cached statement.
         let top = lua_gettop(L)
         if let stmt = cachedStatement(db, L) {
-            guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true),
+            defer { sqlite3_clear_bindings(stmt) }  // bound for this call only
+            guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true, lifetime: .call),
                   step(stmt, L, db, sqlIndex: 2) else { return raise }
             lua_pushinteger(L, lua_Integer(sqlite3_total_changes64(conn) - before))
             return 1
@@ -149,9 +151,10 @@ enum SQLBindings {
         let end = text + len
         var next: Int32 = 3
         let last = lua_gettop(L)
+        guard let length = sqlLength(L, len) else { return raise }
         while let start = tail, start < end {
             var stmt: OpaquePointer?
-            let rc = sqlite3_prepare_v2(conn, start, Int32(end - start), &stmt, &tail)
+            let rc = sqlite3_prepare_v2(conn, start, length - Int32(start - text), &stmt, &tail)
             guard rc == SQLITE_OK else {
                 pushSQLError(L, db, rc, sqlIndex: 2)
                 return raise
@@ -159,7 +162,7 @@ enum SQLBindings {
             guard let stmt else { continue }  // whitespace or a comment
             defer { sqlite3_finalize(stmt) }
             let wanted = sqlite3_bind_parameter_count(stmt)
-            guard bind(stmt, L, db, first: next, count: min(wanted, last - next + 1), exact: false),
+            guard bind(stmt, L, db, first: next, count: min(wanted, last - next + 1), exact: false, lifetime: .call),
                   step(stmt, L, db, sqlIndex: 2) else { return raise }
             next += wanted
         }
@@ -180,7 +183,8 @@ enum SQLBindings {
             if lua_gettop(L) == top { Lua.pushError(L, "first takes a single SQL statement") }
             return raise
         }
-        guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true) else { return raise }
+        defer { sqlite3_clear_bindings(stmt) }  // bound for this call only
+        guard bind(stmt, L, db, first: 3, count: lua_gettop(L) - 2, exact: true, lifetime: .call) else { return raise }
         return firstRow(stmt, L, db, sqlIndex: 2)
     }
 
@@ -191,7 +195,7 @@ enum SQLBindings {
         guard let (h, db) = database(rt, L), sqlText(L) else { return raise }
         guard let stmtHandle = newStatement(rt, L, h, db, loop: true) else { return raise }
         guard let stmt = (stmtHandle.pointee.resource as? Statement)?.stmt,
-              bind(stmt, L, db, first: 3, count: lua_gettop(L) - 3, exact: true) else {
+              bind(stmt, L, db, first: 3, count: lua_gettop(L) - 3, exact: true, lifetime: .loop) else {
             rt.release(stmtHandle, L, cause: .handle(rt.currentSite(L)), error: 0)
             return raise
         }
@@ -216,11 +220,11 @@ enum SQLBindings {
     static func newStatement(_ rt: Runtime, _ L: LuaState, _ dbHandle: Handle, _ db: Database, loop: Bool) -> Handle? {
         guard let conn = db.db else { return nil }
         var len = 0
-        guard let text = lua_tolstring(L, 2, &len) else { return nil }
+        guard let text = lua_tolstring(L, 2, &len), let length = sqlLength(L, len) else { return nil }
         var stmt: OpaquePointer?
         var tail: UnsafePointer<CChar>?
         let flags = UInt32(loop ? 0 : SQLITE_PREPARE_PERSISTENT)
-        let rc = sqlite3_prepare_v3(conn, text, Int32(len), flags, &stmt, &tail)
+        let rc = sqlite3_prepare_v3(conn, text, length, flags, &stmt, &tail)
         guard rc == SQLITE_OK else {
             pushSQLError(L, db, rc, sqlIndex: 2)
             return nil
@@ -273,7 +277,8 @@ enum SQLBindings {
         let (rt, L) = Runtime.from(L)
         guard let (s, stmt) = statement(rt, L), let conn = s.database.db else { return raise }
         let before = sqlite3_total_changes64(conn)
-        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true),
+        defer { sqlite3_clear_bindings(stmt) }  // bound for this call only
+        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true, lifetime: .call),
               step(stmt, L, s.database, sql: s.label) else { return raise }
         lua_pushinteger(L, lua_Integer(sqlite3_total_changes64(conn) - before))
         return 1
@@ -283,7 +288,8 @@ enum SQLBindings {
     static let stmtFirst: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard let (s, stmt) = statement(rt, L) else { return raise }
-        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true) else { return raise }
+        defer { sqlite3_clear_bindings(stmt) }  // bound for this call only
+        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true, lifetime: .call) else { return raise }
         return firstRow(stmt, L, s.database, sql: s.label)
     }
 
@@ -292,7 +298,7 @@ enum SQLBindings {
     static let stmtRows: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard let (s, stmt) = statement(rt, L) else { return raise }
-        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true) else { return raise }
+        guard bind(stmt, L, s.database, first: 2, count: lua_gettop(L) - 1, exact: true, lifetime: .loop) else { return raise }
         Lua.push(L, rowsStep)
         lua_pushvalue(L, 1)
         lua_pushnil(L)
@@ -322,7 +328,10 @@ enum SQLBindings {
         let rc = sqlite3_step(stmt)
         switch rc {
         case SQLITE_ROW:
-            pushRow(stmt, L)
+            guard pushRow(stmt, L) else {
+                sqlite3_reset(stmt)
+                return raise
+            }
             return 1
         case SQLITE_DONE:
             if s.finalizesAtEnd {
@@ -386,9 +395,13 @@ enum SQLBindings {
             sl_pop(L, 1)
             return nil
         }
+        guard let length = sqlLength(L, len) else {
+            sl_remove(L, -2)  // the cache table; the error stays on top
+            return nil
+        }
         var stmt: OpaquePointer?
         var tail: UnsafePointer<CChar>?
-        let rc = sqlite3_prepare_v3(conn, text, Int32(len), UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, &tail)
+        let rc = sqlite3_prepare_v3(conn, text, length, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, &tail)
         guard rc == SQLITE_OK, let stmt else {
             sl_pop(L, 1)
             if rc != SQLITE_OK { pushSQLError(L, db, rc, sqlIndex: 2) }
@@ -416,9 +429,27 @@ enum SQLBindings {
         return stmt
     }
 
+    /// How long bound values are used: by this call only (the arguments are on the
+    /// stack until it returns, and the caller clears the bindings before it does), or
+    /// by a rows loop that steps after the call returned, while the loop body may
+    /// collect the arguments: then SQLite copies the bytes.
+    enum BindLifetime { case call, loop }
+
+    /// The length of a SQL text as the `int` SQLite's prepare functions take, or nil
+    /// with an error pushed when it is longer (a conversion would trap).
+    static func sqlLength(_ L: LuaState, _ len: Int) -> Int32? {
+        guard let length = Int32(exactly: len) else {
+            Lua.pushError(L, "SQL text too long (\(len) bytes; at most \(Int32.max))")
+            return nil
+        }
+        return length
+    }
+
     /// Binds `count` Lua values from stack index `first` to the statement's parameters.
     /// With `exact`, the count must match. Pushes an error and returns false on failure.
-    static func bind(_ stmt: OpaquePointer, _ L: LuaState, _ db: Database, first: Int32, count: Int32, exact: Bool) -> Bool {
+    static func bind(_ stmt: OpaquePointer, _ L: LuaState, _ db: Database, first: Int32, count: Int32, exact: Bool,
+                     lifetime: BindLifetime) -> Bool {
+        let bytes = lifetime == .call ? scopelua_sqlite_static() : scopelua_sqlite_transient()
         let wanted = sqlite3_bind_parameter_count(stmt)
         if exact, count != wanted {
             Lua.pushError(L, "SQL expects \(wanted) parameter\(wanted == 1 ? "" : "s"), got \(count)")
@@ -443,13 +474,13 @@ enum SQLBindings {
             case LUA_TSTRING:
                 var len = 0
                 let p = lua_tolstring(L, idx, &len)
-                // The string stays on the stack until the statement is reset.
-                rc = sqlite3_bind_text64(stmt, param, p, sqlite3_uint64(len), scopelua_sqlite_static(), UInt8(SQLITE_UTF8))
+                rc = sqlite3_bind_text64(stmt, param, p, sqlite3_uint64(len), bytes, UInt8(SQLITE_UTF8))
             case LUA_TUSERDATA where isBlob(L, idx):
                 lua_getiuservalue(L, idx, 1)
                 var len = 0
                 let p = lua_tolstring(L, -1, &len)
-                rc = sqlite3_bind_blob64(stmt, param, p, sqlite3_uint64(len), scopelua_sqlite_transient())
+                // The blob (an argument) holds its bytes as its user value.
+                rc = sqlite3_bind_blob64(stmt, param, p, sqlite3_uint64(len), bytes)
                 sl_pop(L, 1)
             default:
                 let type = Lua.typeName(L, idx)
@@ -490,7 +521,7 @@ enum SQLBindings {
         let rc = sqlite3_step(stmt)
         defer { sqlite3_reset(stmt) }
         switch rc {
-        case SQLITE_ROW: pushRow(stmt, L)
+        case SQLITE_ROW: if !pushRow(stmt, L) { return raise }
         case SQLITE_DONE: lua_pushnil(L)
         default:
             pushSQLError(L, db, rc, sqlIndex: sqlIndex, sql: sql)
@@ -499,8 +530,12 @@ enum SQLBindings {
         return 1
     }
 
-    /// Pushes the current row as { column = value } (NULL columns are absent).
-    static func pushRow(_ stmt: OpaquePointer, _ L: LuaState) {
+    /// Pushes the current row as { column = value } (NULL columns are absent) and
+    /// returns true; or, when SQLite has no name for a column (it returns NULL when out
+    /// of memory, and a nil key would make lua_rawset raise through this Swift frame),
+    /// pushes an error and returns false. `columnName` is SQLite's, except in tests.
+    static func pushRow(_ stmt: OpaquePointer, _ L: LuaState,
+                        columnName: (OpaquePointer, Int32) -> UnsafePointer<CChar>? = { sqlite3_column_name($0, $1) }) -> Bool {
         let n = sqlite3_column_count(stmt)
         lua_createtable(L, 0, n)
         for i in 0..<n {
@@ -513,10 +548,16 @@ enum SQLBindings {
                 _ = lua_pushlstring(L, p?.assumingMemoryBound(to: CChar.self), len)
             default: continue
             }
-            _ = lua_pushstring(L, sqlite3_column_name(stmt, i))
+            guard let name = columnName(stmt, i) else {
+                sl_pop(L, 2)
+                Lua.pushError(L, "SQLite could not name column \(i + 1) of the result (out of memory)")
+                return false
+            }
+            _ = lua_pushstring(L, name)
             lua_rotate(L, -2, 1)
             lua_rawset(L, -3)
         }
+        return true
     }
 
     /// Pushes SQLite's message for `rc` with the SQL it came from, at the caller's line.

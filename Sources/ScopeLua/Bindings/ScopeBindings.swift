@@ -57,6 +57,11 @@ enum ScopeBindings {
         rt.current = parent
         let first = functionIndex + 1  // results, or the error object
         if status == LUA_OK {
+            guard roomAfterResults(L, above: functionIndex, "scope") else {
+                let failures = rt.endScope(scope, L, error: first)
+                _ = rt.mergeErrors(L, primary: first, failures: failures)
+                return raise
+            }
             let nres = lua_gettop(L) - functionIndex
             let failures = rt.endScope(scope, L, error: 0)
             if rt.mergeErrors(L, primary: 0, failures: failures) { return raise }
@@ -65,6 +70,16 @@ enum ScopeBindings {
         let failures = rt.endScope(scope, L, error: first)
         _ = rt.mergeErrors(L, primary: first, failures: failures)
         return raise
+    }
+
+    /// After a body's results (any number, above `base`): room for the releases that
+    /// follow. When the results filled the stack to its limit, they are replaced by a
+    /// "stack overflow" error (at base + 1) and false is returned.
+    static func roomAfterResults(_ L: LuaState, above base: Int32, _ name: String) -> Bool {
+        if Lua.checkStack(L, LUA_MINSTACK) { return true }
+        lua_settop(L, base)
+        Lua.push(L, "stack overflow (too many results from the function given to \(name))")
+        return false
     }
 
     // MARK: defer(fn)
@@ -91,6 +106,13 @@ enum ScopeBindings {
         let n = lua_gettop(L)
         guard n >= 1, lua_type(L, n) == LUA_TFUNCTION else {
             Lua.pushTypeError(L, max(n, 1), "function")
+            return raise
+        }
+        // The call below copies the handles (the originals stay below it, pinned until
+        // they are released) and adds the message handler: more than the LUA_MINSTACK
+        // slots a C function is guaranteed, and as many as the script passes.
+        guard Lua.checkStack(L, n + 1) else {
+            Lua.pushError(L, "stack overflow (too many arguments to with_resource)")
             return raise
         }
         var held: [Handle] = []
@@ -122,8 +144,9 @@ enum ScopeBindings {
         let msgh = lua_gettop(L)
         lua_pushvalue(L, n)
         for i in 1..<n { lua_pushvalue(L, i) }
-        let status = sl_pcall(L, n - 1, LUA_MULTRET, msgh)
+        var status = sl_pcall(L, n - 1, LUA_MULTRET, msgh)
         let first = msgh + 1
+        if status == LUA_OK, !roomAfterResults(L, above: msgh, "with_resource") { status = LUA_ERRRUN }
         let errIndex: Int32 = status == LUA_OK ? 0 : first
         var failures: Int32 = 0
         for h in held.reversed() {
@@ -188,7 +211,7 @@ enum ScopeBindings {
         let (rt, L) = Runtime.from(L)
         guard let s = checkScope(L, 1) else { return raise }
         let open = s.openHandles.filter { $0.pointee.resource?.isHandle ?? true }
-        lua_createtable(L, Int32(open.count), 0)
+        lua_createtable(L, Int32(clamping: open.count), 0)  // a size hint
         for (i, r) in open.enumerated() {
             rt.pushDescriptor(r, L)
             lua_rawseti(L, -2, lua_Integer(i + 1))

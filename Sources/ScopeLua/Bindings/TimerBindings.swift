@@ -81,9 +81,10 @@ enum TimerBindings {
             Lua.pushTypeError(L, 1, "number")
             return raise
         }
-        let seconds = lua_tonumberx(L, 1, nil)
-        guard seconds.isFinite, repeats ? seconds > 0 : seconds >= 0 else {
-            Lua.pushArgError(L, 1, repeats ? "interval must be a positive number of seconds" : "delay must be a non-negative number of seconds")
+        let seconds = lua_tonumberx(L, 1, nil)  // NaN fails every comparison below
+        guard repeats ? seconds > 0 : seconds >= 0, seconds <= ScheduledTimer.maxSeconds else {
+            Lua.pushArgError(L, 1, repeats ? "interval must be more than 0 and at most 1e9 seconds"
+                                           : "delay must be between 0 and 1e9 seconds")
             return raise
         }
         guard lua_type(L, 2) == LUA_TFUNCTION else {

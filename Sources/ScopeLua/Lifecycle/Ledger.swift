@@ -32,7 +32,8 @@ public struct TimerSummary: Equatable, Sendable {
 /// Latency histogram with bounded memory (`sl_Hist`, in C so the timer fast path can
 /// record into it): values in nanoseconds, 64 sub-buckets per power of two (relative
 /// error under 1.6%), so a service that measures forever keeps a fixed footprint per
-/// label. Count, total and maximum are exact.
+/// label. Count, total and maximum are exact; every counter is 64-bit (the total
+/// 128-bit), so none wraps in a run that lasts months.
 final class Histogram {
     let raw: UnsafeMutablePointer<sl_Hist>
 
@@ -49,8 +50,9 @@ final class Histogram {
         raw.deallocate()
     }
 
-    var count: Int { Int(raw.pointee.count) }
-    var totalNanos: UInt64 { raw.pointee.total }
+    var count: Int { Int(clamping: raw.pointee.count) }
+    /// The sum of all samples, in seconds (it may exceed 2^64 ns).
+    var totalSeconds: Double { sl_hist_total_seconds(raw) }
     var maxNanos: UInt64 { raw.pointee.max }
 
     @inline(__always)
@@ -100,7 +102,7 @@ final class Ledger {
 
     var timers: [TimerSummary] {
         zip(timerLabels, timerStats).map { label, h in
-            TimerSummary(label: label, count: h.count, total: Double(h.totalNanos) / 1e9,
+            TimerSummary(label: label, count: h.count, total: h.totalSeconds,
                           p50: Double(h.quantile(0.5)) / 1e9, p99: Double(h.quantile(0.99)) / 1e9,
                           max: Double(h.maxNanos) / 1e9)
         }

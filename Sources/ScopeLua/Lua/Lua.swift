@@ -1,5 +1,8 @@
 import CLua
 import CScopeLua
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The C API's `lua_State *`, as Swift imports it.
 public typealias LuaState = OpaquePointer
@@ -80,6 +83,26 @@ enum Lua {
         let location = string(L, -1) ?? ""
         sl_pop(L, 1)
         push(L, location + message)
+    }
+
+    /// Room for `n` more values on the stack: false when the stack cannot grow (past
+    /// Lua's limit of a million slots, or out of memory). A C function is only
+    /// guaranteed LUA_MINSTACK (20) free slots, and after a call with LUA_MULTRET
+    /// none at all, yet the C API does not check pushes: a push past the end writes
+    /// past the stack's memory. Stack: 0.
+    static func checkStack(_ L: LuaState, _ n: Int32) -> Bool {
+        lua_checkstack(L, n) != 0
+    }
+
+    /// Room for `n` more values on the stack, or the process ends with a message, like
+    /// an allocation failure while Swift holds the state (a Swift frame cannot take
+    /// the error Lua would raise). For places a script cannot drive to the limit;
+    /// where it can, use `checkStack` and report a Lua error. Stack: 0.
+    static func reserve(_ L: LuaState, _ n: Int32, for what: StaticString) {
+        guard checkStack(L, n) else {
+            sl_eprint("scopelua: cannot grow the Lua stack by \(n) slots for \(what) (stack overflow or out of memory)")
+            abort()
+        }
     }
 
     /// Pushes luaL_argerror's wording for argument `arg`. Stack: +1.

@@ -153,6 +153,10 @@ public final class Repl {
         }
         let n = lua_gettop(L) - base
         guard n > 0 else { return }
+        guard Lua.checkStack(L, LUA_MINSTACK) else {  // describing a value pushes
+            write("too many results to print")  // lua.c's words
+            return
+        }
         var values: [String] = []
         for i in 1...n { values.append(Lua.describe(L, base + i)) }
         write(values.joined(separator: "\t"))

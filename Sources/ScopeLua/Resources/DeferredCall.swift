@@ -16,6 +16,7 @@ final class DeferredCall: Resource {
     override var isHandle: Bool { false }
 
     override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
+        Lua.reserve(L, 3, for: "a deferred function")
         luaL_unref(L, Lua.registry, anchor)
         lua_rawgeti(L, Lua.registry, lua_Integer(function))
         luaL_unref(L, Lua.registry, function)

@@ -19,6 +19,7 @@ final class FileResource: Resource {
     }
 
     override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
+        Lua.reserve(L, 4, for: "closing a file")
         pushInner(L)
         let errno = sl_closeiofile(L, -1)
         luaL_unref(L, Lua.registry, inner)
@@ -62,6 +63,7 @@ final class AdoptedFile: Resource {
     }
 
     override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
+        Lua.reserve(L, 4, for: "closing an io file")
         self.handle = nil
         luaL_unref(L, Lua.registry, anchor)
         guard pushFile(runtime, L) else { return true }

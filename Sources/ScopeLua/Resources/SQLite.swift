@@ -48,6 +48,7 @@ final class Database: Resource {
     }
 
     override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
+        Lua.reserve(L, 2, for: "closing a database")
         for stmt in cached { sqlite3_finalize(stmt) }
         cached = []
         luaL_unref(L, Lua.registry, cacheRef)
@@ -107,6 +108,7 @@ final class Transaction: Resource {
     }
 
     override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
+        Lua.reserve(L, 2, for: "ending a transaction")
         if let i = database.transactions.lastIndex(of: handle) { database.transactions.remove(at: i) }
         let how = handle.pointee.how
         let rollback = rollbackRequested || errIndex != 0

@@ -19,10 +19,18 @@ final class ScheduledTimer: Resource {
     /// How many times it fired (a plain script whose timers never fire is told so).
     var fired = 0
 
+    /// The longest delay or interval, in seconds (about 31 years): longer than any run,
+    /// and short enough that its nanoseconds, added to the clock, fit a UInt64 (the
+    /// bindings refuse anything outside 0...maxSeconds with a Lua error).
+    static let maxSeconds = 1e9
+
+    /// `delay` must be within 0...maxSeconds (anything else counts as maxSeconds: a
+    /// conversion out of range would trap).
     init(function: Int32, delay: Double, repeats: Bool, owner: Scope) {
+        let delay = delay >= 0 && delay <= Self.maxSeconds ? delay : Self.maxSeconds
         self.function = function
         self.interval = repeats ? delay : nil
-        self.due = sl_monotonic_ns() &+ UInt64(max(0, delay) * 1e9)
+        self.due = sl_monotonic_ns() &+ UInt64(delay * 1e9)
         self.owner = owner
         let seconds = delay == delay.rounded() ? String(Int(delay)) : String(delay)
         super.init(label: repeats ? "every \(seconds)s" : "after \(seconds)s")
