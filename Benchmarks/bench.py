@@ -141,8 +141,10 @@ def micro(args):
     rounds = [(a - m["ours0"]) / (b - m["base0"]) for a, b in zip(t["ours"], t["base"])]
     print(f"  per pair: scopelua {pa * 1e9:.0f} ns, pure Lua {pb * 1e9:.0f} ns")
     print(f"  ratio per pair (scopelua / pure Lua): {pa / pb:.2f}x  (target: within 2x)")
-    print(f"  the same ratio round by round: median {statistics.median(rounds):.2f}x, "
-          f"quartiles {statistics.quantiles(rounds, n=4)[0]:.2f}x-{statistics.quantiles(rounds, n=4)[2]:.2f}x")
+    if len(rounds) > 1:  # quartiles need two rounds at least
+        q = statistics.quantiles(rounds, n=4)
+        print(f"  the same ratio round by round: median {statistics.median(rounds):.2f}x, "
+              f"quartiles {q[0]:.2f}x-{q[2]:.2f}x")
     print(f"  ratio of whole runs, start-up included: {m['ours'] / m['base']:.2f}x")
     if args.python:
         pc = (m["py"] - m["py0"]) / n
