@@ -3,7 +3,8 @@
 
   Benchmarks/bench.py micro [--runs 9] [--n 1000000]     timer.measure pair vs pure-Lua <close> (--python: also Python with)
   Benchmarks/bench.py sqlite [--runs 5] [--n 100000]     prepared inserts, 1000 per transaction, vs Python sqlite3
-  Benchmarks/bench.py pipeline [--runs 5] [--n 200000]   analytics-1 (scripts/analytics.lua) vs plain Lua and Python (--luajit: also LuaJIT)
+  Benchmarks/bench.py pipeline [--runs 5] [--n 200000]   analytics-1 (scripts/analytics.lua) vs plain Lua and Python
+                                                         (--luajit: also LuaJIT; --wal: baselines in WAL mode like scopelua)
   Benchmarks/bench.py json [--runs 7] [--n 200000]       scopelua's json vs lua-cjson: decode + encode every event
 
 Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
@@ -192,8 +193,10 @@ def pipeline(args):
                                ["luajit", here("baseline_pipeline_jit.lua"), os.path.join(tmp, "luajit")], None)
         progs["python"] = ("python3 baseline_pipeline.py",
                            [sys.executable, here("baseline_pipeline.py"), os.path.join(tmp, "python")], None)
-        for name in progs:
+        for name, (_, cmd, _) in progs.items():
             os.mkdir(os.path.join(tmp, name))
+            if args.wal and name != "scopelua":
+                cmd.append("--wal")
 
         def run(cmd, env, out):
             with open(events) as stdin:
@@ -207,7 +210,8 @@ def pipeline(args):
             counts[name] = (r.stdout + r.stderr).strip().splitlines()[-1]
         if len(set(counts.values())) != 1:
             sys.exit(f"bench: counts differ: {counts}")
-        print(f"pipeline: analytics-1 on {args.n} events ({counts['scopelua']}), {args.runs} alternating runs")
+        print(f"pipeline: analytics-1 on {args.n} events ({counts['scopelua']}), {args.runs} alternating runs"
+              + (", baselines in WAL mode" if args.wal else ""))
         t = {name: [] for name in progs}
         for _ in range(args.runs):
             for name, (_, cmd, env) in progs.items():
@@ -252,6 +256,8 @@ def main():
     r.add_argument("--runs", type=int, default=5)
     r.add_argument("--n", type=int, default=200000)
     r.add_argument("--luajit", action="store_true", help="also run the LuaJIT baseline (Benchmarks/baseline_pipeline_jit.lua)")
+    r.add_argument("--wal", action="store_true",
+                   help="baselines switch their database to WAL, as scopelua's sql.open does (default: SQLite's rollback journal)")
     r.set_defaults(fn=pipeline)
     j = sub.add_parser("json", help="scopelua's json vs lua-cjson on the pipeline's events")
     j.add_argument("--runs", type=int, default=7)
