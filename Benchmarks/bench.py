@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""scopelua benchmarks, side by side with the baselines in shared/bench.
+"""scopelua benchmarks, side by side with the baselines in this folder.
 
-  Benchmarks/bench.py micro [--runs 9] [--n 1000000]     timer.measure pair vs pure-Lua <close>
+  Benchmarks/bench.py micro [--runs 9] [--n 1000000]     timer.measure pair vs pure-Lua <close> (--python: also Python with)
   Benchmarks/bench.py sqlite [--runs 5] [--n 100000]     prepared inserts, 1000 per transaction, vs Python sqlite3
   Benchmarks/bench.py pipeline [--runs 5] [--n 200000]   analytics-1 (scripts/analytics.lua) vs plain Lua and Python
+                                                         (--luajit: also LuaJIT; --wal: baselines in WAL mode like scopelua)
   Benchmarks/bench.py json [--runs 7] [--n 200000]       scopelua's json vs lua-cjson: decode + encode every event
 
 Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
-the medians are compared. Build first: swift build -c release.
+the medians are compared. Build first: swift build -c release. Everything used lives in
+Benchmarks/ (events come from gen_events.py); the Lua baselines need Debian's lua5.4,
+lua-cjson and lua-sql-sqlite3 (and luajit for --luajit), and bench.py names what is missing.
 """
 import argparse
 import os
@@ -20,13 +23,49 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCOPELUA = os.path.join(ROOT, ".build", "release", "scopelua")
+HERE = os.path.join(ROOT, "Benchmarks")
+
+# What each baseline needs, as (program, Lua module or None, Debian package). Debian's
+# lua-cjson and lua-sql-sqlite3 carry the Lua 5.1 builds LuaJIT loads as well.
+LUA = [("lua5.4", None, "lua5.4"), ("lua5.4", "cjson", "lua-cjson"), ("lua5.4", "luasql.sqlite3", "lua-sql-sqlite3")]
+LUAJIT = [("luajit", None, "luajit"), ("luajit", "cjson", "lua-cjson"), ("luajit", "luasql.sqlite3", "lua-sql-sqlite3")]
+CJSON = [(SCOPELUA, "cjson", "lua-cjson")]  # the json benchmark loads lua-cjson into scopelua
 
 
-def shared_bench(path):
-    for candidate in [path, os.path.join(ROOT, "..", "shared", "bench")]:
-        if candidate and os.path.isdir(candidate):
-            return os.path.abspath(candidate)
-    sys.exit("bench: cannot find shared/bench (pass --shared DIR)")
+def here(name):
+    return os.path.join(HERE, name)
+
+
+def loads(program, module):
+    """Whether program (a Lua interpreter, or scopelua) can require module."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = os.path.join(tmp, "probe.lua")
+        with open(probe, "w") as f:
+            f.write(f"require({module!r})\n")
+        cmd = [program, "run", probe] if program == SCOPELUA else [program, probe]
+        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def need_packages(what, needs):
+    """Exit naming what is missing and the apt-get command that installs it, if a
+    program or Lua module in needs is not there."""
+    missing, lines = [], []
+    for program, module, package in needs:
+        if module is None:
+            if shutil.which(program) is None:
+                lines.append(f"{program} (Debian package {package}) is not installed")
+                missing.append(package)
+        elif shutil.which(program) is None:
+            lines.append(f"the Lua module {module} for {program} (Debian package {package}) "
+                         f"cannot be checked without {program}")
+            missing.append(package)
+        elif not loads(program, module):
+            lines.append(f"{os.path.basename(program)} cannot load the Lua module {module} (Debian package {package})")
+            missing.append(package)
+    if missing:
+        packages = " ".join(dict.fromkeys(missing))
+        sys.exit(f"bench: {what} cannot run:\n" + "".join(f"  {line}\n" for line in lines) +
+                 f"  install with: sudo apt-get install -y {packages}")
 
 
 def timed(cmd, **kw):
@@ -65,31 +104,37 @@ def instructions(cmd):
     return None
 
 
-def generate_events(bench, n, directory):
-    """n events from shared/bench/gen_events.py, in directory/events.jsonl."""
+def generate_events(n, directory):
+    """n events from Benchmarks/gen_events.py, in directory/events.jsonl."""
     events = os.path.join(directory, "events.jsonl")
     with open(events, "w") as f:
-        subprocess.run([sys.executable, os.path.join(bench, "gen_events.py"), str(n)], check=True, stdout=f)
+        subprocess.run([sys.executable, here("gen_events.py"), str(n)], check=True, stdout=f)
     return events
 
 
 def micro(args):
     """Per-pair cost: each program runs with N pairs and with none (start-up and exit
     only), alternating; (median(N) - median(0)) / N is what one pair costs."""
-    bench = shared_bench(args.shared)
-    ours = [SCOPELUA, "run", os.path.join(ROOT, "Benchmarks", "micro_measure.lua")]
-    base = ["lua5.4", os.path.join(bench, "micro_tbc.lua")]
+    need_packages("the pure-Lua baseline (Benchmarks/micro_tbc.lua)", LUA[:1])
+    if args.instructions:
+        need_packages("--instructions", [("valgrind", None, "valgrind")])
+    progs = {"ours": [SCOPELUA, "run", here("micro_measure.lua")], "base": ["lua5.4", here("micro_tbc.lua")]}
+    if args.python:
+        progs["py"] = [sys.executable, here("micro_with.py")]
+    ours, base = progs["ours"], progs["base"]
     n = args.n
     print(f"micro: {n} acquire/release pairs, {args.runs} alternating runs (each also with 0 pairs)")
-    t = {k: [] for k in ("ours", "ours0", "base", "base0")}
+    t = {k + zero: [] for k in progs for zero in ("", "0")}
     for _ in range(args.runs):
-        t["ours"].append(timed(ours + [str(n)]))
-        t["base"].append(timed(base + [str(n)]))
-        t["ours0"].append(timed(ours + ["0"]))
-        t["base0"].append(timed(base + ["0"]))
+        for k, cmd in progs.items():
+            t[k].append(timed(cmd + [str(n)]))
+        for k, cmd in progs.items():
+            t[k + "0"].append(timed(cmd + ["0"]))
     m = {k: statistics.median(v) for k, v in t.items()}
     print(f"  {'scopelua timer.measure':<28} median {m['ours']:7.3f}s   (start-up alone {m['ours0']:.3f}s)")
     print(f"  {'lua5.4 <close> table':<28} median {m['base']:7.3f}s   (start-up alone {m['base0']:.3f}s)")
+    if args.python:
+        print(f"  {'python3 with block':<28} median {m['py']:7.3f}s   (start-up alone {m['py0']:.3f}s)")
     pa = (m["ours"] - m["ours0"]) / n
     pb = (m["base"] - m["base0"]) / n
     # Each round ran both programs back to back: the ratio within a round is spared the
@@ -97,14 +142,19 @@ def micro(args):
     rounds = [(a - m["ours0"]) / (b - m["base0"]) for a, b in zip(t["ours"], t["base"])]
     print(f"  per pair: scopelua {pa * 1e9:.0f} ns, pure Lua {pb * 1e9:.0f} ns")
     print(f"  ratio per pair (scopelua / pure Lua): {pa / pb:.2f}x  (target: within 2x)")
-    print(f"  the same ratio round by round: median {statistics.median(rounds):.2f}x, "
-          f"quartiles {statistics.quantiles(rounds, n=4)[0]:.2f}x-{statistics.quantiles(rounds, n=4)[2]:.2f}x")
+    if len(rounds) > 1:  # quartiles need two rounds at least
+        q = statistics.quantiles(rounds, n=4)
+        print(f"  the same ratio round by round: median {statistics.median(rounds):.2f}x, "
+              f"quartiles {q[0]:.2f}x-{q[2]:.2f}x")
     print(f"  ratio of whole runs, start-up included: {m['ours'] / m['base']:.2f}x")
+    if args.python:
+        pc = (m["py"] - m["py0"]) / n
+        print(f"  per Python with block: {pc * 1e9:.0f} ns (scopelua pair / with block: {pa / pc:.2f}x)")
     if args.instructions:
         small = 200000
         counts = [instructions(c) for c in (ours + [str(small)], ours + ["0"], base + [str(small)], base + ["0"])]
         if None in counts:
-            print("  instructions: valgrind (callgrind) is not available")
+            print("  instructions: callgrind gave no count")
             return
         ia, ib = counts[0] - counts[1], counts[2] - counts[3]
         print(f"  instructions per pair (callgrind, {small} pairs minus start-up): scopelua {ia / small:.0f}, "
@@ -126,47 +176,62 @@ def sqlite(args):
 
 
 def pipeline(args):
-    bench = shared_bench(args.shared)
+    need_packages("the plain-Lua baseline (Benchmarks/baseline_pipeline.lua)", LUA)
+    if args.luajit:
+        need_packages("the LuaJIT baseline (Benchmarks/baseline_pipeline_jit.lua)", LUAJIT)
     with tempfile.TemporaryDirectory() as tmp:
-        events = generate_events(bench, args.n, tmp)
-        dirs = {k: os.path.join(tmp, k) for k in ("ours", "lua", "py")}
-        for d in dirs.values():
-            os.mkdir(d)
-        ours = [SCOPELUA, "run", os.path.join(ROOT, "scripts", "analytics.lua"), "--input", events, "--output", "none"]
-        lua = ["lua5.4", os.path.join(bench, "baseline_pipeline.lua"), dirs["lua"]]
-        py = [sys.executable, os.path.join(bench, "baseline_pipeline.py"), dirs["py"]]
-        env = dict(os.environ, ANALYTICS_OUT=dirs["ours"])
+        events = generate_events(args.n, tmp)
+        # name: (label, command, environment); each writes its log and database in tmp/name
+        progs = {"scopelua": ("scopelua analytics.lua",
+                              [SCOPELUA, "run", os.path.join(ROOT, "scripts", "analytics.lua"),
+                               "--input", events, "--output", "none"],
+                              dict(os.environ, ANALYTICS_OUT=os.path.join(tmp, "scopelua"))),
+                 "lua": ("lua5.4 baseline_pipeline.lua",
+                         ["lua5.4", here("baseline_pipeline.lua"), os.path.join(tmp, "lua")], None)}
+        if args.luajit:
+            progs["luajit"] = ("luajit baseline_pipeline_jit.lua",
+                               ["luajit", here("baseline_pipeline_jit.lua"), os.path.join(tmp, "luajit")], None)
+        progs["python"] = ("python3 baseline_pipeline.py",
+                           [sys.executable, here("baseline_pipeline.py"), os.path.join(tmp, "python")], None)
+        for name, (_, cmd, _) in progs.items():
+            os.mkdir(os.path.join(tmp, name))
+            if args.wal and name != "scopelua":
+                cmd.append("--wal")
 
-        def run(cmd, **kw):
+        def run(cmd, env, out):
             with open(events) as stdin:
-                r = subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, check=True, **kw)
-            return (r.stdout + r.stderr).strip().splitlines()[-1]
+                start = time.perf_counter()
+                r = subprocess.run(cmd, stdin=stdin, stdout=out, stderr=out, text=True, check=True, env=env)
+                return time.perf_counter() - start, r
 
-        counts = {run(ours, env=env), run(lua), run(py)}
-        if len(counts) != 1:
+        counts = {}
+        for name, (_, cmd, env) in progs.items():
+            r = run(cmd, env, subprocess.PIPE)[1]
+            counts[name] = (r.stdout + r.stderr).strip().splitlines()[-1]
+        if len(set(counts.values())) != 1:
             sys.exit(f"bench: counts differ: {counts}")
-        print(f"pipeline: analytics-1 on {args.n} events ({counts.pop()}), {args.runs} alternating runs")
-        t = {"scopelua": [], "lua": [], "python": []}
+        print(f"pipeline: analytics-1 on {args.n} events ({counts['scopelua']}), {args.runs} alternating runs"
+              + (", baselines in WAL mode" if args.wal else ""))
+        t = {name: [] for name in progs}
         for _ in range(args.runs):
-            for name, cmd, kw in (("scopelua", ours, {"env": env}), ("lua", lua, {}), ("python", py, {})):
-                with open(events) as stdin:
-                    start = time.perf_counter()
-                    subprocess.run(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, **kw)
-                    t[name].append(time.perf_counter() - start)
+            for name, (_, cmd, env) in progs.items():
+                t[name].append(run(cmd, env, subprocess.DEVNULL)[0])
         m = {k: statistics.median(v) for k, v in t.items()}
-        for k, label in (("scopelua", "scopelua analytics.lua"), ("lua", "lua5.4 baseline_pipeline.lua"),
-                         ("python", "python3 baseline_pipeline.py")):
-            print(f"  {label:<30} median {m[k]:7.3f}s   (min {min(t[k]):.3f}s)")
+        width = max(30, *(len(label) for label, _, _ in progs.values()))
+        for name, (label, _, _) in progs.items():
+            print(f"  {label:<{width}} median {m[name]:7.3f}s   (min {min(t[name]):.3f}s)")
         print(f"  speed-up over plain Lua: {m['lua'] / m['scopelua']:.2f}x  (target: at least 1.5x)")
+        if args.luajit:
+            print(f"  speed-up over LuaJIT:    {m['luajit'] / m['scopelua']:.2f}x")
         print(f"  speed-up over Python:    {m['python'] / m['scopelua']:.2f}x  (target: at least 2.5x)")
 
 
 def json_codec(args):
     """Why scopelua has its own JSON codec: the same round trip with each, alternating."""
-    bench = shared_bench(args.shared)
+    need_packages("the json benchmark (lua-cjson in scopelua)", CJSON)
     with tempfile.TemporaryDirectory() as tmp:
-        events = generate_events(bench, args.n, tmp)
-        script = os.path.join(ROOT, "Benchmarks", "json_roundtrip.lua")
+        events = generate_events(args.n, tmp)
+        script = here("json_roundtrip.lua")
         ours = [SCOPELUA, "run", script, "scopelua", events]
         cjson = [SCOPELUA, "run", script, "cjson", events]
         print(f"json: decode + encode {args.n} events, {args.runs} alternating runs")
@@ -176,12 +241,12 @@ def json_codec(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shared", help="path to shared/bench (default: ../shared/bench)")
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("micro", help="timer.measure acquire+release vs a pure-Lua <close> table")
     m.add_argument("--runs", type=int, default=9)
     m.add_argument("--n", type=int, default=1000000)
     m.add_argument("--instructions", action="store_true", help="also count instructions with callgrind")
+    m.add_argument("--python", action="store_true", help="also time Python with blocks (Benchmarks/micro_with.py)")
     m.set_defaults(fn=micro)
     q = sub.add_parser("sqlite", help="prepared inserts in transactions of 1000 vs Python's sqlite3")
     q.add_argument("--runs", type=int, default=5)
@@ -190,6 +255,9 @@ def main():
     r = sub.add_parser("pipeline", help="analytics-1 vs the plain-Lua and Python baselines")
     r.add_argument("--runs", type=int, default=5)
     r.add_argument("--n", type=int, default=200000)
+    r.add_argument("--luajit", action="store_true", help="also run the LuaJIT baseline (Benchmarks/baseline_pipeline_jit.lua)")
+    r.add_argument("--wal", action="store_true",
+                   help="baselines switch their database to WAL, as scopelua's sql.open does (default: SQLite's rollback journal)")
     r.set_defaults(fn=pipeline)
     j = sub.add_parser("json", help="scopelua's json vs lua-cjson on the pipeline's events")
     j.add_argument("--runs", type=int, default=7)
