@@ -337,7 +337,7 @@ public final class Runtime {
         while !r.children.isEmpty, let child = r.children.popLast() {
             failures += release(child, L, cause: .parent(h), error: errIndex)
         }
-        _ = lua_checkstack(L, 8)
+        Lua.reserve(L, 8, for: "a release handler")
         if !r.close(self, L, h, error: errIndex) {
             info.pointee.counts.release_errors += 1
             failures += 1
