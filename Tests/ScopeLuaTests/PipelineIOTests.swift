@@ -49,6 +49,21 @@ import CScopeLua
         return fds.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) == path }.count
     }
 
+    @Test func aFileWhoseWriteFailedEarlierFailsItsRelease() throws {
+        // stdio forgets the failure (fclose then succeeds): the release must not.
+        let r = try scopelua(["run", "-e", "local f = fs.open('/dev/full', 'w'); f:write(string.rep('x', 10000))"])
+        #expect(r.status == 1)
+        #expect(r.stderr == "scopelua: release of file#1 \"/dev/full\" failed: an earlier write or flush failed (what it held was not written)\n")
+        let flushed = runLua("""
+            local f = fs.open('/dev/full', 'w')
+            f:write('x')
+            local ok, message = f:flush()
+            return ok, pcall(f.release, f)
+            """)
+        #expect(flushed.values == [.nil, .boolean(false),
+                                   .string("release of file#1 \"/dev/full\" failed: an earlier write or flush failed (what it held was not written)")])
+    }
+
     /// A stop signal that arrives while the output blocks in write(2) must not turn it
     /// into EINTR (stdio would drop the buffer): the handlers restart the call.
     @Test(.timeLimit(.minutes(1))) func aStopWhileTheOutputBlocksLosesNothing() throws {
