@@ -108,4 +108,28 @@ import CScopeLua
         #expect(!stderr.contains("Interrupted system call"))
     }
 
+    // MARK: - Item 3: numbers from outside never trap
+
+    @Test func policyNumbersOutOfRangeAreLuaErrors() {
+        let expected = "on_error must be \"abort\", \"skip\", \"dead_letter\" or { retry = n, backoff = seconds, [\"then\"] = ... }"
+        let cases: [(String, String)] = [
+            ("{ retry = 2, backoff = math.huge }", "backoff must be a number of seconds from 0 to 3600, got inf"),
+            ("{ retry = 2, backoff = 0/0 }", "backoff must be a number of seconds from 0 to 3600, got "),
+            ("{ retry = 2, backoff = -1 }", "backoff must be a number of seconds from 0 to 3600, got -1"),
+            ("{ retry = 2, backoff = 1e300 }", "backoff must be a number of seconds from 0 to 3600, got 1e+300"),
+            ("{ retry = 1e300 }", "retry must be an integer from 1 to 1000, got 1e+300"),
+            ("{ retry = -1 }", "retry must be an integer from 1 to 1000, got -1"),
+            ("{ retry = 0/0 }", "retry must be an integer from 1 to 1000, got "),
+            ("{ retry = math.maxinteger }", "retry must be an integer from 1 to 1000, got 9223372036854775807"),
+            ("{ retry = 2.5 }", "retry must be an integer from 1 to 1000, got 2.5"),
+        ]
+        for (policy, reason) in cases {
+            for owner in ["stage('x', { process = print, on_error = POLICY })", "stage('s', { process = print }); pipeline('p', { 's', on_error = POLICY })"] {
+                let message = runLua(owner.replacingOccurrences(of: "POLICY", with: policy)).error?.message ?? ""
+                #expect(message.contains(": \(expected) (\(reason)"), "\(policy): \(message)")
+            }
+        }
+        // In range, an integral float is an integer.
+        #expect(runLua("stage('x', { process = print, on_error = { retry = 3.0, backoff = 3600 } })").error == nil)
+    }
 }
