@@ -108,6 +108,25 @@ import CScopeLua
         #expect(!stderr.contains("Interrupted system call"))
     }
 
+    @Test func findingTheFieldThatCannotBeEncoded() {
+        let rt = Runtime()
+        defer { rt.close() }
+        let L = rt.L
+        func problem(_ chunk: String) -> String? {
+            _ = try? rt.execute("__t = " + chunk, name: "=t")
+            Bindings.getGlobal(L, "__t")
+            defer { sl_pop(L, 1) }
+            #expect(!rt.json.encode(L, -1))
+            sl_pop(L, 1)
+            return Unencodable.problem(L, -1)
+        }
+        #expect(problem("{ ok = 1, deep = { { a = 1 }, { b = { c = 1/0 } } } }") == "field 'deep[2].b.c': number is infinite")
+        #expect(problem("(function() local c = { name = 'x' }; c.self = c; return c end)()") == "field 'self': the table contains itself")
+        #expect(problem("{ inner = { [true] = 1 } }") == "field 'inner': a key is a boolean (keys must be strings or numbers)")
+        #expect(problem("{ list = { [1] = 1, [100] = 2 } }") == "field 'list': excessively sparse array")
+        #expect(problem("{ co = coroutine.create(print) }") == "field 'co': thread values cannot be encoded")
+    }
+
     // MARK: - Item 3: numbers from outside never trap
 
     @Test func policyNumbersOutOfRangeAreLuaErrors() {
