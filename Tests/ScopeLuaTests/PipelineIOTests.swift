@@ -49,6 +49,23 @@ import CScopeLua
         return fds.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) == path }.count
     }
 
+
+    // MARK: - Item 6: every input opened (and read) once
+
+    @Test(.timeLimit(.minutes(1))) func scriptFromAPipeRunsAsLuaRunsIt() throws {
+        let dir = temporaryDirectory()
+        let r = try Self.bash(#"$SCOPELUA run <(printf 'print(1)\n')"#, in: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "1\n")
+        // A '#' first line is skipped and line numbers stay right, as lua does it.
+        let e = try Self.bash(#"$SCOPELUA run <(printf '#!/usr/bin/env lua\nerror("here")\n')"#, in: dir)
+        #expect(e.status == 1)
+        #expect(e.stderr.range(of: #"^scopelua: /dev/fd/[0-9]+:2: here\n"#, options: .regularExpression) != nil, "\(e.stderr)")
+    }
+
+
+    // MARK: - Item 7: write failures
+
     @Test func aFileWhoseWriteFailedEarlierFailsItsRelease() throws {
         // stdio forgets the failure (fclose then succeeds): the release must not.
         let r = try scopelua(["run", "-e", "local f = fs.open('/dev/full', 'w'); f:write(string.rep('x', 10000))"])
@@ -108,6 +125,9 @@ import CScopeLua
         #expect(!stderr.contains("Interrupted system call"))
     }
 
+
+    // MARK: - Item 17: an event that cannot be encoded
+
     @Test func findingTheFieldThatCannotBeEncoded() {
         let rt = Runtime()
         defer { rt.close() }
@@ -126,6 +146,7 @@ import CScopeLua
         #expect(problem("{ list = { [1] = 1, [100] = 2 } }") == "field 'list': excessively sparse array")
         #expect(problem("{ co = coroutine.create(print) }") == "field 'co': thread values cannot be encoded")
     }
+
 
     // MARK: - Item 3: numbers from outside never trap
 

@@ -59,12 +59,18 @@ public enum ScriptRunner {
     /// Runs the request in a new runtime and returns the process exit status.
     public static func run(_ request: RunRequest, options: RuntimeOptions = RuntimeOptions()) -> Int32 {
         // A script that cannot be read is a usage error (2), reported before any Lua runs.
+        // It is opened once, here, and loaded from that descriptor: a script from a pipe
+        // (`scopelua run <(...)`) loses nothing to the check.
+        var scriptFD: Int32 = -1
         if let script = request.script, script != "-" {
-            if let problem = unreadable(script) {
+            switch InputFile.open(script) {
+            case .success(let fd): scriptFD = fd
+            case .failure(let problem):
                 options.diagnostics("scopelua: cannot open \(script): \(problem)")
                 return usageError
             }
         }
+        defer { if scriptFD >= 0 { close(scriptFD) } }
         let rt = Runtime(options: options)
         defer { rt.close() }
         let L = rt.L
@@ -83,7 +89,10 @@ public enum ScriptRunner {
         }
         if status == success, let script = request.script {
             status = runChunk(rt, name: script, arguments: request.scriptArguments) { L in
-                script == "-" ? luaL_loadfilex(L, nil, nil) : luaL_loadfilex(L, script, nil)
+                if script == "-" { return luaL_loadfilex(L, nil, nil) }
+                let fd = scriptFD
+                scriptFD = -1  // sl_loadfd closes it
+                return sl_loadfd(L, fd, script)
             }
         }
         if status == success, let pipelineOptions = request.pipeline {
@@ -161,7 +170,7 @@ public enum ScriptRunner {
         }
     }
 
-    /// The reason `path` cannot be read as a script, or nil if it can.
+    /// The reason `path` cannot be read as an input, or nil if it can.
     static func unreadable(_ path: String) -> String? {
         guard let f = fopen(path, "r") else { return String(cString: strerror(errno)) }
         defer { fclose(f) }
