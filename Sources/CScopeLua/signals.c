@@ -65,6 +65,10 @@ void sl_stop_install(lua_State *L, unsigned grace) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_stop_signal;
+  /* A stop signal must not fail a write the run is doing (EINTR would lose the output
+   * in stdio's buffer): interrupted system calls resume. poll() still returns EINTR,
+   * and the stop pipe wakes the reader anyway. */
+  sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);

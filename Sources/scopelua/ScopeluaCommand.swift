@@ -17,8 +17,11 @@ struct ScopeluaCommand: ParsableCommand {
 
             `scopelua` alone on a terminal starts the REPL.
 
-            Exit status: 0 success; 1 script error or aborted pipeline; 2 usage error (bad \
-            option, unreadable script); 130/143 after a graceful stop on SIGINT/SIGTERM.
+            Exit status: 0 success; 1 script error, aborted pipeline or failed write of its \
+            output; 2 usage error (bad option, unreadable script or input, --output or \
+            --dead-letter naming the input file); 130/143 after a graceful stop on \
+            SIGINT/SIGTERM; 141 when the reader of the pipeline's output went away (EPIPE: the \
+            run stopped gracefully, like `cmd | head`).
             """,
         subcommands: [Run.self, ReplCommand.self]
     )
@@ -42,8 +45,17 @@ struct Run: ParsableCommand {
             input stops, the current event finishes, stages close, the report is printed, \
             exit 130/143; a second signal or --grace running out forces the release.
 
-            Exit status: 0 success; 1 script error or aborted pipeline; 2 usage error; \
-            130/143 after a graceful stop.
+            A write to --output or --dead-letter that fails (a full disk, /dev/full) stops \
+            the run gracefully (no more input, stages close, report) and exits 1 naming the \
+            file and the reason. When the output's reader goes away (`... | head -2`) the run \
+            stops the same way and exits 141, as a shell reports SIGPIPE. An event whose \
+            output cannot be encoded as JSON (infinity, a function) is an error of the last \
+            stage: its on_error policy applies. --output and --dead-letter may not name the \
+            input file (exit 2, nothing truncated).
+
+            Exit status: 0 success; 1 script error, aborted pipeline or failed write of its \
+            output; 2 usage error; 130/143 after a graceful stop; 141 when the reader of the \
+            output went away.
 
             Examples:
               scopelua run scripts/tour.lua
@@ -77,7 +89,7 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("dead-letter"), help: ArgumentHelp("Write dead letters and rejected input lines to FILE as JSON lines (default: stderr).", valueName: "FILE"))
     var deadLetter: String?
 
-    @Option(help: ArgumentHelp("Seconds a graceful stop (SIGINT/SIGTERM) may take before everything is released by force.", valueName: "SECONDS"))
+    @Option(help: ArgumentHelp("Seconds a graceful stop (SIGINT/SIGTERM) may take before everything is released by force (more than 0, at most 86400).", valueName: "SECONDS"))
     var grace: Double = 10
 
     @Argument(help: ArgumentHelp("The Lua script to run; '-' reads it from stdin.", valueName: "script"))
@@ -90,7 +102,16 @@ struct Run: ParsableCommand {
         if script == nil && execute.isEmpty && library.isEmpty {
             throw ValidationError("missing script (or -e CHUNK / -l MODULE)")
         }
-        if grace <= 0 { throw ValidationError("--grace must be a positive number of seconds") }
+        try Self.checkGrace(grace, text: String(grace))
+    }
+
+    /// The grace period is a number of seconds in (0, 86400]: NaN, infinity, zero, a
+    /// negative number or more than a day is a usage error (never a trap later).
+    static func checkGrace(_ grace: Double, text: String) throws {
+        let limit = ScriptRunner.maxGrace
+        guard grace > 0, grace <= Double(limit) else {
+            throw ValidationError("--grace must be a number of seconds greater than 0 and at most \(limit) (got '\(text)')")
+        }
     }
 
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
@@ -123,7 +144,10 @@ struct Run: ParsableCommand {
             case "--dead-letter": deadLetter = try inline ?? value(name)
             case "--grace":
                 let text = try inline ?? value(name)
-                guard let g = Double(text), g > 0 else { throw ValidationError("--grace must be a positive number of seconds (got '\(text)')") }
+                guard let g = Double(text) else {
+                    throw ValidationError("--grace must be a number of seconds greater than 0 and at most \(ScriptRunner.maxGrace) (got '\(text)')")
+                }
+                try Self.checkGrace(g, text: text)
                 grace = g
             case "--report": report = true
             case "--trace": trace = true

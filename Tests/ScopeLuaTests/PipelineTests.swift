@@ -122,7 +122,7 @@ import Testing
         #expect(runLua("stage('x', { process = print, on_error = 'explode' })").error?.message
             == "test:1: stage 'x': on_error must be \"abort\", \"skip\", \"dead_letter\" or { retry = n, backoff = seconds, [\"then\"] = ... } (got \"explode\")")
         #expect(runLua("stage('x', { process = print, on_error = { retry = 0 } })").error?.message
-            == "test:1: stage 'x': on_error must be \"abort\", \"skip\", \"dead_letter\" or { retry = n, backoff = seconds, [\"then\"] = ... } (retry must be a positive integer)")
+            == "test:1: stage 'x': on_error must be \"abort\", \"skip\", \"dead_letter\" or { retry = n, backoff = seconds, [\"then\"] = ... } (retry must be an integer from 1 to 1000, got 0)")
         #expect(runLua("pipeline 'p' { 42 }").error?.message
             == "test:1: pipeline 'p': item 1 must be a stage name, a stage definition, { name, key = value, ... } or a pipeline (got a number)")
         #expect(runLua("stage 'x' { process = 5 }").error?.message == "test:1: stage 'x': process must be a function (got a number)")

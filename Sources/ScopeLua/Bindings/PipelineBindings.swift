@@ -341,7 +341,7 @@ enum PipelineBindings {
         case .finished, .stopped:
             run.pushReport(L)
             return 1
-        case .failed(let message):
+        case .failed(let message), .readerGone(let message), .refused(let message):
             Lua.pushError(L, message)
             return raise
         }

@@ -13,6 +13,10 @@ indirect enum ErrorPolicy: Equatable {
     /// then apply `then`.
     case retry(times: Int, backoff: Double, then: ErrorPolicy)
 
+    /// The most retries a policy may ask for, and the longest first wait (seconds).
+    static let maxRetries: lua_Integer = 1000
+    static let maxBackoff: Double = 3600
+
     /// A reason an `on_error` value was refused.
     struct Invalid: Error {
         let message: String
@@ -33,16 +37,23 @@ indirect enum ErrorPolicy: Equatable {
             let idx = lua_absindex(L, idx)
             let base = lua_gettop(L)
             defer { lua_settop(L, base) }
-            guard Lua.rawField(L, idx, "retry") == LUA_TNUMBER, lua_isinteger(L, -1) != 0,
-                  lua_tointegerx(L, -1, nil) >= 1 else {
-                return .failure(Invalid(message: "\(expected) (retry must be a positive integer)"))
+            // Values a script chose: checked against their range here, so that no
+            // conversion or wait later can trap or overflow.
+            let retryType = Lua.rawField(L, idx, "retry")
+            var isInteger: Int32 = 0
+            let times = lua_tointegerx(L, -1, &isInteger)
+            guard retryType == LUA_TNUMBER, isInteger != 0, (1...maxRetries).contains(times) else {
+                let got = retryType == LUA_TNUMBER ? Lua.describe(L, -1) : "a \(Lua.typeName(L, -1))"
+                return .failure(Invalid(message: "\(expected) (retry must be an integer from 1 to \(maxRetries), got \(got))"))
             }
-            let times = Int(lua_tointegerx(L, -1, nil))
             var backoff = 0.0
             switch Lua.rawField(L, idx, "backoff") {
             case LUA_TNIL: break
-            case LUA_TNUMBER where lua_tonumberx(L, -1, nil) >= 0: backoff = lua_tonumberx(L, -1, nil)
-            default: return .failure(Invalid(message: "\(expected) (backoff must be a number of seconds)"))
+            case LUA_TNUMBER where (0...maxBackoff).contains(lua_tonumberx(L, -1, nil)):  // NaN is in no range
+                backoff = lua_tonumberx(L, -1, nil)
+            case let type:
+                let got = type == LUA_TNUMBER ? Lua.describe(L, -1) : "a \(Lua.typeName(L, -1))"
+                return .failure(Invalid(message: "\(expected) (backoff must be a number of seconds from 0 to \(Int(maxBackoff)), got \(got))"))
             }
             var then = ErrorPolicy.abort
             if Lua.rawField(L, idx, "then") != LUA_TNIL {
@@ -52,7 +63,7 @@ indirect enum ErrorPolicy: Equatable {
                 case .failure(let m): return .failure(m)
                 }
             }
-            return .success(.retry(times: times, backoff: backoff, then: then))
+            return .success(.retry(times: Int(times), backoff: backoff, then: then))
         default:
             return .failure(Invalid(message: "\(expected) (got a \(Lua.typeName(L, idx)))"))
         }

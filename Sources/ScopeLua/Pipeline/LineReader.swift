@@ -129,7 +129,10 @@ final class LineReader {
             var timeout: Int32 = -1
             if let deadline {
                 let now = sl_monotonic_ns()
-                timeout = deadline <= now ? 0 : Int32(min(UInt64(Int32.max), (deadline - now + 999_999) / 1_000_000))
+                // Rounded up to whole milliseconds; a deadline however far away (a timer
+                // of 1e300 seconds) waits at most Int32.max ms at a time.
+                let ns = deadline <= now ? 0 : deadline - now
+                timeout = Int32(min(UInt64(Int32.max), ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1)))
             }
             let n = poll(&fds, stopFD >= 0 ? 2 : 1, timeout)
             if n < 0 {
@@ -140,6 +143,44 @@ final class LineReader {
             if n == 0 { return .idle }
             if fds[0].revents != 0 { return .ready }
         }
+    }
+}
+
+/// Opening an input (a script or the events) exactly once: the checks run on the
+/// descriptor that is then read, so nothing is consumed from a pipe or a FIFO before
+/// the reader gets it, and the file checked is the file read.
+enum InputFile {
+    /// The identity of a regular file (device and inode), to recognise it under another
+    /// name (a symbolic or hard link).
+    struct Identity: Equatable {
+        var device: UInt64
+        var inode: UInt64
+    }
+
+    /// Opens `path` for reading: the descriptor, or the reason it cannot be read
+    /// (`strerror`'s text, as `lua` reports it).
+    static func open(_ path: String) -> Result<Int32, Problem> {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return .failure(Problem(errno)) }
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFDIR {
+            Glibc.close(fd)
+            return .failure(Problem(EISDIR))
+        }
+        return .success(fd)
+    }
+
+    /// The identity of the regular file open on `fd` (nil for pipes, terminals, devices).
+    static func identity(_ fd: Int32) -> Identity? {
+        var st = stat()
+        guard fd >= 0, fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
+        return Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+    }
+
+    struct Problem: Error, CustomStringConvertible {
+        let code: Int32
+        init(_ code: Int32) { self.code = code }
+        var description: String { String(cString: strerror(code)) }
     }
 }
 

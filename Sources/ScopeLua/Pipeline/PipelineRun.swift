@@ -10,11 +10,14 @@ import Glibc
 /// Lifecycle: a pipeline scope holds one scope per stage (`open` and `close` run there)
 /// and nested pipelines' scopes; each event, in each stage, runs `process` in the
 /// stage's task scope, which ends when the event leaves the stage. Stages open in
-/// order and close in reverse. Every event ends as output, filtered, skipped,
-/// dead-lettered or rejected, and the counts add up.
+/// order and close in reverse. Every event read ends in exactly one category: output
+/// (emitted), filtered, skipped, dead-lettered, rejected, or in flight (being processed
+/// when the run aborted, was forced to stop, stopped during a retry's wait or could not
+/// write its output), and the counts add up.
 final class PipelineRun {
     struct Options {
-        enum Input { case path(String), list(Int32), stdin }
+        /// `descriptor`: already open (and checked) by the caller, who closes it.
+        enum Input { case path(String), descriptor(Int32, name: String), list(Int32), stdin }
         enum Output { case path(String), function(Int32), collect, stdout, discard }
         var input: Input = .stdin
         var output: Output = .stdout
@@ -31,6 +34,10 @@ final class PipelineRun {
         case finished
         case stopped(signal: Int32)
         case failed(String)
+        /// The output's reader went away (EPIPE): the run stopped gracefully.
+        case readerGone(String)
+        /// Refused before anything ran or was truncated (the output is the input file).
+        case refused(String)
     }
 
     /// A stage in this run.
@@ -63,6 +70,8 @@ final class PipelineRun {
         var filtered = 0
         var skipped = 0
         var deadLettered = 0
+        /// Not finished when the run ended (see the class comment).
+        var inFlight = 0
     }
 
     let rt: Runtime
@@ -79,9 +88,14 @@ final class PipelineRun {
     var original = Outcomes()
     var fanout = Outcomes()
     var fanoutCreated = 0
+    /// Input line numbers (event numbers of a list) of the events read that were in
+    /// flight when the run ended.
+    var inFlightLines: [Int] = []
 
     /// The stage whose `process` (or timer) is running, for ctx:emit / ctx:own.
     private(set) var runningStage: Int?
+    /// Whether the running stage is in `open` (where ctx:emit has nowhere to send to).
+    private var opening = false
     /// Events emitted by the running stage: a Lua list and its top.
     private var queue: Int32 = LUA_NOREF
     private var queueTop: lua_Integer = 0
@@ -91,6 +105,11 @@ final class PipelineRun {
     private var deadLetter: FileSink?
     private var collected: Int32 = LUA_NOREF
     private var abortMessage: String?
+    /// The first write, flush or close of the output or dead-letter file that failed:
+    /// the run stops gracefully (no more input, stages close) and fails.
+    private var sinkFailure: (message: String, brokenPipe: Bool)?
+    /// The descriptor the input is read from (-1 for a list).
+    private var inputFD: Int32 = -1
     private var inputEnded = false
     private var startedAt = sl_monotonic_ns()
     private var lastProgress: UInt64 = 0
@@ -110,6 +129,32 @@ final class PipelineRun {
         let base = lua_gettop(L)
         defer { lua_settop(L, base) }
         _ = lua_checkstack(L, 64)
+
+        // The input is opened once, before anything else: the descriptor checked is the
+        // one read (a pipe loses nothing), and the output can be compared with it.
+        var ownedInput: Int32 = -1
+        defer { if ownedInput >= 0 { Glibc.close(ownedInput) } }
+        switch options.input {
+        case .path(let path):
+            switch InputFile.open(path) {
+            case .success(let fd): ownedInput = fd; inputFD = fd
+            case .failure(let problem): return .failed("cannot open input \(path): \(problem)")
+            }
+        case .descriptor(let fd, _): inputFD = fd
+        case .stdin: inputFD = 0
+        case .list: inputFD = -1
+        }
+        if let refused = openSinks() { return refused }
+        // A reader that goes away is an EPIPE on the output (a graceful stop), not a
+        // SIGPIPE that kills the process before the stages close.
+        let sigpipe = sl_sigpipe_ignore()
+        defer { sl_sigpipe_restore(sigpipe) }
+        defer {
+            // Normally closed (and checked) below; this covers the early returns.
+            _ = output?.close()
+            _ = deadLetter?.close()
+        }
+
         lua_pushcclosure(L, sl_capturetraceback, 0)
         msgh = lua_gettop(L)
         lua_createtable(L, 16, 0)
@@ -118,12 +163,7 @@ final class PipelineRun {
             lua_createtable(L, 0, 0)
             collected = luaL_ref(L, Lua.registry)
         }
-        if let problem = openSinks() { return .failed(problem) }
-        defer {
-            output?.close()
-            deadLetter?.close()
-        }
-        if options.handleSignals { sl_stop_install(L, UInt32(max(1, options.grace.rounded(.up)))) }
+        if options.handleSignals { sl_stop_install(L, Self.alarmSeconds(options.grace)) }
         defer {
             if options.handleSignals {
                 sl_stop_uninstall()
@@ -150,28 +190,47 @@ final class PipelineRun {
         }
         if continued, sl_stop_signal() != 0 { outcome = .stopped(signal: sl_stop_signal()) }
         clearProgress()
+        // What was written must be on its way before the stages close: a failure here
+        // is known (and reported) while the report can still say so.
+        flushSinks()
 
         // Close, in reverse; the error that ended the run (if any) goes to close(ctx, err).
+        // A failing output is a graceful stop: the stages close without an error.
         var errIndex: Int32 = 0
         if let abortMessage {
             Lua.push(L, abortMessage)
             errIndex = lua_gettop(L)
         }
         let failures = closeAll(L, error: errIndex)
+        closeSinks()
         if sl_stop_forced() != 0 {
             let stage = forcedStage.map { " while stage '\($0)' was still running" } ?? ""
             rt.diagnose("scopelua: stop forced\(stage): everything still open was released")
         }
+        let releaseErrors = failures.map { "\n\trelease error: \($0)" }.joined()
         if let abortMessage {
-            var message = abortMessage
-            for f in failures { message += "\n\trelease error: \(f)" }
-            return .failed(message)
+            let sink = sinkFailure.map { "\n\tand: \($0.message)" } ?? ""
+            return .failed(abortMessage + sink + releaseErrors)
+        }
+        if let sinkFailure {
+            let message = sinkFailure.message + releaseErrors
+            return sinkFailure.brokenPipe ? .readerGone(message) : .failed(message)
         }
         if !failures.isEmpty {
             return .failed(failures.joined(separator: "\n\trelease error: "))
         }
         return outcome
     }
+
+    /// The grace period as whole seconds for alarm(): at least 1, at most a day; NaN
+    /// (which callers refuse) counts as the default.
+    static func alarmSeconds(_ grace: Double) -> UInt32 {
+        guard grace.isFinite else { return grace > 0 ? maxGrace : 10 }
+        return UInt32(min(Double(maxGrace), max(1, grace.rounded(.up))))
+    }
+
+    /// The longest grace period (seconds) a run accepts.
+    static let maxGrace: UInt32 = 86_400
 
     private var forcedStage: String?
 
@@ -195,9 +254,11 @@ final class PipelineRun {
                 if stageDef.open != LUA_NOREF {
                     rt.current = stageScope
                     runningStage = stages.count - 1
+                    opening = true
                     lua_rawgeti(L, Lua.registry, lua_Integer(stageDef.open))
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.ctx))
                     let status = sl_pcall(L, 1, 0, msgh)
+                    opening = false
                     runningStage = nil
                     rt.current = scope
                     if status != LUA_OK {
@@ -272,28 +333,32 @@ final class PipelineRun {
             while i <= n {
                 if sl_stop_signal() != 0 { return false }
                 read += 1
+                let number = Int(truncatingIfNeeded: i)
                 lua_rawgeti(L, list, lua_Integer(i))
                 if lua_type(L, -1) == LUA_TTABLE {
-                    if !deliver(L, 0, extra: false) { return false }
+                    if !deliver(L, 0, extra: false) { return inFlight(line: number) }
                 } else {
-                    reject(L, line: Int(i), reason: "event \(i) is a \(Lua.typeName(L, -1)), not a table", raw: nil)
+                    let type = Lua.typeName(L, -1)
                     sl_pop(L, 1)
+                    if !reject(L, line: number, reason: "event \(i) is a \(type), not a table", raw: nil) {
+                        return inFlight(line: number)
+                    }
                 }
                 if !fireTimers(L) { return false }
                 i += 1
             }
             return true
-        case .path(let path):
-            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else {
-                abortMessage = "cannot open input \(path): \(String(cString: strerror(errno)))"
-                return false
-            }
-            defer { Glibc.close(fd) }
-            return feedLines(L, LineReader(fd: fd))
-        case .stdin:
-            return feedLines(L, LineReader(fd: 0))
+        case .path, .descriptor, .stdin:
+            return feedLines(L, LineReader(fd: inputFD))
         }
+    }
+
+    /// The event read at `line` did not reach a category: it is in flight. Returns false
+    /// (the run stops).
+    private func inFlight(line: Int) -> Bool {
+        original.inFlight += 1
+        inFlightLines.append(line)
+        return false
     }
 
     private func feedLines(_ L: LuaState, _ reader: LineReader) -> Bool {
@@ -315,30 +380,34 @@ final class PipelineRun {
             case .tooLong(let prefix, let length):
                 lineNumber += 1
                 read += 1
-                reject(L, line: lineNumber, reason: "line is \(length) bytes long (the limit is \(reader.limit >> 20) MiB)",
-                       raw: String(decoding: prefix, as: UTF8.self) + "...")
+                guard reject(L, line: lineNumber, reason: "line is \(length) bytes long (the limit is \(reader.limit >> 20) MiB)",
+                             raw: String(decoding: prefix, as: UTF8.self) + "...") else { return inFlight(line: lineNumber) }
             case .line(let bytes):
                 lineNumber += 1
                 if bytes.isEmpty || bytes.allSatisfy({ $0 == 32 || $0 == 9 }) { continue }  // blank lines are not events
                 read += 1
                 guard isValidUTF8(bytes) else {
-                    reject(L, line: lineNumber, reason: "line is not valid UTF-8", raw: String(decoding: bytes, as: UTF8.self))
+                    guard reject(L, line: lineNumber, reason: "line is not valid UTF-8",
+                                 raw: String(decoding: bytes, as: UTF8.self)) else { return inFlight(line: lineNumber) }
                     continue
                 }
                 _ = bytes.withMemoryRebound(to: CChar.self) { lua_pushlstring(L, $0.baseAddress, $0.count) }
                 let text = lua_gettop(L)
                 guard codec.decode(L, text) else {
-                    reject(L, line: lineNumber, reason: "not valid JSON: \(Lua.describe(L, -1))", raw: String(decoding: bytes, as: UTF8.self))
+                    let reason = "not valid JSON: \(Lua.describe(L, -1))"
                     lua_settop(L, text - 1)
+                    guard reject(L, line: lineNumber, reason: reason,
+                                 raw: String(decoding: bytes, as: UTF8.self)) else { return inFlight(line: lineNumber) }
                     continue
                 }
                 guard lua_type(L, -1) == LUA_TTABLE, bytes.first(where: { $0 != 32 && $0 != 9 }) == 123 else {
-                    reject(L, line: lineNumber, reason: "not a JSON object", raw: String(decoding: bytes, as: UTF8.self))
                     lua_settop(L, text - 1)
+                    guard reject(L, line: lineNumber, reason: "not a JSON object",
+                                 raw: String(decoding: bytes, as: UTF8.self)) else { return inFlight(line: lineNumber) }
                     continue
                 }
                 sl_remove(L, text)
-                if !deliver(L, 0, extra: false) { return false }
+                if !deliver(L, 0, extra: false) { return inFlight(line: lineNumber) }
             }
         }
     }
@@ -346,13 +415,13 @@ final class PipelineRun {
     // MARK: - Events
 
     /// Takes the event on top of the stack through stages `i`... (pops it). Returns
-    /// false when the run must stop.
+    /// false when the run must stop: the event is then in no category yet (in flight;
+    /// the caller counts it).
     private func deliver(_ L: LuaState, _ i: Int, extra: Bool) -> Bool {
         let event = lua_gettop(L)
         defer { lua_settop(L, event - 1) }
         if i == stages.count {
-            if extra { fanout.emitted += 1 } else { original.emitted += 1 }
-            return writeOutput(L, event)
+            return writeOutput(L, event, extra: extra)
         }
         _ = lua_checkstack(L, 16)
         let stage = stages[i]
@@ -379,21 +448,7 @@ final class PipelineRun {
             rt.current = stage.scope
             if status == LUA_OK, failures == 0 {
                 // The event (if any) and what the stage emitted go downstream.
-                let emittedCount = queueTop - queueBase
-                if emittedCount > 0 {
-                    lua_rawgeti(L, Lua.registry, lua_Integer(queue))
-                    let q = lua_gettop(L)
-                    for k in 1...emittedCount {
-                        lua_rawgeti(L, q, queueBase + k)
-                        if !deliver(L, i + 1, extra: true) { return false }
-                    }
-                    for k in 1...emittedCount {
-                        lua_pushnil(L)
-                        lua_rawseti(L, q, queueBase + k)
-                    }
-                    queueTop = queueBase
-                    sl_pop(L, 1)
-                }
+                if !deliverEmitted(L, after: i, from: queueBase) { return false }
                 if lua_type(L, result) == LUA_TNIL {
                     if extra { fanout.filtered += 1 } else { original.filtered += 1 }
                     return true
@@ -412,9 +467,15 @@ final class PipelineRun {
             }
             if case .retry(let times, let backoff, let then) = policy {
                 if attempt < times {
+                    // A stop does not wait out a backoff (it could outlast the grace
+                    // period): the retry does not happen, the event stays in flight and
+                    // the run stops.
+                    if backoff > 0, !pause(backoff * Double(1 << min(attempt, 20))) {
+                        rt.diagnose("scopelua: stopped while stage '\(stage.definition.name)' waited to retry \(describeEvent(L, event)): it was not finished (in flight)")
+                        return false
+                    }
                     attempt += 1
                     retried += 1
-                    if backoff > 0 { pause(backoff * Double(1 << min(attempt - 1, 20))) }
                     lua_settop(L, event)
                     continue
                 }
@@ -425,14 +486,35 @@ final class PipelineRun {
                 if extra { fanout.skipped += 1 } else { original.skipped += 1 }
                 return true
             case .deadLetter:
+                guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: error) else { return false }
                 if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
-                writeDeadLetter(L, event: event, stage: stage.definition.name, error: error)
                 return true
             case .abort, .retry:
                 abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event)): \(describeError(L, error))"
                 return false
             }
         }
+    }
+
+    /// Delivers the events the call of stage `i` emitted (queue entries above `base`)
+    /// to the stages after it, and empties them from the queue. When one of them stops
+    /// the run, it and those not delivered yet are in flight.
+    private func deliverEmitted(_ L: LuaState, after i: Int, from base: lua_Integer) -> Bool {
+        let count = queueTop - base
+        guard count > 0 else { return true }
+        lua_rawgeti(L, Lua.registry, lua_Integer(queue))
+        let q = lua_gettop(L)
+        defer { lua_settop(L, q - 1) }
+        for k in 1...count {
+            lua_rawgeti(L, q, base + k)
+            if !deliver(L, i + 1, extra: true) {
+                fanout.inFlight += Int(count - k + 1)
+                dropEmitted(L, from: base, uncount: false)
+                return false
+            }
+        }
+        dropEmitted(L, from: base, uncount: false)
+        return true
     }
 
     /// Empties the emit queue above `base`. Events emitted by a call that then failed
@@ -452,6 +534,9 @@ final class PipelineRun {
     /// ctx:emit(e): queue an extra event after the running stage. Nil, or a problem.
     func emit(_ L: LuaState, ctx: Int32, event: Int32) -> String? {
         guard let i = runningStage else { return "ctx:emit can only be used in process or a timer of a running stage" }
+        guard !opening else {
+            return "ctx:emit cannot be used in open (stage '\(stages[i].definition.name)'): no event is flowing yet; emit from process or from a timer"
+        }
         guard isContext(L, ctx, of: stages[i]) else {
             return "ctx:emit: this ctx is not the one of stage '\(stages[i].definition.name)', which is running"
         }
@@ -505,7 +590,7 @@ final class PipelineRun {
         for t in rt.scheduled where t.due <= now {
             guard let h = t.handle, h.pointee.isOpen else { continue }
             if let interval = t.interval {
-                t.due = max(t.due &+ UInt64(interval * 1e9), now)
+                t.due = max(Self.later(t.due, by: Self.nanoseconds(interval)), now)
             }
             let base = lua_gettop(L)
             // The callback may release this very timer and collect its box: keep the
@@ -534,21 +619,16 @@ final class PipelineRun {
                 let policy = stageIndex.map { stages[$0].policy } ?? .abort
                 if policy == .abort {
                     abortMessage = "pipeline '\(definition.name)' aborted: \(message)"
+                    dropEmitted(L, from: 0)  // what the failed call emitted never existed
                     lua_settop(L, base)
                     return false
                 }
                 rt.diagnose("scopelua: \(message)")
             }
             // Events the timer emitted go downstream of its stage.
-            if let i = stageIndex, queueTop > 0 {
-                let count = queueTop
-                lua_rawgeti(L, Lua.registry, lua_Integer(queue))
-                let q = lua_gettop(L)
-                for k in 1...count {
-                    lua_rawgeti(L, q, k)
-                    if !deliver(L, i + 1, extra: true) { return false }
-                }
-                dropEmitted(L, from: 0, uncount: false)
+            if let i = stageIndex, queueTop > 0, !deliverEmitted(L, after: i, from: 0) {
+                lua_settop(L, base)
+                return false
             }
             lua_settop(L, base)
         }
@@ -557,32 +637,109 @@ final class PipelineRun {
 
     // MARK: - Output, dead letters, rejects
 
-    private func openSinks() -> String? {
-        switch options.output {
-        case .path(let path):
-            guard let sink = FileSink(path: path) else { return "cannot open output \(path): \(String(cString: strerror(errno)))" }
-            output = sink
-        case .stdout:
-            output = FileSink(stdout: ())
-        default: break
+    /// Opens the output and dead-letter files. Neither may be the input file (same
+    /// device and inode, whatever the name): both are opened without truncating,
+    /// compared, and only then truncated, so a refused run destroys nothing.
+    private func openSinks() -> Outcome? {
+        let input = InputFile.identity(inputFD)
+        let inputName: String = {
+            switch options.input {
+            case .path(let path): return path
+            case .descriptor(_, let name): return name
+            case .stdin: return "stdin"
+            case .list: return "the input list"
+            }
+        }()
+        var opened: [(fd: Int32, path: String, what: String)] = []
+        func discard() { for o in opened { Glibc.close(o.fd) } }
+        var wanted: [(path: String, what: String)] = []
+        if case .path(let path) = options.output { wanted.append((path, "output")) }
+        if let path = options.deadLetter { wanted.append((path, "dead-letter file")) }
+        var identities: [InputFile.Identity?] = []
+        for (path, what) in wanted {
+            let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o666)
+            guard fd >= 0 else {
+                let reason = String(cString: strerror(errno))
+                discard()
+                return .failed("cannot open \(what) \(path): \(reason)")
+            }
+            opened.append((fd, path, what))
+            let identity = InputFile.identity(fd)
+            if let identity, identity == input {
+                discard()
+                return .refused("the \(what) \(path) is the input file \(inputName): it would be truncated before it is read")
+            }
+            if let identity, identities.contains(identity) {
+                discard()
+                return .refused("the \(what) \(path) is also the output file: give them different files")
+            }
+            identities.append(identity)
         }
-        if let path = options.deadLetter {
-            guard let sink = FileSink(path: path) else { return "cannot open dead-letter file \(path): \(String(cString: strerror(errno)))" }
-            deadLetter = sink
+        // `>> events.jsonl` while reading events.jsonl would never end.
+        if case .stdout = options.output, let input, InputFile.identity(1) == input {
+            discard()
+            return .refused("the output (stdout) is the input file \(inputName): it would grow while it is read")
         }
+        for (i, o) in opened.enumerated() {
+            // Truncated only now ("w"); a pipe or a device has nothing to truncate.
+            if identities[i] != nil, ftruncate(o.fd, 0) != 0 {
+                let reason = String(cString: strerror(errno))
+                discard()
+                return .failed("cannot open \(o.what) \(o.path): \(reason)")
+            }
+        }
+        for (i, o) in opened.enumerated() {
+            guard let sink = FileSink(fd: o.fd, name: o.path, what: o.what) else {
+                let reason = String(cString: strerror(errno))
+                for later in opened[i...] { Glibc.close(later.fd) }
+                _ = output?.close()
+                output = nil
+                return .failed("cannot open \(o.what) \(o.path): \(reason)")
+            }
+            if o.what == "output" { output = sink } else { deadLetter = sink }
+        }
+        if case .stdout = options.output { output = FileSink(stdout: ()) }
         return nil
     }
 
-    private func writeOutput(_ L: LuaState, _ event: Int32) -> Bool {
+    /// Records the first failure of a sink (the run then stops). Returns false.
+    private func sinkFailed(_ sink: FileSink, errno code: Int32) -> Bool {
+        if sinkFailure == nil {
+            sinkFailure = ("cannot write \(sink.what) \(sink.name): \(String(cString: strerror(code)))",
+                           code == EPIPE && sink === output)
+        }
+        return false
+    }
+
+    /// Flushes both sinks (end of the input, before the stages close).
+    private func flushSinks() {
+        for sink in [output, deadLetter].compactMap({ $0 }) where sinkFailure == nil {
+            let code = sink.flush()
+            if code != 0 { _ = sinkFailed(sink, errno: code) }
+        }
+    }
+
+    /// Closes both sinks; a failure is recorded unless one already was.
+    private func closeSinks() {
+        for sink in [output, deadLetter].compactMap({ $0 }) {
+            let code = sink.close()
+            if code != 0 { _ = sinkFailed(sink, errno: code) }
+        }
+        output = nil
+        deadLetter = nil
+    }
+
+    /// The event at `event` leaves the last stage: written (or collected, or passed to
+    /// the output function), then counted as emitted. False when the run must stop.
+    private func writeOutput(_ L: LuaState, _ event: Int32, extra: Bool) -> Bool {
         switch options.output {
         case .discard:
-            return true
+            break
         case .collect:
             lua_rawgeti(L, Lua.registry, lua_Integer(collected))
             lua_pushvalue(L, event)
             lua_rawseti(L, -2, lua_Integer(lua_rawlen(L, -2) + 1))
             sl_pop(L, 1)
-            return true
         case .function(let ref):
             lua_rawgeti(L, Lua.registry, lua_Integer(ref))
             lua_pushvalue(L, event)
@@ -590,23 +747,52 @@ final class PipelineRun {
                 abortMessage = "pipeline '\(definition.name)' aborted: the output function failed on \(describeEvent(L, event)): \(describeError(L, lua_gettop(L)))"
                 return false
             }
-            return true
         case .path, .stdout:
-            guard let output else { return true }
-            let codec = rt.json
-            guard codec.encode(L, event) else {
-                abortMessage = "pipeline '\(definition.name)' aborted: cannot encode an output event as JSON: \(Lua.describe(L, -1))"
-                return false
-            }
+            guard let output else { break }
+            guard rt.json.encode(L, event) else { return unencodable(L, event, extra: extra) }
             var len = 0
-            if let p = lua_tolstring(L, -1, &len) { output.writeLine(p, len) }
+            let code = lua_tolstring(L, -1, &len).map { output.writeLine($0, len) } ?? 0
             sl_pop(L, 1)
+            if code != 0 { return sinkFailed(output, errno: code) }
+        }
+        if extra { fanout.emitted += 1 } else { original.emitted += 1 }
+        return true
+    }
+
+    /// The event at `event` cannot be written as JSON (the codec's message is on top,
+    /// popped here). Encoding is part of the event's processing: the policy of the last
+    /// stage applies (a retry would fail the same way: its `then` applies at once), and
+    /// the error names the field. False when the run must stop.
+    private func unencodable(_ L: LuaState, _ event: Int32, extra: Bool) -> Bool {
+        let codecMessage = Lua.describe(L, -1)
+        sl_pop(L, 1)
+        let message = "cannot encode event: " + (Unencodable.problem(L, event) ?? codecMessage)
+        guard let stage = stages.last else {
+            abortMessage = "pipeline '\(definition.name)' aborted: \(message)"
+            return false
+        }
+        stage.errors += 1
+        var policy = stage.policy
+        if case .retry(_, _, let then) = policy { policy = then }
+        switch policy {
+        case .skip:
+            if extra { fanout.skipped += 1 } else { original.skipped += 1 }
             return true
+        case .deadLetter:
+            Lua.push(L, message)
+            defer { sl_pop(L, 1) }
+            guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: lua_gettop(L)) else { return false }
+            if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
+            return true
+        case .abort, .retry:
+            abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event)): \(message)"
+            return false
         }
     }
 
-    /// A dead-letter record: { event, stage, error, traceback, time }.
-    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32) {
+    /// A dead-letter record: { event, stage, error, traceback, time }. False when it
+    /// could not be written (the run then stops).
+    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32) -> Bool {
         let traceback = rt.takeError(copyOf: error, L).traceback
         lua_createtable(L, 0, 5)
         lua_pushvalue(L, event)
@@ -621,15 +807,17 @@ final class PipelineRun {
         }
         lua_pushnumber(L, wallClock())
         Lua.setField(L, -2, "time")
-        writeRecord(L, lua_gettop(L))
-        sl_pop(L, 1)
+        defer { sl_pop(L, 1) }
+        return writeRecord(L, lua_gettop(L))
     }
 
-    private func reject(_ L: LuaState, line: Int, reason: String, raw: String?) {
-        rejected += 1
+    /// Rejects an input line (counted as rejected once its record is written). False
+    /// when the record could not be written (the run then stops; the line is in flight).
+    private func reject(_ L: LuaState, line: Int, reason: String, raw: String?) -> Bool {
         guard deadLetter != nil else {
+            rejected += 1
             rt.diagnose("scopelua: input \(options.input.isList ? "event" : "line") \(line) rejected: \(reason)")
-            return
+            return true
         }
         lua_createtable(L, 0, 4)
         lua_pushinteger(L, lua_Integer(line))
@@ -642,26 +830,38 @@ final class PipelineRun {
         Lua.setField(L, -2, "error")
         lua_pushnumber(L, wallClock())
         Lua.setField(L, -2, "time")
-        writeRecord(L, lua_gettop(L))
-        sl_pop(L, 1)
+        defer { sl_pop(L, 1) }
+        guard writeRecord(L, lua_gettop(L)) else { return false }
+        rejected += 1
+        return true
     }
 
     /// Writes the table at `idx` as a JSON line to the dead-letter file, or to stderr.
-    private func writeRecord(_ L: LuaState, _ idx: Int32) {
-        guard rt.json.encode(L, idx) else {
-            rt.diagnose("scopelua: dead letter (not encodable): \(Lua.describe(L, -1))")
+    /// A record whose event holds what JSON cannot (infinity, a function, a cycle) is
+    /// written with those values replaced by strings saying what they were. False when
+    /// the dead-letter file failed.
+    private func writeRecord(_ L: LuaState, _ idx: Int32) -> Bool {
+        if !rt.json.encode(L, idx) {
             sl_pop(L, 1)
-            return
-        }
-        var len = 0
-        if let p = lua_tolstring(L, -1, &len) {
-            if let deadLetter {
-                deadLetter.writeLine(p, len)
-            } else {
-                rt.diagnose("scopelua: dead letter: " + String(decoding: UnsafeRawBufferPointer(start: p, count: len), as: UTF8.self))
+            Unencodable.pushEncodable(L, idx, arrayMetatable: rt.info.pointee.jsonarraymt)
+            let ok = rt.json.encode(L, -1)
+            sl_remove(L, -2)
+            guard ok else {
+                rt.diagnose("scopelua: dead letter (not encodable): \(Lua.describe(L, -1))")
+                sl_pop(L, 1)
+                return true
             }
         }
-        sl_pop(L, 1)
+        defer { sl_pop(L, 1) }
+        var len = 0
+        guard let p = lua_tolstring(L, -1, &len) else { return true }
+        if let deadLetter {
+            let code = deadLetter.writeLine(p, len)
+            if code != 0 { return sinkFailed(deadLetter, errno: code) }
+        } else {
+            rt.diagnose("scopelua: dead letter: " + String(decoding: UnsafeRawBufferPointer(start: p, count: len), as: UTF8.self))
+        }
+        return true
     }
 
     // MARK: - Descriptions
@@ -678,7 +878,17 @@ final class PipelineRun {
             return "event \(Lua.describe(L, -1, metamethods: false))"
         }
         sl_pop(L, 1)
-        if rt.json.encode(L, event), var text = Lua.string(L, -1) {
+        if !rt.json.encode(L, event) {  // what JSON cannot hold is shown as a string
+            sl_pop(L, 1)
+            Unencodable.pushEncodable(L, event, arrayMetatable: rt.info.pointee.jsonarraymt)
+            let ok = rt.json.encode(L, -1)
+            sl_remove(L, -2)
+            if !ok {
+                sl_pop(L, 1)
+                lua_pushnil(L)
+            }
+        }
+        if var text = Lua.string(L, -1) {
             sl_pop(L, 1)
             if text.count > 200 { text = String(text.prefix(200)) + "..." }
             return "event \(text)"
@@ -699,10 +909,33 @@ final class PipelineRun {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
-    private func pause(_ seconds: Double) {
-        var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
-        var left = timespec()
-        while nanosleep(&ts, &left) != 0, errno == EINTR, sl_stop_signal() == 0 { ts = left }
+    /// Waits `seconds`, or less if a stop signal arrives. False when stopped (also when
+    /// the stop came before).
+    private func pause(_ seconds: Double) -> Bool {
+        let end = Self.later(sl_monotonic_ns(), by: Self.nanoseconds(seconds))
+        let stopFD = sl_stop_fd()
+        while sl_stop_signal() == 0 {
+            let now = sl_monotonic_ns()
+            guard now < end else { return true }
+            let ms = Int32(min(UInt64(Int32.max), (end - now) / 1_000_000 + 1))
+            var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, stopFD >= 0 ? 1 : 0, ms)
+        }
+        return false
+    }
+
+    /// Seconds as nanoseconds, saturating (a NaN or negative wait is none, an infinite
+    /// one the longest there is): never a trap on a value a script chose.
+    static func nanoseconds(_ seconds: Double) -> UInt64 {
+        guard seconds > 0 else { return 0 }
+        let ns = seconds * 1e9
+        return ns < 1.8e19 ? UInt64(ns) : UInt64.max
+    }
+
+    /// `time + ns`, saturating at the end of time.
+    static func later(_ time: UInt64, by ns: UInt64) -> UInt64 {
+        let (sum, overflow) = time.addingReportingOverflow(ns)
+        return overflow ? .max : sum
     }
 
     // MARK: - Progress
@@ -750,15 +983,22 @@ extension PipelineRun.Options.Input {
     }
 }
 
-/// A buffered output file (or stdout) written line by line.
+/// A buffered output file (or stdout) written line by line. Every write, flush and
+/// close says whether it failed (the errno, or 0): nothing written is lost silently.
 final class FileSink {
-    private let file: UnsafeMutablePointer<FILE>
+    private var file: UnsafeMutablePointer<FILE>?
     private let owned: Bool
+    /// The path (or "stdout") and what it is ("output", "dead-letter file"), for messages.
+    let name: String
+    let what: String
 
-    init?(path: String) {
-        guard let f = fopen(path, "w") else { return nil }
+    /// Takes over `fd` (open for writing); nil (fd left open) if stdio cannot.
+    init?(fd: Int32, name: String, what: String) {
+        guard let f = fdopen(fd, "w") else { return nil }
         file = f
         owned = true
+        self.name = name
+        self.what = what
     }
 
     /// The process's stdout, shared with Lua's `print` and `io.write` so that their
@@ -766,14 +1006,37 @@ final class FileSink {
     init(stdout: ()) {
         file = sl_stdout()
         owned = false
+        name = "stdout"
+        what = "output"
     }
 
-    func writeLine(_ p: UnsafePointer<CChar>, _ len: Int) {
-        fwrite(p, 1, len, file)
-        fputc(10, file)
+    func writeLine(_ p: UnsafePointer<CChar>, _ len: Int) -> Int32 {
+        guard let file else { return EBADF }
+        errno = 0
+        if fwrite(p, 1, len, file) != len || fputc(10, file) == EOF {
+            return errno != 0 ? errno : EIO
+        }
+        return 0
     }
 
-    func close() {
-        if owned { fclose(file) } else { fflush(file) }
+    func flush() -> Int32 {
+        guard let file else { return 0 }
+        errno = 0
+        if fflush(file) != 0 || ferror(file) != 0 { return errno != 0 ? errno : EIO }
+        return 0
+    }
+
+    /// Flushes and closes (stdout: flushes). Closing twice does nothing.
+    func close() -> Int32 {
+        guard let file else { return 0 }
+        self.file = nil
+        errno = 0
+        let failed = ferror(file) != 0
+        if owned {
+            if fclose(file) != 0 || failed { return errno != 0 ? errno : EIO }
+        } else if fflush(file) != 0 || failed {
+            return errno != 0 ? errno : EIO
+        }
+        return 0
     }
 }

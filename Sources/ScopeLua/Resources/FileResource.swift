@@ -21,15 +21,34 @@ final class FileResource: Resource {
     override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
         Lua.reserve(L, 4, for: "closing a file")
         pushInner(L)
+        let failedEarlier = FileResource.failedEarlier(L, -1)
         let errno = sl_closeiofile(L, -1)
         luaL_unref(L, Lua.registry, inner)
         inner = LUA_NOREF
-        guard errno != 0 else {
+        return FileResource.closed(runtime, L, handle, errno: errno, failedEarlier: failedEarlier)
+    }
+
+    /// Whether a write or flush of the open io file at `idx` already failed. stdio keeps
+    /// only a flag: fclose then succeeds (the failed data is gone) and, unchecked, the
+    /// loss would go unreported. Stack: 0.
+    static func failedEarlier(_ L: LuaState, _ idx: Int32) -> Bool {
+        guard let f = sl_iofile(L, idx) else { return false }
+        return ferror(f) != 0
+    }
+
+    /// The result of closing the io file on top (popped): true, or false with the
+    /// failure pushed (fclose's reason, or the earlier failure). `errno` is
+    /// sl_closeiofile's (its reason is on top when nonzero).
+    static func closed(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, errno: Int32, failedEarlier: Bool) -> Bool {
+        var reason: String?
+        if errno != 0 {
+            reason = Lua.describe(L, -1)
             sl_pop(L, 1)
-            return true
+        } else if failedEarlier {
+            reason = "an earlier write or flush failed (what it held was not written)"
         }
-        let reason = Lua.describe(L, -1)
-        sl_pop(L, 2)
+        sl_pop(L, 1)
+        guard let reason else { return true }
         Lua.push(L, "release of \(runtime.describe(handle)) failed: \(reason)")
         return false
     }
@@ -71,15 +90,9 @@ final class AdoptedFile: Resource {
         lua_pushnil(L)
         lua_rawseti(L, -2, lua_Integer(id))
         sl_pop(L, 1)
+        let failedEarlier = FileResource.failedEarlier(L, -1)
         let errno = sl_closeiofile(L, -1)
-        guard errno != 0 else {
-            sl_pop(L, 1)
-            return true
-        }
-        let reason = Lua.describe(L, -1)
-        sl_pop(L, 2)
-        Lua.push(L, "release of \(runtime.describe(handle)) failed: \(reason)")
-        return false
+        return FileResource.closed(runtime, L, handle, errno: errno, failedEarlier: failedEarlier)
     }
 }
 

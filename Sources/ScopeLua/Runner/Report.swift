@@ -38,6 +38,7 @@ public enum Report {
         if s >= 1 { return fixed(s, 2) + "s" }
         if s >= 1e-3 { return fixed(s * 1e3, 2) + "ms" }
         if s >= 1e-6 { return fixed(s * 1e6, 2) + "us" }
+        guard s.isFinite else { return "\(s)s" }
         return String(Int((s * 1e9).rounded())) + "ns"
     }
 
@@ -64,8 +65,9 @@ public enum StandardError {
 
 extension Report {
     /// Pushes the pipeline report table: read, emitted, filtered, skipped,
-    /// dead_lettered, rejected, retried, fanout = { created, emitted, filtered, skipped,
-    /// dead_lettered }, stages[name] = { calls, errors, p50, p99, max },
+    /// dead_lettered, rejected, in_flight, in_flight_lines = { line, ... }, retried,
+    /// fanout = { created, emitted, filtered, skipped, dead_lettered, in_flight },
+    /// stages[name] = { calls, errors, p50, p99, max },
     /// resources = { acquired, released, leaked, release_errors }, timers[label] = {...}.
     static func pushPipeline(_ run: PipelineRun, _ L: LuaState) {
         func set(_ key: String, _ value: Int) {
@@ -83,15 +85,23 @@ extension Report {
         set("skipped", run.original.skipped)
         set("dead_lettered", run.original.deadLettered)
         set("rejected", run.rejected)
+        set("in_flight", run.original.inFlight)
+        lua_createtable(L, Int32(clamping: run.inFlightLines.count), 0)
+        for (i, line) in run.inFlightLines.enumerated() {
+            lua_pushinteger(L, lua_Integer(line))
+            lua_rawseti(L, -2, lua_Integer(i + 1))
+        }
+        Lua.setField(L, -2, "in_flight_lines")
         set("retried", run.retried)
-        lua_createtable(L, 0, 5)
+        lua_createtable(L, 0, 6)
         set("created", run.fanoutCreated)
         set("emitted", run.fanout.emitted)
         set("filtered", run.fanout.filtered)
         set("skipped", run.fanout.skipped)
         set("dead_lettered", run.fanout.deadLettered)
+        set("in_flight", run.fanout.inFlight)
         Lua.setField(L, -2, "fanout")
-        lua_createtable(L, 0, Int32(run.stages.count))
+        lua_createtable(L, 0, Int32(clamping: run.stages.count))
         for s in run.stages {
             lua_createtable(L, 0, 5)
             set("calls", s.calls)
@@ -127,9 +137,17 @@ extension Report {
     /// The pipeline part of `--report`, as a readable table.
     static func pipelineText(_ run: PipelineRun) -> String {
         var lines = ["pipeline \(run.definition.name)"]
-        lines.append("  events     read \(run.read)  emitted \(run.original.emitted)  filtered \(run.original.filtered)  skipped \(run.original.skipped)  dead-lettered \(run.original.deadLettered)  rejected \(run.rejected)  retried \(run.retried)")
+        // In flight only when there is something: a run that ended normally has none.
+        var inFlight = ""
+        if run.original.inFlight > 0 {
+            let lines = run.inFlightLines.map(String.init).joined(separator: ", ")
+            let what = run.options.input.isList ? "event" : "line"
+            inFlight = "  in-flight \(run.original.inFlight) (\(what)\(run.inFlightLines.count == 1 ? "" : "s") \(lines))"
+        }
+        lines.append("  events     read \(run.read)  emitted \(run.original.emitted)  filtered \(run.original.filtered)  skipped \(run.original.skipped)  dead-lettered \(run.original.deadLettered)  rejected \(run.rejected)  retried \(run.retried)" + inFlight)
         if run.fanoutCreated > 0 {
-            lines.append("  fan-out    created \(run.fanoutCreated)  emitted \(run.fanout.emitted)  filtered \(run.fanout.filtered)  skipped \(run.fanout.skipped)  dead-lettered \(run.fanout.deadLettered)")
+            lines.append("  fan-out    created \(run.fanoutCreated)  emitted \(run.fanout.emitted)  filtered \(run.fanout.filtered)  skipped \(run.fanout.skipped)  dead-lettered \(run.fanout.deadLettered)"
+                + (run.fanout.inFlight > 0 ? "  in-flight \(run.fanout.inFlight)" : ""))
         }
         let width = max(5, run.stages.map(\.definition.name.count).max() ?? 5)
         lines.append("  stages     " + pad("stage", width) + "     calls   errors        p50        p99        max")

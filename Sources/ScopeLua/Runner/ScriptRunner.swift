@@ -55,15 +55,32 @@ public enum ScriptRunner {
     public static let success: Int32 = 0
     public static let scriptError: Int32 = 1
     public static let usageError: Int32 = 2
+    /// The reader of the pipeline's output went away (EPIPE): the run stopped
+    /// gracefully and exits as a shell reports a process that SIGPIPE ended.
+    public static let readerGone: Int32 = 128 + SIGPIPE
+    /// The longest grace period (seconds) `--grace` accepts.
+    public static let maxGrace = Int(PipelineRun.maxGrace)
 
     /// Runs the request in a new runtime and returns the process exit status.
     public static func run(_ request: RunRequest, options: RuntimeOptions = RuntimeOptions()) -> Int32 {
         // A script that cannot be read is a usage error (2), reported before any Lua runs.
+        // It is opened once, here, and loaded from that descriptor: a script from a pipe
+        // (`scopelua run <(...)`) loses nothing to the check.
+        var scriptFD: Int32 = -1
         if let script = request.script, script != "-" {
-            if let problem = unreadable(script) {
+            switch InputFile.open(script) {
+            case .success(let fd): scriptFD = fd
+            case .failure(let problem):
                 options.diagnostics("scopelua: cannot open \(script): \(problem)")
                 return usageError
             }
+        }
+        defer { if scriptFD >= 0 { close(scriptFD) } }
+        // An output over the input is refused before the script runs (the run checks
+        // again on the descriptors it opens).
+        if let p = request.pipeline, let problem = outputOverInput(p) {
+            options.diagnostics("scopelua: \(problem)")
+            return usageError
         }
         let rt = Runtime(options: options)
         defer { rt.close() }
@@ -83,7 +100,10 @@ public enum ScriptRunner {
         }
         if status == success, let script = request.script {
             status = runChunk(rt, name: script, arguments: request.scriptArguments) { L in
-                script == "-" ? luaL_loadfilex(L, nil, nil) : luaL_loadfilex(L, script, nil)
+                if script == "-" { return luaL_loadfilex(L, nil, nil) }
+                let fd = scriptFD
+                scriptFD = -1  // sl_loadfd closes it
+                return sl_loadfd(L, fd, script)
             }
         }
         if status == success, let pipelineOptions = request.pipeline {
@@ -130,13 +150,23 @@ public enum ScriptRunner {
             }
             definition = only
         }
-        // An input that cannot be read is a usage error, like an unreadable script.
-        if p.input != "-", let problem = unreadable(p.input) {
-            rt.diagnose("scopelua: cannot open input \(p.input): \(problem)")
-            return usageError
-        }
+        // An input that cannot be read is a usage error, like an unreadable script. It is
+        // opened once: the reader gets this descriptor (a FIFO or a pipe loses nothing).
         var options = PipelineRun.Options()
-        options.input = p.input == "-" ? .stdin : .path(p.input)
+        var inputFD: Int32 = -1
+        defer { if inputFD >= 0 { close(inputFD) } }
+        if p.input == "-" {
+            options.input = .stdin
+        } else {
+            switch InputFile.open(p.input) {
+            case .success(let fd):
+                inputFD = fd
+                options.input = .descriptor(fd, name: p.input)
+            case .failure(let problem):
+                rt.diagnose("scopelua: cannot open input \(p.input): \(problem)")
+                return usageError
+            }
+        }
         switch p.output {
         case "-": options.output = .stdout
         case "none": options.output = .discard
@@ -146,10 +176,16 @@ public enum ScriptRunner {
         options.grace = p.grace
         options.handleSignals = true
         options.progress = sl_stderr_isatty() != 0
+        // From here on a write to a pipe nobody reads fails with EPIPE (the run stops
+        // gracefully) instead of killing the process: also for what is left in stdout's
+        // buffer when the process exits.
+        _ = sl_sigpipe_ignore()
         let run = PipelineRun(rt, definition, options: options)
         let outcome = run.execute(rt.L, parent: rt.root)
         run.releaseReferences(rt.L)
-        if report { rt.diagnose(Report.pipelineText(run)) }
+        if report {
+            if case .refused = outcome {} else { rt.diagnose(Report.pipelineText(run)) }  // nothing ran
+        }
         switch outcome {
         case .finished:
             return success
@@ -158,15 +194,32 @@ public enum ScriptRunner {
         case .failed(let message):
             rt.diagnose("scopelua: \(message)")
             return scriptError
+        case .readerGone(let message):
+            rt.diagnose("scopelua: stopped: \(message) (the reader went away)")
+            return readerGone
+        case .refused(let message):
+            rt.diagnose("scopelua: \(message)")
+            return usageError
         }
     }
 
-    /// The reason `path` cannot be read as a script, or nil if it can.
-    static func unreadable(_ path: String) -> String? {
-        guard let f = fopen(path, "r") else { return String(cString: strerror(errno)) }
-        defer { fclose(f) }
-        var byte: UInt8 = 0
-        if fread(&byte, 1, 1, f) == 0, ferror(f) != 0 { return String(cString: strerror(errno)) }
+    /// Why `--output` or `--dead-letter` cannot be used with this input: it names the
+    /// input file (same device and inode, through any link), or nil.
+    static func outputOverInput(_ p: RunRequest.PipelineOptions) -> String? {
+        func identity(_ path: String) -> InputFile.Identity? {
+            var st = stat()
+            guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
+            return InputFile.Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+        }
+        let input = p.input == "-" ? InputFile.identity(0) : identity(p.input)
+        guard let input else { return nil }
+        let name = p.input == "-" ? "stdin" : p.input
+        if p.output != "-", p.output != "none", identity(p.output) == input {
+            return "--output \(p.output) is the input file \(name): it would be truncated before it is read"
+        }
+        if let dl = p.deadLetter, identity(dl) == input {
+            return "--dead-letter \(dl) is the input file \(name): it would be truncated before it is read"
+        }
         return nil
     }
 
@@ -174,7 +227,7 @@ public enum ScriptRunner {
     /// arguments above.
     static func setArgTable(_ L: LuaState, _ request: RunRequest) {
         let before = request.interpreterArguments
-        lua_createtable(L, Int32(request.scriptArguments.count), Int32(before.count + 1))
+        lua_createtable(L, Int32(clamping: request.scriptArguments.count), Int32(clamping: before.count + 1))
         for (i, a) in before.enumerated() {
             Lua.push(L, a)
             lua_rawseti(L, -2, lua_Integer(i - before.count))
@@ -209,7 +262,7 @@ public enum ScriptRunner {
             return scriptError
         }
         for a in arguments { Lua.push(L, a) }
-        return finishCall(rt, nargs: Int32(arguments.count))
+        return finishCall(rt, nargs: Int32(clamping: arguments.count))
     }
 
     /// `-l MODULE`: `MODULE = require "MODULE"`.

@@ -1,0 +1,109 @@
+/*
+ * The runner's I/O helpers: see include/pipeio.h.
+ */
+#include "pipeio.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+/* ---- loading a script from a descriptor --------------------------------------------
+ * lauxlib's luaL_loadfilex, except that the file is already open: checking a script
+ * by opening and reading it, then opening it again to load it, loses what the check
+ * read from a pipe. Lua 5.4's getF / skipBOM / skipcomment, unchanged. */
+
+typedef struct {
+  int n;
+  FILE *f;
+  char buff[BUFSIZ];
+} LoadF;
+
+static const char *getF(lua_State *L, void *ud, size_t *size) {
+  LoadF *lf = (LoadF *)ud;
+  (void)L;
+  if (lf->n > 0) {
+    *size = (size_t)lf->n;
+    lf->n = 0;
+  } else {
+    if (feof(lf->f)) return NULL;
+    *size = fread(lf->buff, 1, sizeof(lf->buff), lf->f);
+  }
+  return lf->buff;
+}
+
+static int skipBOM(FILE *f) {
+  int c = getc(f);
+  if (c == 0xEF && getc(f) == 0xBB && getc(f) == 0xBF) return getc(f);
+  return c;
+}
+
+static int skipcomment(FILE *f, int *cp) {
+  int c = *cp = skipBOM(f);
+  if (c == '#') {
+    do { c = getc(f); } while (c != EOF && c != '\n');
+    *cp = getc(f);
+    return 1;
+  }
+  return 0;
+}
+
+static int errfile(lua_State *L, const char *what, const char *name, int fnameindex, int en) {
+  lua_pushfstring(L, "cannot %s %s: %s", what, name, strerror(en));
+  lua_remove(L, fnameindex);
+  return LUA_ERRFILE;
+}
+
+int sl_loadfd(lua_State *L, int fd, const char *name) {
+  int fnameindex = lua_gettop(L) + 1;
+  lua_pushfstring(L, "@%s", name);
+  LoadF lf;
+  lf.f = fdopen(fd, "r");
+  if (lf.f == NULL) {
+    int en = errno;
+    close(fd);
+    return errfile(L, "open", name, fnameindex, en);
+  }
+  lf.n = 0;
+  int c;
+  if (skipcomment(lf.f, &c)) lf.buff[lf.n++] = '\n';  /* keeps the line numbers */
+  /* A binary chunk: lua reopens the file in binary mode, which is the same stream on
+   * POSIX (and reopening would read a pipe twice). Only the added newline goes. */
+  if (c == LUA_SIGNATURE[0]) lf.n = 0;
+  if (c != EOF) lf.buff[lf.n++] = (char)c;
+  errno = 0;
+  int status = lua_load(L, getF, &lf, lua_tostring(L, -1), NULL);
+  int readstatus = ferror(lf.f);
+  int en = errno;
+  fclose(lf.f);
+  if (readstatus) {
+    lua_settop(L, fnameindex);
+    return errfile(L, "read", name, fnameindex, en);
+  }
+  lua_remove(L, fnameindex);
+  return status;
+}
+
+/* ---- SIGPIPE -------------------------------------------------------------------------- */
+
+static struct sigaction saved_sigpipe[8];
+static int saved_depth = 0;
+
+int sl_sigpipe_ignore(void) {
+  struct sigaction sa, old;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_IGN;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGPIPE, &sa, &old) != 0 || saved_depth >= 8) return -1;
+  saved_sigpipe[saved_depth] = old;
+  return saved_depth++;
+}
+
+void sl_sigpipe_restore(int token) {
+  if (token < 0 || token != saved_depth - 1) return;
+  saved_depth--;
+  sigaction(SIGPIPE, &saved_sigpipe[token], NULL);
+}
