@@ -128,7 +128,7 @@ final class PipelineRun {
         defer { rt.activeRun = nil }
         let base = lua_gettop(L)
         defer { lua_settop(L, base) }
-        _ = lua_checkstack(L, 64)
+        Lua.reserve(L, 64, for: "a pipeline run")
 
         // The input is opened once, before anything else: the descriptor checked is the
         // one read (a pipe loses nothing), and the output can be compared with it.
@@ -423,7 +423,7 @@ final class PipelineRun {
         if i == stages.count {
             return writeOutput(L, event, extra: extra)
         }
-        _ = lua_checkstack(L, 16)
+        Lua.reserve(L, 16, for: "a stage call")
         let stage = stages[i]
         var policy = stage.policy
         var attempt = 0
@@ -589,30 +589,16 @@ final class PipelineRun {
         let now = sl_monotonic_ns()
         for t in rt.scheduled where t.due <= now {
             guard let h = t.handle, h.pointee.isOpen else { continue }
-            if let interval = t.interval {
-                t.due = max(Self.later(t.due, by: Self.nanoseconds(interval)), now)
-            }
             let base = lua_gettop(L)
             // The callback may release this very timer and collect its box: keep the
-            // record until the firing is done.
+            // record for the message below.
             sl_rec_pin(h)
             defer { sl_rec_unpin(rt.arena.pool, h) }
-            t.fired += 1
             let stageIndex = stages.firstIndex { $0.scope === t.owner || $0.task === t.owner }
-            let callScope = Scope(name: "timer", parent: t.owner)
-            let saved = rt.current
-            rt.current = callScope
             runningStage = stageIndex
-            t.pushFunction(L)
-            let status = sl_pcall(L, 0, 0, msgh)
+            let ok = rt.fireTimer(t, L, now: now)
             runningStage = nil
-            rt.current = saved
-            let failures = rt.endScope(callScope, L, error: status == LUA_OK ? 0 : lua_gettop(L))
-            if t.interval == nil, h.pointee.isOpen {
-                rt.release(h, L, cause: .handle(h.pointee.site), error: 0)
-            }
-            if status != LUA_OK || failures > 0 {
-                _ = rt.mergeErrors(L, primary: status == LUA_OK ? 0 : base + 1, failures: failures)
+            if !ok {
                 let name = stageIndex.map { stages[$0].definition.name } ?? definition.name
                 if let i = stageIndex { stages[i].errors += 1 }
                 let message = "timer \(rt.describe(h)) of stage '\(name)' failed: \(describeError(L, lua_gettop(L)))"

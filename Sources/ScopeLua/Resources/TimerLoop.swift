@@ -7,8 +7,8 @@ import Glibc
 
 /// Firing `timer.every` / `timer.after` callbacks outside a pipeline: `timer.sleep` and
 /// `timer.loop` wait while firing the state's due timers, and the REPL fires them while
-/// it waits at the prompt. (A running pipeline fires them between events itself, with
-/// its stages' error policies; see PipelineRun.)
+/// it waits at the prompt; a running pipeline fires them between events through
+/// `fireTimer` too, and applies its stages' error policies to a failure.
 extension Runtime {
     /// The earliest due time of an open scheduled timer (monotonic ns), if any.
     var nextTimerDue: UInt64? {
@@ -30,6 +30,7 @@ extension Runtime {
         defer { sl_rec_unpin(arena.pool, h) }
         t.fired += 1
         if let interval = t.interval {
+            // Intervals are at most 1e9 s (checked when the timer is made): no overflow.
             t.due = max(t.due &+ UInt64(interval * 1e9), now)
         }
         let base = lua_gettop(L)
