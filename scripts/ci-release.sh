@@ -7,7 +7,7 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-source scripts/ci-examples.sh
+source scripts/ci-scripts.sh
 
 swift build -c release || exit 1
 # The flag is what makes this build differ from the tested debug one: make sure it is
@@ -24,8 +24,6 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/scopelua-release.XXXXXX")
 failed=0
 check_example_list || failed=1
 if [ $# -gt 0 ]; then names=("$@"); else names=("${example_names[@]}"); fi
-for name in "${names[@]}"; do
-  example "$name" || failed=1
-done
+run_named "${names[@]}" || failed=1
 [ $failed -eq 0 ] && rm -rf "$work"
 exit $failed

@@ -22,7 +22,7 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-source scripts/ci-examples.sh
+source scripts/ci-scripts.sh
 
 command -v valgrind >/dev/null || { echo "valgrind is not installed (scripts/install-deps.sh installs it)"; exit 1; }
 swift build -c release || exit 1
@@ -37,8 +37,8 @@ run_scopelua() {
     --show-leak-kinds=definite --num-callers=30 --log-file="$dir/valgrind.log" "$bin" "$@"
 }
 
-# memcheck_clean: after a run in $dir, records a failure if valgrind reported errors.
-memcheck_clean() {
+# After each run: memcheck's verdict joins the script's own checks.
+extra_check() {
   local summary
   summary=$(grep -h "ERROR SUMMARY" "$dir/valgrind.log" 2>/dev/null | tail -n 1)
   if [ -z "$summary" ]; then
@@ -48,58 +48,16 @@ memcheck_clean() {
   fi
 }
 
-show_valgrind_log() {
-  echo "      valgrind (first errors, full log in $dir/valgrind.log):"
-  grep -v "^==[0-9]*== *$" "$dir/valgrind.log" | grep -A 14 -m 3 -E "Invalid|uninitialised|Mismatched|definitely lost in|Process terminating" \
-    | head -n 60 | sed 's/^/        /'
+on_failure() {
+  echo "      valgrind (first errors; the whole log: $dir/valgrind.log):"
+  grep -v "^==[0-9]*== *$" "$dir/valgrind.log" \
+    | grep -A 14 -m 3 -E "Invalid|uninitialised|Mismatched|definitely lost in|Process terminating" \
+    | head -n 50 | sed 's/^/        /'
 }
-
-# One error-path script from Tests/valgrind/.
-error_path() {
-  local name=$1 script="$root/Tests/valgrind/$1.lua" started=$SECONDS expected status
-  dir="$work/$name"
-  rm -rf "$dir" && mkdir -p "$dir"
-  failures=()
-  expected=$(sed -n 's/^-- exit: \([0-9]*\)$/\1/p' "$script" | head -n 1)
-  expected=${expected:-0}
-  (cd "$dir" && run_scopelua run "$script") >"$dir/stdout" 2>"$dir/stderr"
-  status=$?
-  memcheck_clean
-  [ "$status" -eq "$expected" ] || failures+=("exit $status, expected $expected")
-  if [ "$expected" -eq 0 ] && [ "$(tail -n 1 "$dir/stdout")" != "ok" ]; then
-    failures+=("did not print ok at the end")
-  fi
-  if [ ${#failures[@]} -eq 0 ]; then
-    echo "PASS  Tests/valgrind/$name.lua ($((SECONDS - started))s)"
-    return 0
-  fi
-  echo "FAIL  Tests/valgrind/$name.lua: $(IFS=';'; echo "${failures[*]}")"
-  echo "      stderr (last lines):"; tail -n 8 "$dir/stderr" | sed 's/^/        /'
-  show_valgrind_log
-  return 1
-}
-
-# The examples run with their usual checks, plus memcheck's verdict.
-example_extra_check() { memcheck_clean; }
-example_on_failure() { show_valgrind_log; }
-
-error_paths=()
-for f in Tests/valgrind/*.lua; do error_paths+=("$(basename "$f" .lua)"); done
-if [ $# -gt 0 ]; then names=("$@"); else names=("${example_names[@]}" "${error_paths[@]}"); fi
 
 failed=0
 check_example_list || failed=1
-passed=0
-for name in "${names[@]}"; do
-  if [[ " ${example_names[*]} " == *" $name "* ]]; then
-    example "$name" && passed=$((passed + 1)) || failed=$((failed + 1))
-  elif [ -f "Tests/valgrind/$name.lua" ]; then
-    error_path "$name" && passed=$((passed + 1)) || failed=$((failed + 1))
-  else
-    echo "FAIL  no example or Tests/valgrind script named '$name'"
-    failed=$((failed + 1))
-  fi
-done
-echo "valgrind: $passed scripts clean, $failed failed"
+if [ $# -gt 0 ]; then names=("$@"); else names=("${example_names[@]}" "${error_path_names[@]}"); fi
+run_named "${names[@]}" || failed=1
 [ $failed -eq 0 ] && rm -rf "$work"
-[ $failed -eq 0 ]
+exit $failed

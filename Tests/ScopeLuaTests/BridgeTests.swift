@@ -27,8 +27,13 @@ import Testing
         } else {
             Issue.record("no memory figures: \(warm) \(after)")
         }
-        // A retained Swift object or string per failure would be tens of MiB.
-        #expect(rssAfter - rssBefore < 8 * 1024, "RSS grew by \(rssAfter - rssBefore) KiB")
+        // A retained Swift object or string per failure would be tens of MiB. Not under
+        // AddressSanitizer (scripts/ci-asan.sh sets SCOPELUA_ASAN): its quarantine holds
+        // freed blocks back (RSS grew by 57 MiB there), so RSS says nothing under it; the
+        // Lua heap check above still runs.
+        if !runningUnderASan {
+            #expect(rssAfter - rssBefore < 8 * 1024, "RSS grew by \(rssAfter - rssBefore) KiB")
+        }
     }
 
     @Test func errorsFromSwiftCarryScriptPositions() {

@@ -54,6 +54,9 @@ func openDescriptors(under directory: String) -> Int {
     }.count
 }
 
+/// True when scripts/ci-asan.sh runs the suite (built with AddressSanitizer).
+let runningUnderASan = ProcessInfo.processInfo.environment["SCOPELUA_ASAN"] != nil
+
 /// Resident set size of this process, in KiB.
 func residentKiB() -> Int {
     guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }

@@ -1,13 +1,19 @@
-# Sourced by scripts/ci-release.sh and scripts/valgrind-scripts.sh: runs every example
-# script in scripts/ the way Tests/ScopeLuaTests/ExampleScriptTests.swift runs it and
-# checks its exit status and its outputs, so that the release build (and the release
-# build under valgrind) is held to what the debug suite checks.
+# Sourced by the CI stages that run scopelua scripts outside the Swift test suite
+# (scripts/ci-release.sh, scripts/ci-asan.sh, scripts/valgrind-scripts.sh):
+#   example NAME      runs scripts/NAME.lua the way Tests/ScopeLuaTests/ExampleScriptTests.swift
+#                     runs it and checks its exit status and outputs, so that the release
+#                     build (and the release build under valgrind) is held to what the
+#                     debug suite checks;
+#   error_path NAME   runs Tests/valgrind/NAME.lua (scripts that end in errors, break out of
+#                     loops, leak handles, ... for memory checkers) and checks its exit
+#                     status (0, or what its `-- exit: N` line says) and, for exit 0, that
+#                     it printed "ok" last (it ran to the end).
 #
 # The caller defines `run_scopelua ARGS...` (how to start scopelua: the binary itself or
-# under valgrind) and $work (a directory) before calling `example NAME`. `example` runs
-# in a fresh directory, prints one line, and returns non-zero on a failure. Optional
-# hooks: `example_extra_check` runs after the example's own checks (and may add to
-# `failures`), `example_on_failure` prints more when it failed.
+# under valgrind) and $work (a directory). Each run has a fresh directory $dir (the
+# working directory of the run), prints one PASS/FAIL line, and returns non-zero on a
+# failure. Optional hooks: `extra_check` runs after a script's own checks (and may add
+# to `failures`, e.g. memcheck's verdict), `on_failure` prints more when it failed.
 
 root=${root:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 events="$root/scripts/data/events.jsonl"
@@ -21,7 +27,7 @@ check_example_list() {
   for f in "$root"/scripts/*.lua; do
     name=$(basename "$f" .lua)
     if [[ " ${example_names[*]} " != *" $name "* ]]; then
-      echo "FAIL  scripts/$name.lua is not in scripts/ci-examples.sh: say how CI runs it and what it must print"
+      echo "FAIL  scripts/$name.lua is not in scripts/ci-scripts.sh: say how CI runs it and what it must print"
       missing=1
     fi
   done
@@ -100,21 +106,60 @@ example_nested() {
   expect "stages open in order and close in reverse" [ "$(grep -E '^(open|close)' "$dir/stderr")" = "$expected" ]
 }
 
-# example NAME: runs one example in a fresh directory under $work and prints PASS/FAIL.
-example() {
-  local name=$1 started=$SECONDS
+# The scripts in Tests/valgrind/.
+error_path_names=()
+for f in "$root"/Tests/valgrind/*.lua; do error_path_names+=("$(basename "$f" .lua)"); done
+
+run_error_path() {
+  local script="$root/Tests/valgrind/$1.lua" expected
+  expected=$(sed -n 's/^-- exit: \([0-9]*\)$/\1/p' "$script" | head -n 1)
+  expected=${expected:-0}
+  (cd "$dir" && run_scopelua run "$script") >"$dir/stdout" 2>"$dir/stderr"
+  status=$?
+  expect "exit $expected (got $status)" [ "$status" -eq "$expected" ]
+  if [ "$expected" -eq 0 ]; then
+    expect "prints ok at the end" [ "$(tail -n 1 "$dir/stdout")" = "ok" ]
+  fi
+}
+
+# checked TITLE NAME COMMAND...: runs COMMAND in a fresh $dir under $work with the
+# checks and hooks, prints PASS/FAIL.
+checked() {
+  local title=$1 name=$2 started=$SECONDS
+  shift 2
   dir="$work/$name"
   rm -rf "$dir" && mkdir -p "$dir"
   failures=()
-  "example_$name"
-  if declare -F example_extra_check >/dev/null; then example_extra_check; fi
+  "$@"
+  if declare -F extra_check >/dev/null; then extra_check; fi
   if [ ${#failures[@]} -eq 0 ]; then
-    echo "PASS  $name ($((SECONDS - started))s)"
+    echo "PASS  $title ($((SECONDS - started))s)"
     return 0
   fi
-  echo "FAIL  $name: $(IFS=';'; echo "${failures[*]}")"
+  echo "FAIL  $title: $(IFS=';'; echo "${failures[*]}")"
   echo "      stdout (last lines):"; tail -n 5 "$dir/stdout" | sed 's/^/        /'
-  echo "      stderr (last lines):"; tail -n 20 "$dir/stderr" | sed 's/^/        /'
-  if declare -F example_on_failure >/dev/null; then example_on_failure; fi
+  echo "      stderr (last lines):"; tail -n 12 "$dir/stderr" | sed 's/^/        /'
+  if declare -F on_failure >/dev/null; then on_failure; fi
   return 1
+}
+
+example() { checked "scripts/$1.lua" "$1" "example_$1"; }
+error_path() { checked "Tests/valgrind/$1.lua" "$1" run_error_path "$1"; }
+
+# run_named NAME...: runs each name as an example or an error-path script; prints a
+# count and returns non-zero when any failed.
+run_named() {
+  local name passed=0 failed=0
+  for name in "$@"; do
+    if [[ " ${example_names[*]} " == *" $name "* ]]; then
+      example "$name" && passed=$((passed + 1)) || failed=$((failed + 1))
+    elif [ -f "$root/Tests/valgrind/$name.lua" ]; then
+      error_path "$name" && passed=$((passed + 1)) || failed=$((failed + 1))
+    else
+      echo "FAIL  no example or Tests/valgrind script named '$name'"
+      failed=$((failed + 1))
+    fi
+  done
+  echo "scripts: $passed passed, $failed failed"
+  [ $failed -eq 0 ]
 }
