@@ -3,7 +3,7 @@ import Testing
 
 /// The C bridge (ARCHITECTURE rule 1): Swift functions fail by returning a status; the
 /// trampoline raises. Failing a million times must not leak anything.
-@Suite struct BridgeTests {
+@Suite(.timeLimit(.minutes(1))) struct BridgeTests {
     @Test func aMillionFailuresUnderPcallDoNotGrowMemory() {
         let rt = Runtime()
         defer { rt.close() }
