@@ -36,10 +36,10 @@ import Testing
 
         func screen() throws -> String { try run(["capture-pane", "-t", "t", "-p"]) }
 
-        /// The last line on the screen that is not empty (where the cursor is), without
-        /// the spaces around it.
-        func lastLine() throws -> String {
-            try screen().split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.last { !$0.isEmpty } ?? ""
+        /// The last line of `screen` that is not empty (where the cursor is), without the
+        /// spaces around it.
+        static func lastLine(of screen: String) -> String {
+            screen.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.last { !$0.isEmpty } ?? ""
         }
 
         /// Waits until `condition` holds for the screen (or gives up after 20 seconds).
@@ -51,7 +51,7 @@ import Testing
         func waitFor(_ text: String) throws -> Bool { try waitFor { $0.contains(text) } }
 
         /// Waits until the REPL shows an empty prompt on its last line (it reads a new chunk).
-        func waitForPrompt() throws -> Bool { try waitUntil(seconds: 20) { try lastLine() == ">" } }
+        func waitForPrompt() throws -> Bool { try waitFor { Tmux.lastLine(of: $0) == ">" } }
 
         /// The scopelua process in the pane (a child of the pane's shell).
         func replProcess() throws -> pid_t? {
@@ -103,7 +103,7 @@ import Testing
         // History: Up recalls the last line onto the new prompt.
         #expect(try tmux.waitForPrompt(), "\((try? tmux.screen()) ?? "")")
         try tmux.keys("Up")
-        #expect(try tmux.waitFor { _ in (try? tmux.lastLine()) == "> error('typed error')" }, "\((try? tmux.screen()) ?? "")")
+        #expect(try tmux.waitFor { Tmux.lastLine(of: $0) == "> error('typed error')" }, "\((try? tmux.screen()) ?? "")")
         try tmux.keys("C-u")
         // Ctrl-D with an open file: flushed, released, reported.
         try tmux.line("log = fs.open('\(dir)/last.txt', 'w'); log:write('flushed at exit')")
