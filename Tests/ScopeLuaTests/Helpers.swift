@@ -106,13 +106,6 @@ func processStatus(_ pid: pid_t, _ field: String, has signal: Int32) -> Bool {
 /// True when scripts/ci-asan.sh runs the suite (built with AddressSanitizer).
 let runningUnderASan = ProcessInfo.processInfo.environment["SCOPELUA_ASAN"] != nil
 
-/// Resident set size of this process, in KiB.
-func residentKiB() -> Int {
-    guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
-    let pages = statm.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
-}
-
 /// The built `scopelua` executable (next to the test bundle).
 let scopeluaPath: String = {
     let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
