@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages scopelua needs to build, test and benchmark; runs
 # `apt-get update` first only when something is missing. Safe to run repeatedly.
+# As root (CI, a fresh container) it calls apt-get directly, sudo or no sudo; as
+# another user it needs sudo, and says so plainly when there is none.
 set -euo pipefail
 
 packages=(
@@ -13,16 +15,26 @@ packages=(
   lua-sql-sqlite3    # the plain-Lua baseline's database driver
   python3            # benchmark driver and the Python baselines
   tmux               # drives the REPL as a user would, in end-to-end tests
+  sqlite3            # CI checks the databases the example scripts write
+  valgrind           # CI runs memcheck on the release build (scripts/valgrind-scripts.sh)
+  binutils           # objcopy: the debug-info-free copy valgrind reads
 )
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "scopelua: installing ${missing[*]}" >&2
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "scopelua: installing ${missing[*]}" >&2
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "scopelua: missing packages (${missing[*]}): run this script as root, or install sudo" >&2
+    exit 1
+  fi
+  as_root=(sudo)
 fi
+# env after sudo: sudo does not pass DEBIAN_FRONTEND on by default.
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

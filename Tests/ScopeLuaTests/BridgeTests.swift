@@ -3,32 +3,44 @@ import Testing
 
 /// The C bridge (ARCHITECTURE rule 1): Swift functions fail by returning a status; the
 /// trampoline raises. Failing a million times must not leak anything.
-@Suite struct BridgeTests {
-    @Test func aMillionFailuresUnderPcallDoNotGrowMemory() {
-        let rt = Runtime()
-        defer { rt.close() }
-        let loop = """
-            local n = ...
-            local ok, e
-            for i = 1, n do ok, e = pcall(timer.measure, i) end
-            collectgarbage()
-            return e, collectgarbage("count")
-            """
-        func fail(_ n: Int) -> [LuaValue] {
-            (try? rt.execute("return (function(...) \(loop) end)(\(n))")) ?? []
+@Suite(.timeLimit(.minutes(1))) struct BridgeTests {
+    /// In a scopelua process of its own: the resident size of the test process moves
+    /// with whatever the suites running in parallel allocate (it failed now and then,
+    /// 10 MiB of growth against a limit of 8).
+    @Test func aMillionFailuresUnderPcallDoNotGrowMemory() throws {
+        let dir = temporaryDirectory()
+        let script = write("""
+            local function rss()
+              local f <close> = assert(io.open("/proc/self/status"))
+              return tonumber(f:read("a"):match("VmRSS:%s*(%d+) kB"))
+            end
+            local function fail(n)
+              local ok, e
+              for i = 1, n do ok, e = pcall(timer.measure, i) end
+              collectgarbage()
+              return e, collectgarbage("count")
+            end
+            local _, warm = fail(100000)
+            local before = rss()
+            local e, heap = fail(1000000)
+            print(e)
+            print(math.floor(heap - warm))
+            print(rss() - before)
+            """, to: "fail.lua", in: dir)
+        let r = try scopelua(["run", script])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        try #require(lines.count == 3, "\(r.stdout)")
+        #expect(lines[0] == "bad argument #1 to '?' (string expected, got number)")
+        let heapGrowth = try #require(Int(lines[1])), rssGrowth = try #require(Int(lines[2]))
+        #expect(heapGrowth < 64, "Lua heap grew by \(heapGrowth) KiB")
+        // A retained Swift object or string per failure would be tens of MiB. Not under
+        // AddressSanitizer (scripts/ci-asan.sh sets SCOPELUA_ASAN): its quarantine holds
+        // freed blocks back (RSS grew by 57 MiB there), so RSS says nothing under it; the
+        // Lua heap check above still runs.
+        if !runningUnderASan {
+            #expect(rssGrowth < 8 * 1024, "RSS grew by \(rssGrowth) KiB")
         }
-        let warm = fail(100_000)
-        let rssBefore = residentKiB()
-        let after = fail(1_000_000)
-        let rssAfter = residentKiB()
-        #expect(after.first == .string("bad argument #1 to '?' (string expected, got number)"))
-        if case .number(let kb1)? = warm.last, case .number(let kb2)? = after.last {
-            #expect(kb2 < kb1 + 64, "Lua heap grew from \(kb1) KiB to \(kb2) KiB")
-        } else {
-            Issue.record("no memory figures: \(warm) \(after)")
-        }
-        // A retained Swift object or string per failure would be tens of MiB.
-        #expect(rssAfter - rssBefore < 8 * 1024, "RSS grew by \(rssAfter - rssBefore) KiB")
     }
 
     @Test func errorsFromSwiftCarryScriptPositions() {

@@ -3,10 +3,10 @@ import Testing
 
 /// Coroutines: what a coroutine acquires belongs to the scope current where it runs
 /// (is resumed), so abandoning or killing a coroutine cannot keep resources alive.
-@Suite struct CoroutineTests {
+@Suite(.timeLimit(.minutes(1))) struct CoroutineTests {
     @Test func neverResumedCoroutineDoesNotOutliveItsScope() {
         let dir = temporaryDirectory()
-        let run = runLua("""
+        let run = runLua(watching: dir, """
             local f, co
             scope(function()
               co = coroutine.create(function()
@@ -20,7 +20,7 @@ import Testing
             return coroutine.status(co), f:is_open(), tostring(f)
             """)
         #expect(run.values == [.string("suspended"), .boolean(false), .string("file#1 \"\(dir)/co.txt\" (released)")])
-        #expect(openDescriptors(under: dir) == 0)
+        #expect(run.openDescriptors == 0)
     }
 
     @Test func coroutineThatDiesWithAnErrorDoesNotKeepResources() {
@@ -59,7 +59,7 @@ import Testing
     /// it. The enclosing scope does.
     @Test func genericForBreakThatLuaFailsToCloseIsReleasedByTheScope() {
         let dir = temporaryDirectory()
-        let run = runLua("""
+        let run = runLua(watching: dir, """
             local function iter(f)
               local i = 0
               return function() i = i + 1; if i <= 3 then return i end end, nil, nil, f
@@ -82,7 +82,7 @@ import Testing
             """)
         // inside == true documents the Lua bug; false after the scope is the guarantee.
         #expect(run.values == [.boolean(true), .boolean(false)])
-        #expect(openDescriptors(under: dir) == 0)
+        #expect(run.openDescriptors == 0)
     }
 
     @Test func yieldingAcrossScopeIsAClearError() {

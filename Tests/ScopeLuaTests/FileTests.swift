@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// fs.open files and adopted io.open files.
-@Suite struct FileTests {
+@Suite(.timeLimit(.minutes(1))) struct FileTests {
     @Test func writeReadLinesSeekLikeIo() {
         let dir = temporaryDirectory()
         let run = runLua("""
@@ -75,7 +75,7 @@ import Testing
 
     @Test func ioOpenFilesAreAdoptedByTheCurrentScope() {
         let dir = temporaryDirectory()
-        let run = runLua("""
+        let run = runLua(watching: dir, """
             local f
             scope(function()
               f = io.open("\(dir)/io.txt", "w")
@@ -85,7 +85,7 @@ import Testing
             """)
         #expect(run.values.prefix(2) == [.string("closed file"), .nil])
         #expect(read("\(dir)/io.txt") == "adopted")
-        #expect(openDescriptors(under: dir) == 0)
+        #expect(run.openDescriptors == 0)
     }
 
     /// An io.open file the collector reclaims while open is a leak like any other:
@@ -125,7 +125,7 @@ import Testing
         let dir = temporaryDirectory()
         write("x", to: "exists.txt", in: dir)
         let before = openDescriptors(under: dir)
-        let run = runLua("""
+        let run = runLua(watching: dir, """
             local failures = 0
             for i = 1, 3000 do
               local f, err = fs.open("\(dir)/missing/" .. i)
@@ -144,7 +144,7 @@ import Testing
             return failures
             """)
         #expect(run.values == [.integer(6000)])
-        #expect(openDescriptors(under: dir) == before)
-        #expect(run.counts.acquired == run.counts.released)
+        #expect(run.openDescriptors == before)
+        #expect(run.countsBeforeClose.acquired == run.countsBeforeClose.released)
     }
 }

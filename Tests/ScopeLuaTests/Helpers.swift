@@ -13,15 +13,23 @@ struct LuaRun {
     var error: LuaError?
     var diagnostics: [String]
     var counts: ResourceCounts
+    /// The counts once the chunk has returned, before `close()` released what was left
+    /// (after it, `acquired == released` always holds).
+    var countsBeforeClose: ResourceCounts
     var timers: [TimerSummary]
+    /// With `runLua(_:watching:)`: the descriptors of this process open under that
+    /// directory once the chunk has returned, while the runtime is still open. (After
+    /// `close()` the runtime has released everything, so a count then is always 0.)
+    var openDescriptors: Int?
 
     /// The chunk's first result as a string (tests return `table.concat(log, ",")`).
     var text: String { values.first?.description ?? "" }
 }
 
 /// Runs `source` as chunk `test` in a new runtime, then closes the runtime (releasing
-/// whatever is still open, as the end of a run does).
-func runLua(_ source: String, trace: Bool = false) -> LuaRun {
+/// whatever is still open, as the end of a run does). With `watching`, also counts the
+/// descriptors open under that directory before the runtime is closed.
+func runLua(watching directory: String? = nil, _ source: String, trace: Bool = false) -> LuaRun {
     let lines = Lines()
     var options = RuntimeOptions()
     options.trace = trace
@@ -34,8 +42,11 @@ func runLua(_ source: String, trace: Bool = false) -> LuaRun {
     } catch {
         failure = error
     }
+    let open = directory.map { openDescriptors(under: $0) }
+    let countsBeforeClose = rt.resourceCounts
     rt.close()
-    return LuaRun(values: values, error: failure, diagnostics: lines.all, counts: rt.resourceCounts, timers: rt.timers)
+    return LuaRun(values: values, error: failure, diagnostics: lines.all, counts: rt.resourceCounts,
+                  countsBeforeClose: countsBeforeClose, timers: rt.timers, openDescriptors: open)
 }
 
 /// A fresh directory for one test.
@@ -45,21 +56,55 @@ func temporaryDirectory() -> String {
     return path
 }
 
-/// Open file descriptors of this process whose target lies under `directory`: a count
-/// that tests running in parallel cannot disturb.
-func openDescriptors(under directory: String) -> Int {
-    let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+/// Open file descriptors of a process (this one by default) whose target lies under
+/// `directory`: a count that tests running in parallel cannot disturb.
+func openDescriptors(under directory: String, process pid: pid_t? = nil) -> Int {
+    let fdDirectory = "/proc/\(pid.map(String.init) ?? "self")/fd"
+    let fds = (try? FileManager.default.contentsOfDirectory(atPath: fdDirectory)) ?? []
     return fds.filter { fd in
-        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"))?.hasPrefix(directory) ?? false
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(fdDirectory)/\(fd)"))?.hasPrefix(directory) ?? false
     }.count
 }
 
-/// Resident set size of this process, in KiB.
-func residentKiB() -> Int {
-    guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
-    let pages = statm.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
+/// The children of process `parent` whose command name is `name` (from /proc).
+func childProcesses(of parent: pid_t, named name: String) -> [pid_t] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { entry -> pid_t? in
+        guard let pid = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
+        // "pid (comm) state ppid ...": comm may contain spaces, so split after ')'.
+        let comm = stat[stat.index(after: open)..<close]
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard comm == name, fields.count > 1, pid_t(fields[1]) == parent else { return nil }
+        return pid
+    }
 }
+
+/// Polls `condition` until it holds or `seconds` have passed; returns whether it held.
+/// For waiting on something another process does (a line it prints, a file it creates):
+/// the deadline is generous because a loaded machine or a sanitizer slows the child, and
+/// a condition that holds returns at once.
+func waitUntil(seconds: Double = 30, _ condition: () throws -> Bool) rethrows -> Bool {
+    let end = Date().addingTimeInterval(seconds)
+    while Date() < end {
+        if try condition() { return true }
+        usleep(10_000)
+    }
+    return try condition()
+}
+
+/// A mask of signals from /proc/PID/status (`SigCgt` caught, `ShdPnd` pending for the
+/// process) contains `signal`.
+func processStatus(_ pid: pid_t, _ field: String, has signal: Int32) -> Bool {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix(field + ":") }),
+          let mask = UInt64(line.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces), radix: 16)
+    else { return false }
+    return mask & (1 << UInt64(signal - 1)) != 0
+}
+
+/// True when scripts/ci-asan.sh runs the suite (built with AddressSanitizer).
+let runningUnderASan = ProcessInfo.processInfo.environment["SCOPELUA_ASAN"] != nil
 
 /// The built `scopelua` executable (next to the test bundle).
 let scopeluaPath: String = {
@@ -82,9 +127,11 @@ struct ProcessResult {
     var stderr: String
 }
 
-/// Runs a program and waits for it.
+/// Runs a program and waits for it. A program still running after `timeout` seconds is
+/// killed (SIGKILL) and the test fails, so a hung child cannot hang the suite.
 func runProcess(_ executable: String, _ arguments: [String], stdin: String? = nil,
-                directory: String? = nil, environment: [String: String]? = nil) throws -> ProcessResult {
+                directory: String? = nil, environment: [String: String]? = nil,
+                timeout: Double = 50, sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -97,6 +144,16 @@ func runProcess(_ executable: String, _ arguments: [String], stdin: String? = ni
     process.standardError = err
     process.standardInput = input
     try process.run()
+    let pid = process.processIdentifier
+    final class Flag: @unchecked Sendable { var killed = false }  // written before the pipes close
+    let timedOut = Flag()
+    let watchdog = DispatchWorkItem {
+        if process.isRunning {
+            timedOut.killed = true
+            kill(pid, SIGKILL)
+        }
+    }
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: watchdog)
     if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
     try? input.fileHandleForWriting.close()
     // Read both pipes before waiting, so a chatty child cannot block on a full pipe.
@@ -112,14 +169,20 @@ func runProcess(_ executable: String, _ arguments: [String], stdin: String? = ni
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     group.wait()
     process.waitUntilExit()
+    watchdog.cancel()
+    if timedOut.killed {
+        Issue.record("\(executable) \(arguments.joined(separator: " ")) still ran after \(timeout) s: killed",
+                     sourceLocation: sourceLocation)
+    }
     return ProcessResult(status: process.terminationStatus,
                          stdout: String(decoding: outData, as: UTF8.self),
                          stderr: String(decoding: errData.data, as: UTF8.self))
 }
 
 /// `scopelua ARGS...`
-func scopelua(_ arguments: [String], stdin: String? = nil, directory: String? = nil) throws -> ProcessResult {
-    try runProcess(scopeluaPath, arguments, stdin: stdin, directory: directory)
+func scopelua(_ arguments: [String], stdin: String? = nil, directory: String? = nil,
+              sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {
+    try runProcess(scopeluaPath, arguments, stdin: stdin, directory: directory, sourceLocation: sourceLocation)
 }
 
 /// Writes `text` to `dir/name` and returns the path.

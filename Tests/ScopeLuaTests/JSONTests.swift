@@ -1,7 +1,7 @@
 import Testing
 @testable import ScopeLua
 
-@Suite struct JSONTests {
+@Suite(.timeLimit(.minutes(1))) struct JSONTests {
     @Test func emptyArraysAndNullRoundTrip() {
         let run = runLua("""
             local v = json.decode([[{"a":[],"b":{},"c":[1,[],{"k\\"q":[]}],"e":null,"s":"x[]y"}]])

@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// `scopelua run script.lua --input ...` end to end, signals included.
-@Suite struct PipelineCommandTests {
+@Suite(.timeLimit(.minutes(1))) struct PipelineCommandTests {
     static let identity = """
         stage "pass" { process = function(ctx, e) return e end }
         pipeline "p" { "pass" }
@@ -126,63 +126,96 @@ import Testing
 
         func send(_ text: String) { input.fileHandleForWriting.write(Data(text.utf8)) }
 
+        var pid: pid_t { process.processIdentifier }
+
         /// Closes stdin and waits; a child still running after `timeout` seconds is
         /// killed (and reported as status -1), so a broken stop cannot hang the tests.
         func finish(timeout: Double = 30) -> (status: Int32, stderr: String) {
             try? input.fileHandleForWriting.close()
-            let pid = process.processIdentifier
-            let exited = PipelineCommandTests.waitFor({ !self.process.isRunning }, seconds: timeout)
+            let exited = waitUntil(seconds: timeout) { !self.process.isRunning }
             if !exited { kill(pid, SIGKILL) }
             let err = errors.fileHandleForReading.readDataToEndOfFile()
             process.waitUntilExit()
             return (exited ? process.terminationStatus : -1, String(decoding: err, as: UTF8.self))
         }
-    }
 
-    static func waitFor(_ condition: () -> Bool, seconds: Double = 10) -> Bool {
-        let end = Date().addingTimeInterval(seconds)
-        while Date() < end {
-            if condition() { return true }
-            usleep(20_000)
+        /// Whether the child catches `signal` (its stop handlers are installed).
+        func catches(_ signal: Int32) -> Bool { processStatus(pid, "SigCgt", has: signal) }
+
+        /// Whether a `signal` sent to the child is still waiting to be delivered.
+        func hasPending(_ signal: Int32) -> Bool {
+            processStatus(pid, "ShdPnd", has: signal) || processStatus(pid, "SigPnd", has: signal)
         }
-        return condition()
     }
 
+    func exists(_ path: String) -> Bool { FileManager.default.fileExists(atPath: path) }
+
+    /// Timers fire while the input is idle. A timer the script released, and one made
+    /// while an event was processed (its task scope ended with the event), never fire
+    /// again: checked while the run goes on and another timer keeps firing, which shows
+    /// there was time for them to fire.
     @Test func timersFireWhileTheInputIsIdleAndStopWithTheirScope() throws {
         let dir = temporaryDirectory()
         write("""
             stage "batcher" {
               open = function(ctx)
-                ctx.state.f = fs.open("ticks.txt", "w")
-                timer.every(0.05, function()
-                  ctx.state.f:write("tick\\n"):flush()
+                local f = fs.open("ticks.txt", "w")
+                ctx.state.f = f
+                ctx.state.ticker = timer.every(0.02, function()
+                  f:write("tick\\n"):flush()
                   ctx:emit({ tick = true })
                 end)
+                timer.every(0.02, function() f:write("beat\\n"):flush() end)
               end,
-              process = function(ctx, e) return e end,
+              process = function(ctx, e)
+                local f = ctx.state.f
+                if e.id == 1 then
+                  timer.every(0.001, function() f:write("task timer\\n"):flush() end)
+                  f:write("event 1 done\\n"):flush()
+                elseif e.id == 2 then
+                  ctx.state.ticker:release()
+                  f:write("ticker released\\n"):flush()
+                end
+                return e
+              end,
             }
             pipeline "p" { "batcher" }
             """, to: "p.lua", in: dir)
         let child = try Child(["run", "p.lua", "--input", "-", "--output", "out.jsonl", "--report"], directory: dir)
-        // No input at all: the timer must fire anyway.
-        let ticked = Self.waitFor { (read("\(dir)/ticks.txt") ?? "").split(separator: "\n").count >= 3 }
-        #expect(ticked)
+        /// How often `line` is in the log (from the line `after` on).
+        func count(_ line: String, after marker: String? = nil) -> Int {
+            var lines = (read("\(dir)/ticks.txt") ?? "").split(separator: "\n").map(String.init)
+            if let marker { lines = Array(lines.drop { $0 != marker }) }
+            return lines.filter { $0 == line }.count
+        }
+        // No input at all: the timers fire anyway.
+        #expect(waitUntil { count("tick") >= 3 })
         child.send("{\"id\":1}\n")
+        #expect(waitUntil { count("beat", after: "event 1 done") >= 5 })
+        #expect(count("task timer") == 0)
+        child.send("{\"id\":2}\n")
+        #expect(waitUntil { count("beat", after: "ticker released") >= 5 })
+        #expect(count("tick", after: "ticker released") == 0)
+        let ticks = count("tick")
         let (status, stderr) = child.finish()
         #expect(status == 0, "\(stderr)")
-        let ticks = (read("\(dir)/ticks.txt") ?? "").split(separator: "\n").count
-        usleep(200_000)
-        #expect((read("\(dir)/ticks.txt") ?? "").split(separator: "\n").count == ticks)  // no more firing
-        #expect(stderr.contains("read 1  emitted 1"))
-        #expect(stderr.contains("fan-out    created \(ticks)  emitted \(ticks)"))
+        #expect(stderr.contains("read 2  emitted 2"))
+        #expect(stderr.contains("fan-out    created \(ticks)  emitted \(ticks)"), "\(stderr)")
     }
 
+    /// Each signal test waits for the child to be where the test needs it (a file the
+    /// stage creates) instead of sleeping: on a loaded machine a fixed sleep can send the
+    /// signal before the events are processed or before the handlers exist.
     @Test func sigtermStopsGracefully() throws {
         let dir = temporaryDirectory()
         write("""
             stage "s" {
               open = function(ctx) ctx.state.n = 0 end,
-              process = function(ctx, e) ctx.state.n = ctx.state.n + 1; return e end,
+              process = function(ctx, e)
+                ctx.state.n = ctx.state.n + 1
+                if ctx.state.n == 100 then fs.open("seen-100", "w"):release() end
+                return e
+              end,
               close = function(ctx, err)
                 local f <close> = fs.open("closed.txt", "w")
                 f:write("closed after ", ctx.state.n, "\\n")
@@ -192,9 +225,10 @@ import Testing
             """, to: "p.lua", in: dir)
         let child = try Child(["run", "p.lua", "--input", "-", "--output", "out.jsonl", "--report"], directory: dir)
         child.send((1...100).map { "{\"id\":\($0)}\n" }.joined())
-        // The 100 events are in: wait until the stage has seen them (the report counts).
-        usleep(500_000)
-        kill(child.process.processIdentifier, SIGTERM)
+        // The stage has seen the 100 events (the stop handlers exist before the first one).
+        #expect(waitUntil { self.exists("\(dir)/seen-100") })
+        #expect(child.catches(SIGTERM))
+        kill(child.pid, SIGTERM)
         let (status, stderr) = child.finish()
         #expect(status == 143, "\(stderr)")
         #expect(read("\(dir)/closed.txt") == "closed after 100\n")
@@ -207,14 +241,14 @@ import Testing
         write("""
             stage "slow" {
               open = function(ctx) ctx.state.f = fs.open("held.txt", "w"); ctx.state.f:write("held") end,
-              process = function(ctx, e) while true do end end,
+              process = function(ctx, e) fs.open("looping", "w"):release(); while true do end end,
             }
             pipeline "p" { "slow" }
             """, to: "p.lua", in: dir)
         let child = try Child(["run", "p.lua", "--input", "-", "--grace", "1"], directory: dir)
         child.send("{\"id\":1}\n")
-        usleep(300_000)
-        kill(child.process.processIdentifier, SIGTERM)
+        #expect(waitUntil { self.exists("\(dir)/looping") })
+        kill(child.pid, SIGTERM)
         let (status, stderr) = child.finish()
         #expect(status == 143)
         #expect(stderr.contains("scopelua: stop forced while stage 'slow' was still running: everything still open was released"))
@@ -224,15 +258,17 @@ import Testing
     @Test func secondSignalForcesAtOnce() throws {
         let dir = temporaryDirectory()
         write("""
-            stage "slow" { process = function(ctx, e) while true do end end }
+            stage "slow" { process = function(ctx, e) fs.open("looping", "w"):release(); while true do end end }
             pipeline "p" { "slow" }
             """, to: "p.lua", in: dir)
         let child = try Child(["run", "p.lua", "--input", "-", "--grace", "60"], directory: dir)
         child.send("{\"id\":1}\n")
-        usleep(300_000)
-        kill(child.process.processIdentifier, SIGINT)
-        usleep(100_000)
-        kill(child.process.processIdentifier, SIGINT)
+        #expect(waitUntil { self.exists("\(dir)/looping") })
+        kill(child.pid, SIGINT)
+        // Two signals sent before the first is delivered are one signal to the kernel: the
+        // second goes once the first has left the pending set.
+        #expect(waitUntil { !child.hasPending(SIGINT) })
+        kill(child.pid, SIGINT)
         let started = Date()
         let (status, stderr) = child.finish()
         #expect(status == 130)

@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// Pipelines driven from Lua with p:run (in process).
-@Suite struct PipelineTests {
+@Suite(.timeLimit(.minutes(1))) struct PipelineTests {
     @Test func stagesOpenInOrderAndCloseInReverseWithNesting() {
         let run = runLua("""
             local log = {}
@@ -81,7 +81,7 @@ import Testing
 
     @Test func taskScopeReleasesPerEventUnlessOwned() {
         let dir = temporaryDirectory()
-        let run = runLua("""
+        let run = runLua(watching: dir, """
             local kept
             stage "s" { process = function(ctx, e)
               local f = fs.open("\(dir)/" .. e.id, "w")
@@ -95,7 +95,7 @@ import Testing
             """)
         #expect(run.values == [.string("run/p/s/task"), .boolean(false), .integer(2),
                                .string("file#2 \"\(dir)/2\" (released)")])
-        #expect(openDescriptors(under: dir) == 0)
+        #expect(run.openDescriptors == 0)
     }
 
     @Test func fanOutIsCountedSeparatelyAndTheIdentityHolds() {
@@ -166,7 +166,7 @@ import Testing
     @Test func descriptorCountIsUnchangedUnderEveryPolicy() {
         let dir = temporaryDirectory()
         for policy in ["skip", "dead_letter", "{ retry = 2 }", "abort"] {
-            let run = runLua("""
+            let run = runLua(watching: dir, """
                 stage "s" {
                   open = function(ctx) ctx.state.log = fs.open("\(dir)/stage.log", "w") end,
                   process = function(ctx, e)
@@ -183,8 +183,8 @@ import Testing
                 return pcall(function() return pipeline("p", { "s" }):run{ input = events, dead_letter = "\(dir)/dl.jsonl" } end)
                 """)
             #expect(run.error == nil, "\(policy): \(run.error?.message ?? "")")
-            #expect(openDescriptors(under: dir) == 0, "policy \(policy)")
-            #expect(run.counts.acquired == run.counts.released, "policy \(policy)")
+            #expect(run.openDescriptors == 0, "policy \(policy)")
+            #expect(run.countsBeforeClose.acquired == run.countsBeforeClose.released, "policy \(policy)")
             #expect(run.counts.leaked == 0)
         }
     }

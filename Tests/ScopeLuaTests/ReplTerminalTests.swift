@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// `scopelua repl` as a person uses it: in a real terminal (tmux), and with piped input.
-@Suite(.serialized) struct ReplTerminalTests {
+@Suite(.serialized, .timeLimit(.minutes(1))) struct ReplTerminalTests {
     @Test func pipedInputRunsWithoutPrompts() throws {
         let r = try scopelua(["repl"], stdin: "x = 20\n=x + 22\nfunction f()\nreturn 'multi'\nend\nf()\n")
         #expect(r.status == 0)
@@ -32,18 +32,31 @@ import Testing
         func line(_ text: String) throws {
             try run(["send-keys", "-t", "t", "-l", text])
             try run(["send-keys", "-t", "t", "Enter"])
-            usleep(100_000)
         }
 
         func screen() throws -> String { try run(["capture-pane", "-t", "t", "-p"]) }
 
-        /// Waits until the screen contains `text` (or gives up after a few seconds).
-        func waitFor(_ text: String) throws -> Bool {
-            for _ in 0..<100 {
-                if try screen().contains(text) { return true }
-                usleep(50_000)
-            }
-            return false
+        /// The last line of `screen` that is not empty (where the cursor is), without the
+        /// spaces around it.
+        static func lastLine(of screen: String) -> String {
+            screen.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.last { !$0.isEmpty } ?? ""
+        }
+
+        /// Waits until `condition` holds for the screen (or gives up after 20 seconds).
+        func waitFor(_ condition: (String) -> Bool) throws -> Bool {
+            try waitUntil(seconds: 20) { try condition(screen()) }
+        }
+
+        /// Waits until the screen contains `text`.
+        func waitFor(_ text: String) throws -> Bool { try waitFor { $0.contains(text) } }
+
+        /// Waits until the REPL shows an empty prompt on its last line (it reads a new chunk).
+        func waitForPrompt() throws -> Bool { try waitFor { Tmux.lastLine(of: $0) == ">" } }
+
+        /// The scopelua process in the pane (a child of the pane's shell).
+        func replProcess() throws -> pid_t? {
+            let shell = pid_t(try run(["display-message", "-p", "-t", "t", "#{pane_pid}"]).trimmingCharacters(in: .whitespacesAndNewlines))
+            return shell.flatMap { childProcesses(of: $0, named: "scopelua").first }
         }
     }
 
@@ -58,6 +71,7 @@ import Testing
         try tmux.start(["new-session", "-d", "-s", "t", "-x", "120", "-y", "40",
                         "env HOME=\(dir) \(scopeluaPath) repl; echo EXITED $?; sleep 30"])
         #expect(try tmux.waitFor("scopelua REPL"), "\((try? tmux.screen()) ?? "")")
+        let repl = try #require(try tmux.replProcess(), "no scopelua process in the tmux pane")
         // An expression.
         try tmux.line("1 + 41")
         #expect(try tmux.waitFor("42"))
@@ -74,21 +88,26 @@ import Testing
         #expect(try tmux.waitFor("file#1 \"\(dir)/typed.txt\"  run/repl"))
         try tmux.line("f:release()")
         #expect(try tmux.waitFor("true"))
-        // Ctrl-C on an endless loop: interrupted, its scope released, the prompt back.
-        try tmux.line("scope(function() local g = fs.open('\(dir)/loop.txt', 'w'); while true do end end)")
-        usleep(500_000)
+        // Ctrl-C on an endless loop: interrupted, its scope released (the REPL process
+        // no longer holds loop.txt open), the prompt back.
+        let loopFile = "\(dir)/loop.txt"
+        try tmux.line("scope(function() local g = fs.open('\(loopFile)', 'w'); print('LOOP' .. 'ING'); while true do end end)")
+        #expect(try tmux.waitFor("LOOPING"))
+        #expect(openDescriptors(under: loopFile, process: repl) == 1)
         try tmux.keys("C-c")
         #expect(try tmux.waitFor("interrupted!"))
-        #expect(openDescriptors(under: dir) == 0)
+        #expect(openDescriptors(under: loopFile, process: repl) == 0)
         // An error; the prompt survives.
         try tmux.line("error('typed error')")
         #expect(try tmux.waitFor("stdin:1: typed error"))
-        // History: Up recalls the last line.
+        // History: Up recalls the last line onto the new prompt.
+        #expect(try tmux.waitForPrompt(), "\((try? tmux.screen()) ?? "")")
         try tmux.keys("Up")
-        #expect(try tmux.waitFor("> error('typed error')"))
+        #expect(try tmux.waitFor { Tmux.lastLine(of: $0) == "> error('typed error')" }, "\((try? tmux.screen()) ?? "")")
         try tmux.keys("C-u")
         // Ctrl-D with an open file: flushed, released, reported.
         try tmux.line("log = fs.open('\(dir)/last.txt', 'w'); log:write('flushed at exit')")
+        #expect(try tmux.waitForPrompt(), "\((try? tmux.screen()) ?? "")")
         try tmux.keys("C-d")
         #expect(try tmux.waitFor("EXITED 0"))
         let screen = try tmux.screen()

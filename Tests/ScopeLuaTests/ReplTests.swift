@@ -4,7 +4,7 @@ import Testing
 import CScopeLua
 
 /// The REPL's logic, without a terminal.
-@Suite(.serialized) struct ReplTests {
+@Suite(.serialized, .timeLimit(.minutes(1))) struct ReplTests {
     final class Output: @unchecked Sendable {
         var lines: [String] = []
     }
@@ -111,16 +111,28 @@ import CScopeLua
         let dir = temporaryDirectory()
         let (repl, out) = session()
         defer { repl.quit() }
-        // Simulate Ctrl-C from another thread once the loop runs (the hook is signal-safe).
+        // Simulate Ctrl-C from another thread once the chunk runs (the hook is signal-safe):
+        // once it holds held.txt open, it is in its loop. The loop gives up after 40 s, so
+        // a broken interrupt fails the test instead of hanging it (it reads the clock
+        // rarely: the interrupt lands in Lua code, as in an endless loop).
+        final class Flag: @unchecked Sendable { var ready = false }  // read after done.wait()
+        let running = Flag()
         let done = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
-            usleep(300_000)
+            running.ready = waitUntil { openDescriptors(under: dir) == 1 }
             sl_repl_interrupt_now()
             done.signal()
         }
-        repl.handle("scope(function() local f = fs.open('\(dir)/held.txt', 'w'); while true do end end)")
+        repl.handle("""
+            scope(function()
+              local f = fs.open('\(dir)/held.txt', 'w')
+              local stop, n = os.time() + 40, 0
+              while n % (1 << 24) ~= 0 or os.time() < stop do n = n + 1 end
+            end)
+            """)
         done.wait()
-        #expect(out.lines.first?.hasPrefix("interrupted!") == true)
+        #expect(running.ready)
+        #expect(out.lines.first?.hasPrefix("interrupted!") == true, "\(out.lines)")
         #expect(openDescriptors(under: dir) == 0)
         repl.handle("'alive'")
         #expect(out.lines.last == "alive")

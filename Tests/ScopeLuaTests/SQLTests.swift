@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// The sql module against real SQLite files.
-@Suite struct SQLTests {
+@Suite(.timeLimit(.minutes(1))) struct SQLTests {
     @Test func bindingRoundTripsValues() {
         let dir = temporaryDirectory()
         let run = runLua("""

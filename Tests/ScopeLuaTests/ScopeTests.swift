@@ -2,7 +2,7 @@ import Testing
 @testable import ScopeLua
 
 /// scope(), defer(), scope.current(): ownership and LIFO release.
-@Suite struct ScopeTests {
+@Suite(.timeLimit(.minutes(1))) struct ScopeTests {
     @Test func resourcesAndDefersReleaseNewestFirst() {
         let run = runLua("""
             local log = {}

@@ -1,7 +1,7 @@
 import Testing
 @testable import ScopeLua
 
-@Suite struct WithResourceTests {
+@Suite(.timeLimit(.minutes(1))) struct WithResourceTests {
     @Test func releasesAllNewestFirstAndReturnsResults() {
         let run = runLua("""
             local a, b = timer.measure("a"), timer.measure("b")
