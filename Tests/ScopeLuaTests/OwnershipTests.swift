@@ -27,9 +27,10 @@ import Testing
             failure = error
         }
         let live = rt.arena.pool.pointee.live
+        let countsBeforeClose = rt.resourceCounts
         rt.close()
         return (LuaRun(values: values, error: failure, diagnostics: lines.all, counts: rt.resourceCounts,
-                       timers: rt.timers), live)
+                       countsBeforeClose: countsBeforeClose, timers: rt.timers, openDescriptors: nil), live)
     }
 
     @Test func aDeferThatCollectsGarbageWhileItsScopeEnds() {

@@ -81,10 +81,10 @@ import CScopeLua
         // Readiness: opening the FIFO for writing without blocking succeeds once the
         // child has it open for reading.
         var writer: Int32 = -1
-        let opened = PipelineCommandTests.waitFor({
+        let opened = waitUntil(seconds: 20) {
             writer = open(fifo, O_WRONLY | O_NONBLOCK)
             return writer >= 0
-        }, seconds: 20)
+        }
         #expect(opened)
         guard opened else {
             _ = child.finish(timeout: 1)
@@ -93,7 +93,7 @@ import CScopeLua
         // The child holds the FIFO open exactly once (its descriptor appears just after
         // the open that let ours succeed).
         let pid = child.process.processIdentifier
-        #expect(PipelineCommandTests.waitFor({ Self.descriptors(of: pid, to: fifo) > 0 }, seconds: 20))
+        #expect(waitUntil(seconds: 20) { Self.descriptors(of: pid, to: fifo) > 0 })
         #expect(Self.descriptors(of: pid, to: fifo) == 1)
         _ = fcntl(writer, F_SETFL, 0)  // blocking writes from here on
         let text = Self.events(3000)
@@ -180,20 +180,20 @@ import CScopeLua
         let pid = process.processIdentifier
         // Readiness: the child sleeps in the kernel's pipe write (the pipe is full and
         // nobody reads; "pipe_write" or "anon_pipe_write" depending on the kernel).
-        let blocked = PipelineCommandTests.waitFor({
+        let blocked = waitUntil(seconds: 20) {
             (try? String(contentsOfFile: "/proc/\(pid)/wchan", encoding: .utf8))?.hasSuffix("pipe_write") == true
-        }, seconds: 20)
+        }
         #expect(blocked)
         kill(pid, SIGTERM)
         // Readiness: the handler ran (nothing pending any more) while the write was still
         // blocked. Only then is the pipe drained: the write either resumed (SA_RESTART) or
         // already failed with EINTR, whatever the timing.
-        let handled = PipelineCommandTests.waitFor({
+        let handled = waitUntil(seconds: 20) {
             guard process.isRunning else { return true }  // it failed at once (EINTR)
             let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
             let pending = status.split(separator: "\n").filter { $0.hasPrefix("SigPnd:") || $0.hasPrefix("ShdPnd:") }
             return pending.count == 2 && pending.allSatisfy { $0.hasSuffix("0000000000000000") }
-        }, seconds: 20)
+        }
         #expect(handled)
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
