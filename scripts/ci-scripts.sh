@@ -44,6 +44,7 @@ lines_of() { [ -f "$1" ] && wc -l < "$1" || echo 0; }
 sql_count() { sqlite3 "$1" "$2" 2>&1; }
 
 example_tour() {
+  local status
   run_scopelua run --report "$root/scripts/tour.lua" "$events" "$dir/tour.log" >"$dir/stdout" 2>"$dir/stderr"
   status=$?
   expect "exit 0 (got $status)" [ "$status" -eq 0 ]
@@ -53,6 +54,7 @@ example_tour() {
 }
 
 example_db_cleanup() {
+  local status
   run_scopelua run "$root/scripts/db_cleanup.lua" "$events" "$dir/events.db" >"$dir/stdout" 2>"$dir/stderr"
   status=$?
   expect "exit 0 (got $status)" [ "$status" -eq 0 ]
@@ -63,7 +65,7 @@ example_db_cleanup() {
 
 # Pipelines run with their working directory in $dir, like the tests.
 pipeline_example() {
-  local script=$1; shift
+  local script=$1 status; shift
   mkdir -p "$dir/out"
   (cd "$dir" && run_scopelua run "$root/scripts/$script" --input "$events" --report "$@") >"$dir/stdout" 2>"$dir/stderr"
   status=$?
@@ -111,7 +113,7 @@ error_path_names=()
 for f in "$root"/Tests/valgrind/*.lua; do error_path_names+=("$(basename "$f" .lua)"); done
 
 run_error_path() {
-  local script="$root/Tests/valgrind/$1.lua" expected
+  local script="$root/Tests/valgrind/$1.lua" expected status
   expected=$(sed -n 's/^-- exit: \([0-9]*\)$/\1/p' "$script" | head -n 1)
   expected=${expected:-0}
   (cd "$dir" && run_scopelua run "$script") >"$dir/stdout" 2>"$dir/stderr"

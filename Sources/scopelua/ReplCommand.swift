@@ -47,7 +47,7 @@ struct ReplCommand: ParsableCommand {
             // As `lua -`: errors go to stderr and the first one ends the run (exit 1),
             // after the session's resources are released.
             let answers = repl.write
-            repl.write = { text in
+            repl.write = { [unowned repl] text in
                 if repl.errors > 0 { StandardError.write(line: text) } else { answers(text) }
             }
             var failed = false
