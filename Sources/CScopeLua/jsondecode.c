@@ -70,6 +70,8 @@ static int seterror(Dec *d, Token *t, const char *message) {
 
 /* ---- strings ------------------------------------------------------------------------ */
 
+/* Makes the unescaping buffer at least `need` bytes (the state's reusable JSON buffer,
+ * shared with json.encode). */
 static int scratch(Dec *d, size_t need) {
   if (need <= d->info->jsoncap) return 1;
   size_t cap = d->info->jsoncap < 256 ? 256 : d->info->jsoncap;
@@ -111,29 +113,30 @@ static size_t utf8(char *out, unsigned long c) {
   return 4;
 }
 
-/* A string token. Without escapes it points into the input; with them it is unescaped
- * into the scratch buffer (escapes only shrink, so the input's length is enough). */
-static int stringtoken(Dec *d, Token *t) {
-  const char *start = ++d->p;
-  const char *q = start;
-  while (*q != '"' && *q != '\\' && *q != '\0') q++;
-  if (*q == '"') {
-    t->type = T_STRING;
-    t->str = start;
-    t->len = (size_t)(q - start);
-    d->p = q + 1;
-    return 1;
-  }
-  size_t rest = strlen(start);
-  if (!scratch(d, rest + 1)) {
+/* The rest of a string token from its first escape (at `q`; the string starts at
+ * `start`), unescaped into the scratch buffer. The buffer grows with what has been
+ * written (doubling), never with what is left of the input: sizing it for the rest of
+ * the input meant a strlen of the rest for every escaped string, quadratic on a long line
+ * of them (issue 9, item 4). Out of line: it keeps the tokenizer's common path small. */
+static __attribute__((noinline)) int escapedstring(Dec *d, Token *t, const char *start, const char *q) {
+  size_t n = (size_t)(q - start);
+  if (!scratch(d, n + 64)) {
     d->p = start;
     return seterror(d, t, "not enough memory");
   }
   char *out = d->info->jsonbuf;
-  size_t n = (size_t)(q - start);
+  size_t room = d->info->jsoncap - 4;  /* below this, one more escape (4 bytes at most) fits */
   memcpy(out, start, n);
   d->p = q;
   for (;;) {
+    if (n >= room) {
+      if (!scratch(d, n + 5)) {
+        d->p = start;
+        return seterror(d, t, "not enough memory");
+      }
+      out = d->info->jsonbuf;
+      room = d->info->jsoncap - 4;
+    }
     char c = *d->p;
     if (c == '"') break;
     if (c == '\0') return seterror(d, t, "unexpected end of string");
@@ -175,6 +178,20 @@ static int stringtoken(Dec *d, Token *t) {
   t->type = T_STRING;
   t->str = out;
   t->len = n;
+  return 1;
+}
+
+/* A string token. Without escapes (nearly all) it points into the input; with them it
+ * is unescaped into the scratch buffer. */
+static int stringtoken(Dec *d, Token *t) {
+  const char *start = ++d->p;
+  const char *q = start;
+  while (*q != '"' && *q != '\\' && *q != '\0') q++;
+  if (*q != '"') return escapedstring(d, t, start, q);
+  t->type = T_STRING;
+  t->str = start;
+  t->len = (size_t)(q - start);
+  d->p = q + 1;
   return 1;
 }
 

@@ -162,6 +162,28 @@ import Testing
         #expect(runLua("json.decode(42)").error?.message == "test:1: bad argument #1 to 'decode' (string expected, got number)")
     }
 
+    /// Issue 9, item 4: decoding is linear in the input. An 8 MiB line of 1.6 million
+    /// short strings with escapes used to take minutes (a strlen of the rest of the line
+    /// for every escaped string) against a fraction of a second for the same line
+    /// without escapes; the time limit catches a quadratic decoder, no timing is asserted.
+    /// Also one 8 MiB string of escapes.
+    @Test(.timeLimit(.minutes(1))) func decodingIsLinearInEscapedStrings() throws {
+        let rt = Runtime()
+        defer { rt.close() }
+        let values = try rt.execute(#"""
+            local n = 1600000
+            local escaped = "[" .. string.rep('"\\n"', n, ",") .. "]"
+            local plain = "[" .. string.rep('"nn"', n, ",") .. "]"
+            local keys = "{" .. string.rep('"k\\t":1', n // 2, ",") .. "}"
+            local a, b, c = json.decode(escaped), json.decode(plain), json.decode(keys)
+            local one = json.decode('"' .. string.rep("\\n", 4 << 20) .. '"')
+            return #escaped, #a, a[1] == "\n" and a[n] == "\n", #b, b[n], c["k\t"], #one, one == string.rep("\n", 4 << 20)
+            """#)
+        let expected: [LuaValue] = [.integer(8_000_001), .integer(1_600_000), .boolean(true), .integer(1_600_000),
+                                    .string("nn"), .integer(1), .integer(4_194_304), .boolean(true)]
+        #expect(values == expected)
+    }
+
     @Test func requireableAsScopeJson() {
         #expect(runLua("return require('scope.json') == json").values == [.boolean(true)])
     }
