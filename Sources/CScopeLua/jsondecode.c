@@ -56,7 +56,7 @@ typedef struct {
 /* Pushes cjson's message. The stack above the decoder's base is dropped by the caller. */
 static int expected(Dec *d, const char *what, const Token *t) {
   const char *found = t->type == T_ERROR ? t->error : tokennames[t->type];
-  lua_pushfstring(d->L, "Expected %s but found %s at character %d", what, found, (int)t->index + 1);
+  lua_pushfstring(d->L, "Expected %s but found %s at character %I", what, found, (lua_Integer)t->index + 1);
   d->failed = 1;
   return 0;
 }
@@ -217,7 +217,8 @@ static int numbertoken(Dec *d, Token *t) {
   if (neg) p++;
   const char *digits = p;
   unsigned long long m = 0;
-  int nd = 0, nfrac = 0, point = 0;
+  size_t nd = 0, nfrac = 0;  /* digits, and those after the point (a line can hold 2^31) */
+  int point = 0;
   while (*p >= '0' && *p <= '9') {
     if (nd < 19) m = m * 10 + (unsigned long long)(*p - '0');
     nd++;
@@ -256,7 +257,7 @@ static int numbertoken(Dec *d, Token *t) {
     t->i = (lua_Integer)(neg ? 0ull - m : m);
   } else {
     t->isint = 0;
-    int scale = exp - nfrac;
+    int scale = nd <= 15 ? exp - (int)nfrac : 0;
     if (nd <= 15 && scale >= -22 && scale <= 22) {  /* one exact operation, rounded once */
       double v = (double)m;
       v = scale < 0 ? v / exact10[-scale] : v * exact10[scale];
@@ -306,8 +307,8 @@ static int value(Dec *d, Token *t);
 static int descend(Dec *d) {
   d->depth++;
   if (d->depth <= MAX_DEPTH && lua_checkstack(d->L, 2 * PENDING + 8)) return 1;
-  lua_pushfstring(d->L, "Found too many nested data structures (%d) at character %d", d->depth,
-                  (int)(d->p - d->data));
+  lua_pushfstring(d->L, "Found too many nested data structures (%d) at character %I", d->depth,
+                  (lua_Integer)(d->p - d->data));
   d->failed = 1;
   return 0;
 }
