@@ -70,8 +70,8 @@ static int seterror(Dec *d, Token *t, const char *message) {
 
 /* ---- strings ------------------------------------------------------------------------ */
 
-/* Makes the unescaping buffer at least `need` bytes (the state's reusable JSON buffer,
- * shared with json.encode). */
+/* Makes the unescaping buffer at least `need` bytes: the state's reusable JSON buffer,
+ * shared with json.encode, which sl_json_trim shrinks back after a call that grew it. */
 static int scratch(Dec *d, size_t need) {
   if (need <= d->info->jsoncap) return 1;
   size_t cap = d->info->jsoncap < 256 ? 256 : d->info->jsoncap;
@@ -432,11 +432,14 @@ int sl_json_decode(lua_State *L, const char *s, size_t len) {
   Dec d = {L, sl_info(L), s, s, 0, 0};
   Token t;
   next(&d, &t);
-  if (value(&d, &t)) {
+  int ok = value(&d, &t);
+  if (ok) {
     next(&d, &t);
-    if (t.type == T_END) return 1;
-    expected(&d, "the end", &t);
+    ok = t.type == T_END;
+    if (!ok) expected(&d, "the end", &t);
   }
+  sl_json_trim(d.info);  /* a huge escaped string may have grown the scratch buffer */
+  if (ok) return 1;
   /* The message is on top; drop whatever the parse left below it. */
   if (lua_gettop(L) > top + 1) lua_replace(L, top + 1);
   lua_settop(L, top + 1);

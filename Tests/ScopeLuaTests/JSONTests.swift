@@ -1,5 +1,6 @@
 import Testing
 @testable import ScopeLua
+import CScopeLua
 
 @Suite struct JSONTests {
     @Test func emptyArraysAndNullRoundTrip() {
@@ -166,7 +167,8 @@ import Testing
     /// short strings with escapes used to take minutes (a strlen of the rest of the line
     /// for every escaped string) against a fraction of a second for the same line
     /// without escapes; the time limit catches a quadratic decoder, no timing is asserted.
-    /// Also one 8 MiB string of escapes.
+    /// Also one 8 MiB string of escapes, after which the scratch buffer it grew is
+    /// shrunk back.
     @Test(.timeLimit(.minutes(1))) func decodingIsLinearInEscapedStrings() throws {
         let rt = Runtime()
         defer { rt.close() }
@@ -182,6 +184,28 @@ import Testing
         let expected: [LuaValue] = [.integer(8_000_001), .integer(1_600_000), .boolean(true), .integer(1_600_000),
                                     .string("nn"), .integer(1), .integer(4_194_304), .boolean(true)]
         #expect(values == expected)
+        #expect(rt.info.pointee.jsoncap <= 1_048_576, "scratch buffer not shrunk: \(rt.info.pointee.jsoncap) bytes")
+    }
+
+    /// Encoding is linear too, and the encoder's reusable buffer, grown for one huge
+    /// value, is shrunk back afterwards (it used to stay at 8 times the value's size).
+    /// Small buffers stay between calls.
+    @Test(.timeLimit(.minutes(1))) func encodeBufferShrinksAfterAHugeValue() throws {
+        let rt = Runtime()
+        defer { rt.close() }
+        let values = try rt.execute(#"""
+            local big = json.encode({string.rep("\n", 4 << 20)})
+            local many = {}
+            for i = 1, 1600000 do many[i] = "\n" end
+            local list = json.encode(many)
+            return #big, big:sub(1, 6), #list, json.decode(list)[1600000]
+            """#)
+        let expected: [LuaValue] = [.integer(8_388_612), .string(#"["\n\n"#), .integer(8_000_001), .string("\n")]
+        #expect(values == expected)
+        #expect(rt.info.pointee.jsoncap <= 1_048_576, "encode buffer not shrunk: \(rt.info.pointee.jsoncap) bytes")
+        _ = try rt.execute(#"return json.encode({a = "b"})"#)
+        let small = rt.info.pointee.jsoncap
+        #expect(small > 0 && small <= 1_048_576)
     }
 
     @Test func requireableAsScopeJson() {
