@@ -20,7 +20,8 @@ import CScopeLua
     }
 
     /// The encoder writes cjson's text for everything cjson can encode: checked against
-    /// cjson itself on a corpus and on 100 000 random numbers of every magnitude.
+    /// cjson itself on a corpus (with a string of all 256 bytes) and on 100 000 random
+    /// numbers of every magnitude.
     @Test func encodeWritesWhatCjsonWrites() {
         let run = runLua(#"""
             local cjson = require "cjson"
@@ -35,6 +36,9 @@ import CScopeLua
               {}, "plain", 3, 2.5, -7.25, {[1] = "a", [2] = "b", [4] = "d"}, {x = {y = {z = {}}}}, {[1.5] = "k", [2] = 1},
               {json.null, 1}, {id = 17.0, ts = 1700000000.0, amount = 89.22},
             } do check(v) end
+            local bytes = {}
+            for c = 0, 255 do bytes[#bytes+1] = string.char(c) end
+            check(table.concat(bytes))                                   -- every byte's escape
             math.randomseed(7)
             for i = 1, 100000 do
               local x = (math.random() - 0.5) * 10 ^ math.random(-8, 16)
