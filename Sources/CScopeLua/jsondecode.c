@@ -56,7 +56,7 @@ typedef struct {
 /* Pushes cjson's message. The stack above the decoder's base is dropped by the caller. */
 static int expected(Dec *d, const char *what, const Token *t) {
   const char *found = t->type == T_ERROR ? t->error : tokennames[t->type];
-  lua_pushfstring(d->L, "Expected %s but found %s at character %d", what, found, (int)t->index + 1);
+  lua_pushfstring(d->L, "Expected %s but found %s at character %I", what, found, (lua_Integer)t->index + 1);
   d->failed = 1;
   return 0;
 }
@@ -70,6 +70,8 @@ static int seterror(Dec *d, Token *t, const char *message) {
 
 /* ---- strings ------------------------------------------------------------------------ */
 
+/* Makes the unescaping buffer at least `need` bytes: the state's reusable JSON buffer,
+ * shared with json.encode, which sl_json_trim shrinks back after a call that grew it. */
 static int scratch(Dec *d, size_t need) {
   if (need <= d->info->jsoncap) return 1;
   size_t cap = d->info->jsoncap < 256 ? 256 : d->info->jsoncap;
@@ -111,29 +113,30 @@ static size_t utf8(char *out, unsigned long c) {
   return 4;
 }
 
-/* A string token. Without escapes it points into the input; with them it is unescaped
- * into the scratch buffer (escapes only shrink, so the input's length is enough). */
-static int stringtoken(Dec *d, Token *t) {
-  const char *start = ++d->p;
-  const char *q = start;
-  while (*q != '"' && *q != '\\' && *q != '\0') q++;
-  if (*q == '"') {
-    t->type = T_STRING;
-    t->str = start;
-    t->len = (size_t)(q - start);
-    d->p = q + 1;
-    return 1;
-  }
-  size_t rest = strlen(start);
-  if (!scratch(d, rest + 1)) {
+/* The rest of a string token from its first escape (at `q`; the string starts at
+ * `start`), unescaped into the scratch buffer. The buffer grows with what has been
+ * written (doubling), never with what is left of the input: sizing it for the rest of
+ * the input meant a strlen of the rest for every escaped string, quadratic on a long line
+ * of them (issue 9, item 4). Out of line: it keeps the tokenizer's common path small. */
+static __attribute__((noinline)) int escapedstring(Dec *d, Token *t, const char *start, const char *q) {
+  size_t n = (size_t)(q - start);
+  if (!scratch(d, n + 64)) {
     d->p = start;
     return seterror(d, t, "not enough memory");
   }
   char *out = d->info->jsonbuf;
-  size_t n = (size_t)(q - start);
+  size_t room = d->info->jsoncap - 4;  /* below this, one more escape (4 bytes at most) fits */
   memcpy(out, start, n);
   d->p = q;
   for (;;) {
+    if (n >= room) {
+      if (!scratch(d, n + 5)) {
+        d->p = start;
+        return seterror(d, t, "not enough memory");
+      }
+      out = d->info->jsonbuf;
+      room = d->info->jsoncap - 4;
+    }
     char c = *d->p;
     if (c == '"') break;
     if (c == '\0') return seterror(d, t, "unexpected end of string");
@@ -178,6 +181,20 @@ static int stringtoken(Dec *d, Token *t) {
   return 1;
 }
 
+/* A string token. Without escapes (nearly all) it points into the input; with them it
+ * is unescaped into the scratch buffer. */
+static int stringtoken(Dec *d, Token *t) {
+  const char *start = ++d->p;
+  const char *q = start;
+  while (*q != '"' && *q != '\\' && *q != '\0') q++;
+  if (*q != '"') return escapedstring(d, t, start, q);
+  t->type = T_STRING;
+  t->str = start;
+  t->len = (size_t)(q - start);
+  d->p = q + 1;
+  return 1;
+}
+
 /* ---- numbers ------------------------------------------------------------------------ */
 
 static const double exact10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
@@ -200,7 +217,8 @@ static int numbertoken(Dec *d, Token *t) {
   if (neg) p++;
   const char *digits = p;
   unsigned long long m = 0;
-  int nd = 0, nfrac = 0, point = 0;
+  size_t nd = 0, nfrac = 0;  /* digits, and those after the point (a line can hold 2^31) */
+  int point = 0;
   while (*p >= '0' && *p <= '9') {
     if (nd < 19) m = m * 10 + (unsigned long long)(*p - '0');
     nd++;
@@ -239,7 +257,7 @@ static int numbertoken(Dec *d, Token *t) {
     t->i = (lua_Integer)(neg ? 0ull - m : m);
   } else {
     t->isint = 0;
-    int scale = exp - nfrac;
+    int scale = nd <= 15 ? exp - (int)nfrac : 0;
     if (nd <= 15 && scale >= -22 && scale <= 22) {  /* one exact operation, rounded once */
       double v = (double)m;
       v = scale < 0 ? v / exact10[-scale] : v * exact10[scale];
@@ -256,8 +274,17 @@ static int numbertoken(Dec *d, Token *t) {
 
 /* ---- tokens and values -------------------------------------------------------------- */
 
-static void next(Dec *d, Token *t) {
-  while (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r') d->p++;
+/* The tokenizer: the decoder's hottest code. Aligned to 64 bytes so that its layout does
+ * not depend on how much code is linked before it: on CPUs with the JCC erratum
+ * (Skylake and later Intel cores), a hot branch straddling a 32-byte boundary cannot
+ * run from the micro-op cache, and edits elsewhere in CScopeLua moved this function's
+ * whitespace loop across one, which cost 10% of json_roundtrip.lua's time. */
+static __attribute__((aligned(64))) void next(Dec *d, Token *t) {
+  if ((unsigned char)*d->p <= ' ') {  /* whitespace: never in compact JSON */
+    const char *p = d->p;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    d->p = p;
+  }
   t->index = (size_t)(d->p - d->data);
   char c = *d->p;
   switch (c) {
@@ -289,8 +316,8 @@ static int value(Dec *d, Token *t);
 static int descend(Dec *d) {
   d->depth++;
   if (d->depth <= MAX_DEPTH && lua_checkstack(d->L, 2 * PENDING + 8)) return 1;
-  lua_pushfstring(d->L, "Found too many nested data structures (%d) at character %d", d->depth,
-                  (int)(d->p - d->data));
+  lua_pushfstring(d->L, "Found too many nested data structures (%d) at character %I", d->depth,
+                  (lua_Integer)(d->p - d->data));
   d->failed = 1;
   return 0;
 }
@@ -414,11 +441,14 @@ int sl_json_decode(lua_State *L, const char *s, size_t len) {
   Dec d = {L, sl_info(L), s, s, 0, 0};
   Token t;
   next(&d, &t);
-  if (value(&d, &t)) {
+  int ok = value(&d, &t);
+  if (ok) {
     next(&d, &t);
-    if (t.type == T_END) return 1;
-    expected(&d, "the end", &t);
+    ok = t.type == T_END;
+    if (!ok) expected(&d, "the end", &t);
   }
+  sl_json_trim(d.info);  /* a huge escaped string may have grown the scratch buffer */
+  if (ok) return 1;
   /* The message is on top; drop whatever the parse left below it. */
   if (lua_gettop(L) > top + 1) lua_replace(L, top + 1);
   lua_settop(L, top + 1);

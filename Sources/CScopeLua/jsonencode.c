@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MAX_DEPTH = 1000, SPARSE_RATIO = 2, SPARSE_SAFE = 10 };
+enum { MAX_DEPTH = 1000, SPARSE_RATIO = 2, SPARSE_SAFE = 10, STRING_CHUNK = 4096 };
+/* The buffer is kept between calls, but not when one huge value made it big. */
+enum { KEEP_MAX = 1 << 20, KEEP_DEFAULT = 4096 };
 
 typedef struct {
   lua_State *L;
@@ -28,7 +30,8 @@ typedef struct {
   int depth;           /* the nesting reached when the depth error was raised */
 } Enc;
 
-/* Grows the state's reusable buffer (kept between calls, like cjson's). */
+/* Grows the state's reusable buffer (kept between calls, like cjson's; sl_json_trim
+ * shrinks it back after a call that made it huge). */
 static int reserve(Enc *e, size_t more) {
   if (e->n + more <= e->cap) return 1;
   size_t cap = e->cap < 256 ? 256 : e->cap;
@@ -135,37 +138,51 @@ static int number(Enc *e, int idx) {
 
 /* ---- strings ------------------------------------------------------------------------ */
 
-/* cjson's escapes: control characters, '"', '\\', '/' and DEL. */
-static const char *escapeof(unsigned char c) {
-  static const char *const controls[32] = {
-    "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007",
-    "\\b", "\\t", "\\n", "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f",
-    "\\u0010", "\\u0011", "\\u0012", "\\u0013", "\\u0014", "\\u0015", "\\u0016", "\\u0017",
-    "\\u0018", "\\u0019", "\\u001a", "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f"};
-  if (c < 32) return controls[c];
-  switch (c) {
-    case '"': return "\\\"";
-    case '\\': return "\\\\";
-    case '/': return "\\/";
-    case 127: return "\\u007f";
-    default: return NULL;
-  }
-}
+/* cjson's escapes: control characters, '"', '\\', '/' and DEL, the short ones padded, so
+ * that one fixed-size copy of 6 bytes writes any of them. */
+static const char escapes[128][7] = {
+  "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007",
+  "\\b", "\\t", "\\n", "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f",
+  "\\u0010", "\\u0011", "\\u0012", "\\u0013", "\\u0014", "\\u0015", "\\u0016", "\\u0017",
+  "\\u0018", "\\u0019", "\\u001a", "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
+  ['"'] = "\\\"", ['/'] = "\\/", ['\\'] = "\\\\", [127] = "\\u007f"};
 
-static int string(Enc *e, const char *s, size_t len) {
-  if (!reserve(e, len * 6 + 2)) return 0;
-  char *out = e->p + e->n;
-  *out++ = '"';
+/* The length of each byte's escape, 0 for a byte written as it is: one load per byte on
+ * the common path. (encodeWritesWhatCjsonWrites compares all 256 bytes with cjson.) */
+static const unsigned char escapelen[256] = {
+  6, 6, 6, 6, 6, 6, 6, 6, 2, 2, 2, 6, 2, 2, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,
+  ['"'] = 2, ['/'] = 2, ['\\'] = 2, [127] = 6};
+
+/* Writes the escaped text of s[0 .. len-1] at `out` (room for 6 bytes a byte); returns
+ * where it ends. */
+static inline char *escape(char *out, const char *s, size_t len) {
   for (size_t i = 0; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
-    const char *esc = escapeof(c);
-    if (esc == NULL) {
+    unsigned n = escapelen[c];
+    if (n == 0) {
       *out++ = (char)c;
     } else {
-      size_t n = strlen(esc);
-      memcpy(out, esc, n);
+      memcpy(out, escapes[c], 6);  /* c < 128 here; the bytes past n are overwritten next */
       out += n;
     }
+  }
+  return out;
+}
+
+/* Room is reserved for the worst case (every byte a 6-byte escape) a chunk of the
+ * string at a time, so that a huge string needs a buffer about its own size, not 6 times
+ * it; a short one (nearly all) is a single chunk. */
+static int string(Enc *e, const char *s, size_t len) {
+  size_t chunk = len < STRING_CHUNK ? len : STRING_CHUNK;
+  if (!reserve(e, chunk * 6 + 2)) return 0;
+  char *out = e->p + e->n;
+  *out++ = '"';
+  out = escape(out, s, chunk);
+  for (size_t done = chunk; done < len; done += chunk) {
+    e->n = (size_t)(out - e->p);
+    chunk = len - done < STRING_CHUNK ? len - done : STRING_CHUNK;
+    if (!reserve(e, chunk * 6 + 1)) return 0;
+    out = escape(e->p + e->n, s + done, chunk);
   }
   *out++ = '"';
   e->n = (size_t)(out - e->p);
@@ -276,6 +293,16 @@ static int value(Enc *e, int idx, int depth) {
   }
 }
 
+/* Why: the buffer lives as long as the state; without this, one 100 MiB value would
+ * keep 100 MiB or more allocated for the rest of a long run. */
+void sl_json_trim(sl_StateInfo *info) {
+  if (info->jsoncap <= KEEP_MAX) return;
+  char *small = (char *)realloc(info->jsonbuf, KEEP_DEFAULT);
+  if (small == NULL) return;  /* keep the big one */
+  info->jsonbuf = small;
+  info->jsoncap = KEEP_DEFAULT;
+}
+
 int sl_json_encode(lua_State *L, int idx) {
   sl_StateInfo *info = sl_info(L);
   idx = lua_absindex(L, idx);
@@ -285,8 +312,12 @@ int sl_json_encode(lua_State *L, int idx) {
   lua_settop(L, top);
   if (ok) {
     lua_pushlstring(L, e.p, e.n);
+    /* After the copy, and from `info`: the push may have run a finalizer that used the
+     * codec (and the buffer) itself. */
+    sl_json_trim(info);
     return 1;
   }
+  sl_json_trim(info);
   if (e.depth != 0) {
     lua_pushfstring(L, "Cannot serialise, excessive nesting (%d)", e.depth);
   } else {

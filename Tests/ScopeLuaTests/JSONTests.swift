@@ -1,5 +1,6 @@
 import Testing
 @testable import ScopeLua
+import CScopeLua
 
 @Suite(.timeLimit(.minutes(1))) struct JSONTests {
     @Test func emptyArraysAndNullRoundTrip() {
@@ -19,7 +20,8 @@ import Testing
     }
 
     /// The encoder writes cjson's text for everything cjson can encode: checked against
-    /// cjson itself on a corpus and on 100 000 random numbers of every magnitude.
+    /// cjson itself on a corpus (with a string of all 256 bytes) and on 100 000 random
+    /// numbers of every magnitude.
     @Test func encodeWritesWhatCjsonWrites() {
         let run = runLua(#"""
             local cjson = require "cjson"
@@ -34,6 +36,9 @@ import Testing
               {}, "plain", 3, 2.5, -7.25, {[1] = "a", [2] = "b", [4] = "d"}, {x = {y = {z = {}}}}, {[1.5] = "k", [2] = 1},
               {json.null, 1}, {id = 17.0, ts = 1700000000.0, amount = 89.22},
             } do check(v) end
+            local bytes = {}
+            for c = 0, 255 do bytes[#bytes+1] = string.char(c) end
+            check(table.concat(bytes))                                   -- every byte's escape
             math.randomseed(7)
             for i = 1, 100000 do
               local x = (math.random() - 0.5) * 10 ^ math.random(-8, 16)
@@ -160,6 +165,51 @@ import Testing
         }
         #expect(runLua("json.decode('\\0x')").error?.message == "test:1: JSON parser does not support UTF-16 or UTF-32")
         #expect(runLua("json.decode(42)").error?.message == "test:1: bad argument #1 to 'decode' (string expected, got number)")
+    }
+
+    /// Issue 9, item 4: decoding is linear in the input. An 8 MiB line of 1.6 million
+    /// short strings with escapes used to take minutes (a strlen of the rest of the line
+    /// for every escaped string) against a fraction of a second for the same line
+    /// without escapes; the time limit catches a quadratic decoder, no timing is asserted.
+    /// Also one 8 MiB string of escapes, after which the scratch buffer it grew is
+    /// shrunk back.
+    @Test(.timeLimit(.minutes(1))) func decodingIsLinearInEscapedStrings() throws {
+        let rt = Runtime()
+        defer { rt.close() }
+        let values = try rt.execute(#"""
+            local n = 1600000
+            local escaped = "[" .. string.rep('"\\n"', n, ",") .. "]"
+            local plain = "[" .. string.rep('"nn"', n, ",") .. "]"
+            local keys = "{" .. string.rep('"k\\t":1', n // 2, ",") .. "}"
+            local a, b, c = json.decode(escaped), json.decode(plain), json.decode(keys)
+            local one = json.decode('"' .. string.rep("\\n", 4 << 20) .. '"')
+            return #escaped, #a, a[1] == "\n" and a[n] == "\n", #b, b[n], c["k\t"], #one, one == string.rep("\n", 4 << 20)
+            """#)
+        let expected: [LuaValue] = [.integer(8_000_001), .integer(1_600_000), .boolean(true), .integer(1_600_000),
+                                    .string("nn"), .integer(1), .integer(4_194_304), .boolean(true)]
+        #expect(values == expected)
+        #expect(rt.info.pointee.jsoncap <= 1_048_576, "scratch buffer not shrunk: \(rt.info.pointee.jsoncap) bytes")
+    }
+
+    /// Encoding is linear too, and the encoder's reusable buffer, grown for one huge
+    /// value, is shrunk back afterwards (it used to stay at 8 times the value's size).
+    /// Small buffers stay between calls.
+    @Test(.timeLimit(.minutes(1))) func encodeBufferShrinksAfterAHugeValue() throws {
+        let rt = Runtime()
+        defer { rt.close() }
+        let values = try rt.execute(#"""
+            local big = json.encode({string.rep("\n", 4 << 20)})
+            local many = {}
+            for i = 1, 1600000 do many[i] = "\n" end
+            local list = json.encode(many)
+            return #big, big:sub(1, 6), #list, json.decode(list)[1600000]
+            """#)
+        let expected: [LuaValue] = [.integer(8_388_612), .string(#"["\n\n"#), .integer(8_000_001), .string("\n")]
+        #expect(values == expected)
+        #expect(rt.info.pointee.jsoncap <= 1_048_576, "encode buffer not shrunk: \(rt.info.pointee.jsoncap) bytes")
+        _ = try rt.execute(#"return json.encode({a = "b"})"#)
+        let small = rt.info.pointee.jsoncap
+        #expect(small > 0 && small <= 1_048_576)
     }
 
     @Test func requireableAsScopeJson() {

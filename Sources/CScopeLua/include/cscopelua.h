@@ -331,6 +331,9 @@ void sl_pushjsonencode(lua_State *L);
 int sl_json_decode(lua_State *L, const char *s, size_t len);
 /* Pushes json.decode (raises the message above, positioned at the caller). */
 void sl_pushjsondecode(lua_State *L);
+/* Shrinks the codec's buffer (jsonbuf) back to a small size when one call grew it past
+ * 1 MiB; both directions call it at their end (jsonencode.c). */
+void sl_json_trim(sl_StateInfo *info);
 
 /* The handle __close's C path for the open timer.measure handle in box `b` at index 1
  * (see fastpath.c): releases and detaches it and returns 1, or returns 0 for anything
