@@ -29,7 +29,8 @@ struct LuaRun {
 /// Runs `source` as chunk `test` in a new runtime, then closes the runtime (releasing
 /// whatever is still open, as the end of a run does). With `watching`, also counts the
 /// descriptors open under that directory before the runtime is closed.
-func runLua(watching directory: String? = nil, _ source: String, trace: Bool = false) -> LuaRun {
+func runLua(watching directory: String? = nil, _ source: String, trace: Bool = false,
+            beforeClose: (Runtime) -> Void = { _ in }) -> LuaRun {
     let lines = Lines()
     var options = RuntimeOptions()
     options.trace = trace
@@ -44,6 +45,7 @@ func runLua(watching directory: String? = nil, _ source: String, trace: Bool = f
     }
     let open = directory.map { openDescriptors(under: $0) }
     let countsBeforeClose = rt.resourceCounts
+    beforeClose(rt)
     rt.close()
     return LuaRun(values: values, error: failure, diagnostics: lines.all, counts: rt.resourceCounts,
                   countsBeforeClose: countsBeforeClose, timers: rt.timers, openDescriptors: open)

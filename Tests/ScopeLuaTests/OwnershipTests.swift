@@ -12,25 +12,14 @@ import Testing
     /// Runs `source`, collects garbage (finalizers included), and returns the run with the number of
     /// records still out of the pool before the runtime is closed.
     func runCounting(_ source: String) -> (LuaRun, live: Int64) {
-        let lines = Lines()
-        var options = RuntimeOptions()
-        options.diagnostics = { lines.all.append($0) }
-        let rt = Runtime(options: options)
-        var values: [LuaValue] = []
-        var failure: LuaError?
-        do {
-            values = try rt.execute(source, name: "=test")
+        var live: Int64 = -1
+        let run = runLua(source) { rt in
             // Incremental full collections run the pending finalizers too (generational
             // ones leave them for the next cycle).
-            try rt.execute("collectgarbage('incremental'); collectgarbage(); collectgarbage()", name: "=gc")
-        } catch {
-            failure = error
+            _ = try? rt.execute("collectgarbage('incremental'); collectgarbage(); collectgarbage()", name: "=gc")
+            live = rt.arena.pool.pointee.live
         }
-        let live = rt.arena.pool.pointee.live
-        let countsBeforeClose = rt.resourceCounts
-        rt.close()
-        return (LuaRun(values: values, error: failure, diagnostics: lines.all, counts: rt.resourceCounts,
-                       countsBeforeClose: countsBeforeClose, timers: rt.timers, openDescriptors: nil), live)
+        return (run, live)
     }
 
     @Test func aDeferThatCollectsGarbageWhileItsScopeEnds() {

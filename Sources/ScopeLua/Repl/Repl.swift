@@ -86,16 +86,11 @@ public final class Repl {
         let L = runtime.L
         let base = lua_gettop(L)
         guard let due = runtime.nextTimerDue, due <= sl_monotonic_ns() else { return false }
-        runtime.current = session
-        sl_repl_interrupt_install(L)
-        defer {
-            sl_repl_interrupt_uninstall()
-            runtime.current = session
-            lua_settop(L, base)
-        }
-        if !runtime.fireDueTimers(L) {
-            let error = runtime.takeError(L)
-            fail("timer: " + (error.traceback.map { "\(error.message)\n\($0)" } ?? error.message))
+        inSession(base: base) {
+            if !runtime.fireDueTimers(L) {
+                let error = runtime.takeError(L)
+                fail("timer: " + (error.traceback.map { "\(error.message)\n\($0)" } ?? error.message))
+            }
         }
         return true
     }
@@ -137,7 +132,14 @@ public final class Repl {
     /// results (tab-separated) or its error and traceback.
     private func execute() {
         let L = runtime.L
-        let base = lua_gettop(L) - 1
+        let base = lua_gettop(L) - 1  // the compiled chunk is on top
+        inSession(base: base) { runChunk(L, base: base) }
+    }
+
+    /// Runs `body` in the session scope with Ctrl-C interrupting it, then puts the stack
+    /// back to `base`.
+    private func inSession(base: Int32, _ body: () -> Void) {
+        let L = runtime.L
         runtime.current = session
         sl_repl_interrupt_install(L)
         defer {
@@ -145,6 +147,10 @@ public final class Repl {
             runtime.current = session
             lua_settop(L, base)
         }
+        body()
+    }
+
+    private func runChunk(_ L: LuaState, base: Int32) {
         do {
             try runtime.call(nargs: 0)
         } catch {
