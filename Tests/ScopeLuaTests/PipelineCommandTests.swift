@@ -71,7 +71,7 @@ import Testing
         write((1...5).map { "{\"id\":\($0)}" }.joined(separator: "\n") + "\n", to: "in.jsonl", in: dir)
         let r = try scopelua(["run", "p.lua", "--input", "in.jsonl", "--output", "out.jsonl"], directory: dir)
         #expect(r.status == 1)
-        #expect(r.stderr.hasPrefix("scopelua: pipeline 'p' aborted: stage 'check' failed on event 3: p.lua:4: invalid amount\nstack traceback:"))
+        #expect(r.stderr.hasPrefix("scopelua: pipeline 'p' aborted: stage 'check' failed on line 3 (id 3): p.lua:4: invalid amount\nstack traceback:"))
         #expect(r.stderr.contains("p.lua:4: in function <p.lua:3>"))
         #expect(read("\(dir)/log.txt") == "1\n2\n3\n")
         #expect(read("\(dir)/out.jsonl") == "{\"id\":1}\n{\"id\":2}\n")

@@ -91,6 +91,10 @@ final class PipelineRun {
     /// Input line numbers (event numbers of a list) of the events read that were in
     /// flight when the run ended.
     var inFlightLines: [Int] = []
+    /// The input line (the position in a list input) of the event read that is going
+    /// through the stages, with what it emitted; 0 while a timer fires and for the
+    /// events a timer emitted, and outside the input loop.
+    private(set) var eventLine = 0
 
     /// The stage whose `process` (or timer) is running, for ctx:emit / ctx:own.
     private(set) var runningStage: Int?
@@ -185,6 +189,7 @@ final class PipelineRun {
         var outcome = Outcome.finished
         let continued = feedInput(L)
         inputEnded = true
+        eventLine = 0
         if !continued, abortMessage == nil || sl_stop_forced() != 0, sl_stop_signal() != 0 {
             outcome = .stopped(signal: sl_stop_signal())
         }
@@ -334,6 +339,7 @@ final class PipelineRun {
                 if sl_stop_signal() != 0 { return false }
                 read += 1
                 let number = Int(truncatingIfNeeded: i)
+                eventLine = number
                 lua_rawgeti(L, list, lua_Integer(i))
                 if lua_type(L, -1) == LUA_TTABLE {
                     if !deliver(L, 0, extra: false) { return inFlight(line: number) }
@@ -407,6 +413,7 @@ final class PipelineRun {
                     continue
                 }
                 sl_remove(L, text)
+                eventLine = lineNumber
                 if !deliver(L, 0, extra: false) { return inFlight(line: lineNumber) }
             }
         }
@@ -446,18 +453,30 @@ final class PipelineRun {
             }
             stage.task.reopen()
             rt.current = stage.scope
+            // What process returned: the event table, nil (filtered) or anything else,
+            // which is an error of the event (a type check only on the hot path).
+            var returnedOther = false
             if status == LUA_OK, failures == 0 {
-                // The event (if any) and what the stage emitted go downstream.
-                if !deliverEmitted(L, after: i, from: queueBase) { return false }
-                if lua_type(L, result) == LUA_TNIL {
-                    if extra { fanout.filtered += 1 } else { original.filtered += 1 }
-                    return true
+                let type = lua_type(L, result)
+                if type == LUA_TTABLE || type == LUA_TNIL {
+                    // The event (if any) and what the stage emitted go downstream.
+                    if !deliverEmitted(L, after: i, from: queueBase) { return false }
+                    if type == LUA_TNIL {
+                        if extra { fanout.filtered += 1 } else { original.filtered += 1 }
+                        return true
+                    }
+                    lua_pushvalue(L, result)
+                    return deliver(L, i + 1, extra: extra)
                 }
-                lua_pushvalue(L, result)
-                return deliver(L, i + 1, extra: extra)
+                returnedOther = true
             }
-            // The call (or a release in its task scope) failed.
-            _ = rt.mergeErrors(L, primary: status == LUA_OK ? 0 : result, failures: failures)
+            if returnedOther {
+                // `return e.kind == "buy"` and the like: written out, it would be `true`.
+                Lua.push(L, "stage '\(stage.definition.name)' returned a \(Lua.typeName(L, result)) (expected the event table or nil)")
+            } else {
+                // The call (or a release in its task scope) failed.
+                _ = rt.mergeErrors(L, primary: status == LUA_OK ? 0 : result, failures: failures)
+            }
             let error = lua_gettop(L)
             stage.errors += 1
             dropEmitted(L, from: queueBase)
@@ -466,12 +485,14 @@ final class PipelineRun {
                 return false
             }
             if case .retry(let times, let backoff, let then) = policy {
-                if attempt < times {
+                // A stage that returned the wrong kind of value would return it again:
+                // its `then` applies at once.
+                if attempt < times, !returnedOther {
                     // A stop does not wait out a backoff (it could outlast the grace
                     // period): the retry does not happen, the event stays in flight and
                     // the run stops.
                     if backoff > 0, !pause(backoff * Double(1 << min(attempt, 20))) {
-                        rt.diagnose("scopelua: stopped while stage '\(stage.definition.name)' waited to retry \(describeEvent(L, event)): it was not finished (in flight)")
+                        rt.diagnose("scopelua: stopped while stage '\(stage.definition.name)' waited to retry \(describeEvent(L, event, extra: extra)): it was not finished (in flight)")
                         return false
                     }
                     attempt += 1
@@ -486,11 +507,11 @@ final class PipelineRun {
                 if extra { fanout.skipped += 1 } else { original.skipped += 1 }
                 return true
             case .deadLetter:
-                guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: error) else { return false }
+                guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: error, extra: extra) else { return false }
                 if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
                 return true
             case .abort, .retry:
-                abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event)): \(describeError(L, error))"
+                abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(describeError(L, error))"
                 return false
             }
         }
@@ -587,7 +608,13 @@ final class PipelineRun {
     private func fireTimers(_ L: LuaState) -> Bool {
         guard !rt.scheduled.isEmpty, !inputEnded else { return true }
         let now = sl_monotonic_ns()
+        // A timer's events come from no input line. Timers may fire while an event
+        // waits to be retried: its line, and what is queued below, are left as they were.
+        let savedLine = eventLine
+        defer { eventLine = savedLine }
+        let queueBase = queueTop
         for t in rt.scheduled where t.due <= now {
+            eventLine = 0
             guard let h = t.handle, h.pointee.isOpen else { continue }
             let base = lua_gettop(L)
             // The callback may release this very timer and collect its box: keep the
@@ -605,14 +632,14 @@ final class PipelineRun {
                 let policy = stageIndex.map { stages[$0].policy } ?? .abort
                 if policy == .abort {
                     abortMessage = "pipeline '\(definition.name)' aborted: \(message)"
-                    dropEmitted(L, from: 0)  // what the failed call emitted never existed
+                    dropEmitted(L, from: queueBase)  // what the failed call emitted never existed
                     lua_settop(L, base)
                     return false
                 }
                 rt.diagnose("scopelua: \(message)")
             }
             // Events the timer emitted go downstream of its stage.
-            if let i = stageIndex, queueTop > 0, !deliverEmitted(L, after: i, from: 0) {
+            if let i = stageIndex, queueTop > queueBase, !deliverEmitted(L, after: i, from: queueBase) {
                 lua_settop(L, base)
                 return false
             }
@@ -730,7 +757,7 @@ final class PipelineRun {
             lua_rawgeti(L, Lua.registry, lua_Integer(ref))
             lua_pushvalue(L, event)
             if sl_pcall(L, 1, 0, msgh) != LUA_OK {
-                abortMessage = "pipeline '\(definition.name)' aborted: the output function failed on \(describeEvent(L, event)): \(describeError(L, lua_gettop(L)))"
+                abortMessage = "pipeline '\(definition.name)' aborted: the output function failed on \(describeEvent(L, event, extra: extra)): \(describeError(L, lua_gettop(L)))"
                 return false
             }
         case .path, .stdout:
@@ -767,18 +794,20 @@ final class PipelineRun {
         case .deadLetter:
             Lua.push(L, message)
             defer { sl_pop(L, 1) }
-            guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: lua_gettop(L)) else { return false }
+            guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: lua_gettop(L), extra: extra) else { return false }
             if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
             return true
         case .abort, .retry:
-            abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event)): \(message)"
+            abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(message)"
             return false
         }
     }
 
-    /// A dead-letter record: { event, stage, error, traceback, time }. False when it
-    /// could not be written (the run then stops).
-    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32) -> Bool {
+    /// A dead-letter record: { event, stage, error, traceback, time, line, emitted }:
+    /// `line` is the input line (list position) of the event, or of the event being
+    /// processed when a stage emitted it (then `emitted` is true); none for an event a
+    /// timer emitted. False when it could not be written (the run then stops).
+    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32, extra: Bool) -> Bool {
         let traceback = rt.takeError(copyOf: error, L).traceback
         lua_createtable(L, 0, 5)
         lua_pushvalue(L, event)
@@ -793,6 +822,14 @@ final class PipelineRun {
         }
         lua_pushnumber(L, wallClock())
         Lua.setField(L, -2, "time")
+        if eventLine > 0 {
+            lua_pushinteger(L, lua_Integer(eventLine))
+            Lua.setField(L, -2, "line")
+        }
+        if extra {
+            lua_pushboolean(L, 1)
+            Lua.setField(L, -2, "emitted")
+        }
         defer { sl_pop(L, 1) }
         return writeRecord(L, lua_gettop(L))
     }
@@ -852,19 +889,39 @@ final class PipelineRun {
 
     // MARK: - Descriptions
 
-    /// `event 17` (its id), or its JSON (shortened) when it has no id.
-    private func describeEvent(_ L: LuaState, _ event: Int32) -> String {
-        if Lua.rawField(L, event, "id") != LUA_TNIL {
-            defer { sl_pop(L, 1) }
-            // An id a script computed as a float: show 3.0 as 3.
-            if lua_type(L, -1) == LUA_TNUMBER, lua_isinteger(L, -1) == 0 {
-                let d = lua_tonumberx(L, -1, nil)
-                if d == d.rounded(), abs(d) < 1e15 { return "event \(Int64(d))" }
-            }
-            return "event \(Lua.describe(L, -1, metamethods: false))"
+    /// The event at `event`, by where it came from: `line 1742 (id 17)` (`event 3` for
+    /// a list input), `an event emitted for line 1742 (id 5)` when a stage emitted it
+    /// while processing that line. Ids are not unique (two lines may both say id 1),
+    /// line numbers are; an event a timer emitted has none, and is shown by its id or,
+    /// without one, its JSON (shortened).
+    func describeEvent(_ L: LuaState, _ event: Int32, extra: Bool) -> String {
+        let id = eventID(L, event)
+        guard eventLine > 0 else {
+            if let id { return "an event emitted by a timer (id \(id))" }
+            return "an event emitted by a timer (\(eventJSON(L, event)))"
         }
-        sl_pop(L, 1)
-        if !rt.json.encode(L, event) {  // what JSON cannot hold is shown as a string
+        let place = "\(options.input.isList ? "event" : "line") \(eventLine)"
+        let described = extra ? "an event emitted for \(place)" : place
+        return id.map { "\(described) (id \($0))" } ?? described
+    }
+
+    /// The event's `id` field as text (shortened), or nil when it has none.
+    private func eventID(_ L: LuaState, _ event: Int32) -> String? {
+        defer { sl_pop(L, 1) }
+        guard Lua.rawField(L, event, "id") != LUA_TNIL else { return nil }
+        // An id a script computed as a float: show 3.0 as 3.
+        if lua_type(L, -1) == LUA_TNUMBER, lua_isinteger(L, -1) == 0 {
+            let d = lua_tonumberx(L, -1, nil)
+            if d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
+        }
+        let text = Lua.describe(L, -1, metamethods: false)
+        return text.count > 60 ? String(text.prefix(60)) + "..." : text
+    }
+
+    /// The event as JSON, shortened to 200 characters (what JSON cannot hold is shown as
+    /// a string).
+    private func eventJSON(_ L: LuaState, _ event: Int32) -> String {
+        if !rt.json.encode(L, event) {
             sl_pop(L, 1)
             Unencodable.pushEncodable(L, event, arrayMetatable: rt.info.pointee.jsonarraymt)
             let ok = rt.json.encode(L, -1)
@@ -874,13 +931,10 @@ final class PipelineRun {
                 lua_pushnil(L)
             }
         }
-        if var text = Lua.string(L, -1) {
-            sl_pop(L, 1)
-            if text.count > 200 { text = String(text.prefix(200)) + "..." }
-            return "event \(text)"
-        }
-        sl_pop(L, 1)
-        return "an event"
+        defer { sl_pop(L, 1) }
+        guard var text = Lua.string(L, -1) else { return "not encodable" }
+        if text.count > 200 { text = String(text.prefix(200)) + "..." }
+        return text
     }
 
     /// The error's message and, when one was captured for it, its traceback.
