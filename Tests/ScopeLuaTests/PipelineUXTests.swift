@@ -88,4 +88,86 @@ import Testing
             .string("test:9: pipeline 't' aborted: stage 'reject_timer_events' failed on an event emitted by a timer ({\"from\":\"timer\"}): bad"),
         ])
     }
+
+    // MARK: - skips, dead letters and rejects are never silent
+
+    static func events(_ n: Int) -> String {
+        (1...n).map { "{\"id\":\($0)}\n" }.joined()
+    }
+
+    @Test func skippedEventsAreShownThenCountedThenSummedUp() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "buggy" { process = function(ctx, e) return e.missing.field end, on_error = "skip" }
+            pipeline "p" { "buggy" }
+            """, to: "p.lua", in: dir)
+        write(Self.events(2104), to: "in.jsonl", in: dir)
+        let r = try scopelua(["run", "p.lua", "--input", "in.jsonl", "--output", "out.jsonl"], directory: dir)
+        #expect(r.status == 0)
+        let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let message = "p.lua:1: attempt to index a nil value (field 'missing')"
+        #expect(Array(lines.prefix(4)) == [
+            "scopelua: stage 'buggy' failed on line 1 (id 1): \(message) (skipped)",
+            "scopelua: stage 'buggy' failed on line 2 (id 2): \(message) (skipped)",
+            "scopelua: stage 'buggy' failed on line 3 (id 3): \(message) (skipped)",
+            "scopelua: stage 'buggy': ... 2101 more like this",
+        ], "\(r.stderr)")
+        #expect(lines.count == 7, "\(r.stderr)")
+        #expect(lines.dropFirst(4).first?.hasPrefix("scopelua: pipeline 'p': read 2104, emitted 0, filtered 0, skipped 2104, dead-lettered 0, rejected 0 in ") == true, "\(r.stderr)")
+        #expect(lines.dropFirst(5).first == "  stage 'buggy': 2104 errors (skipped 2104), the first on line 1 (id 1): \(message)", "\(r.stderr)")
+    }
+
+    @Test func deadLettersAndRetriesAreSummedUpByStageFromLuaToo() {
+        let dir = temporaryDirectory()
+        let run = runLua("""
+            local calls = 0
+            stage "flaky" {
+              process = function(ctx, e) calls = calls + 1; if e.id == 2 or calls == 1 then error("down", 0) end return e end,
+              on_error = { retry = 1, ["then"] = "dead_letter" },
+            }
+            stage "fine" { process = function(ctx, e) return e end }
+            local r = pipeline("p", { "flaky", "fine" }):run{ input = { { id = 1 }, { id = 2 }, { id = 3 } }, dead_letter = "\(dir)/dl.jsonl" }
+            return r.stages.flaky.retried, r.stages.flaky.dead_lettered, r.stages.flaky.skipped
+            """)
+        #expect(run.error == nil, "\(run.error?.message ?? "")")
+        #expect(run.values == [.integer(2), .integer(1), .integer(0)])
+        #expect(run.diagnostics.count == 2, "\(run.diagnostics)")
+        #expect(run.diagnostics.first == "scopelua: stage 'flaky' failed on event 2 (id 2): down (dead-lettered)")
+        let summary = run.diagnostics.last?.split(separator: "\n").map(String.init) ?? []
+        #expect(summary.count == 2, "\(summary)")
+        #expect(summary.first?.hasPrefix("scopelua: pipeline 'p': read 3, emitted 2, filtered 0, skipped 0, dead-lettered 1, rejected 0, retried 2 in ") == true, "\(summary)")
+        #expect(summary.last == "  stage 'flaky': 3 errors (retried 2, dead-lettered 1), the first on event 1 (id 1): down")
+    }
+
+    @Test func aCleanRunOutsideATerminalIsSilent() throws {
+        let dir = temporaryDirectory()
+        write("stage 'pass' { process = function(ctx, e) return e end }\npipeline 'p' { 'pass' }\n", to: "p.lua", in: dir)
+        let r = try scopelua(["run", "p.lua", "--input", "-"], stdin: Self.events(3), directory: dir)
+        #expect(r.status == 0)
+        #expect(r.stderr == "")
+        let run = runLua("return pipeline('p', { { process = function(ctx, e) return e end } }):run{ input = { {} } }.emitted")
+        #expect(run.values == [.integer(1)])
+        #expect(run.diagnostics.isEmpty, "\(run.diagnostics)")
+    }
+
+    // MARK: - elapsed time and events/s
+
+    @Test func theSummaryAndTheReportGiveElapsedTimeAndRate() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "s" { process = function(ctx, e) if e.id == 2 then error("bad", 0) end return e end, on_error = "skip" }
+            pipeline "p" { "s" }
+            """, to: "p.lua", in: dir)
+        write(Self.events(3), to: "in.jsonl", in: dir)
+        let r = try scopelua(["run", "p.lua", "--input", "in.jsonl", "--output", "none", "--report"], directory: dir)
+        #expect(r.status == 0)
+        let summary = #/scopelua: pipeline 'p': read 3, emitted 2, filtered 0, skipped 1, dead-lettered 0, rejected 0 in [0-9.]+(ns|us|ms|s) \([0-9]+ events/s\)\n/#
+        #expect(r.stderr.contains(summary), "\(r.stderr)")
+        #expect(r.stderr.contains(#/\n  time       elapsed [0-9.]+(ns|us|ms|s)  [0-9]+ events/s\n/#), "\(r.stderr)")
+        let run = runLua("""
+            local r = pipeline('p', { { process = function(ctx, e) return e end } }):run{ input = { {}, {} } }
+            return math.type(r.elapsed), r.elapsed > 0, r.events_per_second > 0
+            """)
+        #expect(run.values == [.string("float"), .boolean(true), .boolean(true)])
+    }
 }

@@ -54,6 +54,14 @@ final class PipelineRun {
         var calls = 0
         var errors = 0
         var time = Histogram()
+        /// The stage's share of the run's counts: events its policy skipped or
+        /// dead-lettered, calls it retried.
+        var skipped = 0
+        var deadLettered = 0
+        var retried = 0
+        /// Errors shown on stderr as they happened, and the first error of the stage
+        /// (`on line 3 (id 1): job.lua:4: boom`), for the summary.
+        var notices = Notices()
 
         init(definition: StageDefinition, policy: ErrorPolicy, scope: Scope) {
             self.definition = definition
@@ -61,6 +69,17 @@ final class PipelineRun {
             self.scope = scope
             self.task = Scope(name: "task", parent: scope)
         }
+    }
+
+    /// Errors of one origin (a stage, or the input's rejected lines) that the run went on
+    /// after: the first few are shown on stderr as they happen, the rest are counted and
+    /// summed up at the end ("... 2099 more like this").
+    struct Notices {
+        static let shownAtMost = 3
+        var count = 0
+        var shown = 0
+        var first: String?
+        var unshown: Int { count - shown }
     }
 
     /// Per-outcome counts (for events read, and separately for events created by
@@ -91,6 +110,8 @@ final class PipelineRun {
     /// Input line numbers (event numbers of a list) of the events read that were in
     /// flight when the run ended.
     var inFlightLines: [Int] = []
+    /// The input's rejected lines, as stage errors are.
+    private var rejectNotices = Notices()
     /// The input line (the position in a list input) of the event read that is going
     /// through the stages, with what it emitted; 0 while a timer fires and for the
     /// events a timer emitted, and outside the input loop.
@@ -116,6 +137,8 @@ final class PipelineRun {
     private var inputFD: Int32 = -1
     private var inputEnded = false
     private var startedAt = sl_monotonic_ns()
+    /// When the run ended (its stages closed), for the elapsed time.
+    private var finishedAt: UInt64?
     private var lastProgress: UInt64 = 0
 
     init(_ rt: Runtime, _ definition: PipelineDefinition, options: Options) {
@@ -128,6 +151,7 @@ final class PipelineRun {
 
     /// Runs the pipeline to the end of its input (or a stop), in a child of `parent`.
     func execute(_ L: LuaState, parent: Scope) -> Outcome {
+        startedAt = sl_monotonic_ns()
         rt.activeRun = self
         defer { rt.activeRun = nil }
         let base = lua_gettop(L)
@@ -212,6 +236,8 @@ final class PipelineRun {
             let stage = forcedStage.map { " while stage '\($0)' was still running" } ?? ""
             rt.diagnose("scopelua: stop forced\(stage): everything still open was released")
         }
+        finishedAt = sl_monotonic_ns()
+        summarize(ended: abortMessage != nil || sinkFailure != nil || !failures.isEmpty || sl_stop_signal() != 0)
         let releaseErrors = failures.map { "\n\trelease error: \($0)" }.joined()
         if let abortMessage {
             let sink = sinkFailure.map { "\n\tand: \($0.message)" } ?? ""
@@ -479,6 +505,9 @@ final class PipelineRun {
             }
             let error = lua_gettop(L)
             stage.errors += 1
+            if stage.notices.first == nil {
+                stage.notices.first = "on \(describeEvent(L, event, extra: extra)): \(Self.firstLine(Lua.describe(L, error)))"
+            }
             dropEmitted(L, from: queueBase)
             if sl_stop_forced() != 0 {
                 forcedStage = stage.definition.name
@@ -497,6 +526,7 @@ final class PipelineRun {
                     }
                     attempt += 1
                     retried += 1
+                    stage.retried += 1
                     lua_settop(L, event)
                     continue
                 }
@@ -505,10 +535,14 @@ final class PipelineRun {
             switch policy {
             case .skip:
                 if extra { fanout.skipped += 1 } else { original.skipped += 1 }
+                stage.skipped += 1
+                notice(L, stage, event: event, extra: extra, error: Lua.describe(L, error), outcome: "skipped")
                 return true
             case .deadLetter:
                 guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: error, extra: extra) else { return false }
                 if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
+                stage.deadLettered += 1
+                notice(L, stage, event: event, extra: extra, error: Lua.describe(L, error), outcome: "dead-lettered")
                 return true
             case .abort, .retry:
                 abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(describeError(L, error))"
@@ -627,16 +661,27 @@ final class PipelineRun {
             runningStage = nil
             if !ok {
                 let name = stageIndex.map { stages[$0].definition.name } ?? definition.name
-                if let i = stageIndex { stages[i].errors += 1 }
                 let message = "timer \(rt.describe(h)) of stage '\(name)' failed: \(describeError(L, lua_gettop(L)))"
                 let policy = stageIndex.map { stages[$0].policy } ?? .abort
+                dropEmitted(L, from: queueBase)  // what the failed call emitted never existed
                 if policy == .abort {
+                    if let i = stageIndex { stages[i].errors += 1 }
                     abortMessage = "pipeline '\(definition.name)' aborted: \(message)"
-                    dropEmitted(L, from: queueBase)  // what the failed call emitted never existed
                     lua_settop(L, base)
                     return false
                 }
-                rt.diagnose("scopelua: \(message)")
+                if let i = stageIndex {
+                    // The firing is lost; the timer goes on (an interval fires again).
+                    let stage = stages[i]
+                    stage.errors += 1
+                    let error = "\(rt.describe(h)): \(Self.firstLine(Lua.describe(L, lua_gettop(L))))"
+                    if stage.notices.first == nil { stage.notices.first = "in timer \(error)" }
+                    stage.notices.count += 1
+                    if stage.notices.shown < Notices.shownAtMost {
+                        stage.notices.shown += 1
+                        rt.diagnose("scopelua: stage '\(name)' failed in timer \(error)")
+                    }
+                }
             }
             // Events the timer emitted go downstream of its stage.
             if let i = stageIndex, queueTop > queueBase, !deliverEmitted(L, after: i, from: queueBase) {
@@ -785,17 +830,22 @@ final class PipelineRun {
             return false
         }
         stage.errors += 1
+        if stage.notices.first == nil { stage.notices.first = "on \(describeEvent(L, event, extra: extra)): \(message)" }
         var policy = stage.policy
         if case .retry(_, _, let then) = policy { policy = then }
         switch policy {
         case .skip:
             if extra { fanout.skipped += 1 } else { original.skipped += 1 }
+            stage.skipped += 1
+            notice(L, stage, event: event, extra: extra, error: message, outcome: "skipped")
             return true
         case .deadLetter:
             Lua.push(L, message)
             defer { sl_pop(L, 1) }
             guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: lua_gettop(L), extra: extra) else { return false }
             if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
+            stage.deadLettered += 1
+            notice(L, stage, event: event, extra: extra, error: message, outcome: "dead-lettered")
             return true
         case .abort, .retry:
             abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(message)"
@@ -837,9 +887,17 @@ final class PipelineRun {
     /// Rejects an input line (counted as rejected once its record is written). False
     /// when the record could not be written (the run then stops; the line is in flight).
     private func reject(_ L: LuaState, line: Int, reason: String, raw: String?) -> Bool {
+        // The first few are shown as they happen (also when the dead-letter file has
+        // them), the rest summed up at the end.
+        let place = "\(options.input.isList ? "event" : "line") \(line)"
+        rejectNotices.count += 1
+        if rejectNotices.first == nil { rejectNotices.first = "on \(place): \(reason)" }
+        if rejectNotices.shown < Notices.shownAtMost {
+            rejectNotices.shown += 1
+            rt.diagnose("scopelua: input \(place) rejected: \(reason)")
+        }
         guard deadLetter != nil else {
             rejected += 1
-            rt.diagnose("scopelua: input \(options.input.isList ? "event" : "line") \(line) rejected: \(reason)")
             return true
         }
         lua_createtable(L, 0, 4)
@@ -885,6 +943,83 @@ final class PipelineRun {
             rt.diagnose("scopelua: dead letter: " + String(decoding: UnsafeRawBufferPointer(start: p, count: len), as: UTF8.self))
         }
         return true
+    }
+
+    // MARK: - Notices and the summary
+
+    /// An event's error that the run went on after (skipped, dead-lettered): shown on
+    /// stderr while the stage has shown fewer than `Notices.shownAtMost`, else counted.
+    private func notice(_ L: LuaState, _ stage: StageRun, event: Int32, extra: Bool, error: String, outcome: String) {
+        stage.notices.count += 1
+        guard stage.notices.shown < Notices.shownAtMost else { return }
+        stage.notices.shown += 1
+        rt.diagnose("scopelua: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(Self.firstLine(error)) (\(outcome))")
+    }
+
+    static func firstLine(_ text: String) -> String {
+        text.firstIndex(of: "\n").map { String(text[..<$0]) } ?? text
+    }
+
+    /// Seconds from the start of the run to its end (or to now, while it runs).
+    var elapsed: Double {
+        Double((finishedAt ?? sl_monotonic_ns()) &- startedAt) / 1e9
+    }
+
+    /// Events read per second of the run.
+    var eventsPerSecond: Double {
+        let seconds = elapsed
+        return seconds > 0 ? Double(read) / seconds : 0
+    }
+
+    /// The counts of the run in one line: `pipeline 'p': read 2104, emitted 0, ...
+    /// in 412.35ms (5102 events/s)`.
+    var summaryLine: String {
+        var parts = ["read \(read)", "emitted \(original.emitted)", "filtered \(original.filtered)",
+                     "skipped \(original.skipped)", "dead-lettered \(original.deadLettered)", "rejected \(rejected)"]
+        if retried > 0 { parts.append("retried \(retried)") }
+        if original.inFlight > 0 {
+            let what = options.input.isList ? "event" : "line"
+            parts.append("in flight \(original.inFlight) (\(what)\(inFlightLines.count == 1 ? "" : "s") \(inFlightLines.map(String.init).joined(separator: ", ")))")
+        }
+        var line = "pipeline '\(definition.name)': " + parts.joined(separator: ", ")
+        if fanoutCreated > 0 {
+            var fan = ["created \(fanoutCreated)", "emitted \(fanout.emitted)", "filtered \(fanout.filtered)",
+                       "skipped \(fanout.skipped)", "dead-lettered \(fanout.deadLettered)"]
+            if fanout.inFlight > 0 { fan.append("in flight \(fanout.inFlight)") }
+            line += "; fan-out " + fan.joined(separator: ", ")
+        }
+        return line + " in \(Report.seconds(elapsed)) (\(Report.rate(eventsPerSecond)) events/s)"
+    }
+
+    /// At the end of a run with anything to say (an error the run went on after, a
+    /// rejected line, an event in flight, an early end), or on a terminal: the errors
+    /// not shown ("... 2099 more like this"), the counts, elapsed time and rate, and per
+    /// stage with errors its counts and first error. A clean run in a script or a pipe
+    /// stays silent.
+    private func summarize(ended early: Bool) {
+        let erring = stages.filter { $0.errors > 0 }
+        let inFlight = original.inFlight + fanout.inFlight
+        guard early || options.progress || !erring.isEmpty || rejected > 0 || inFlight > 0 else { return }
+        for stage in erring where stage.notices.unshown > 0 {
+            rt.diagnose("scopelua: stage '\(stage.definition.name)': ... \(stage.notices.unshown) more like this")
+        }
+        if rejectNotices.unshown > 0 {
+            rt.diagnose("scopelua: input: ... \(rejectNotices.unshown) more like this")
+        }
+        var lines = ["scopelua: " + summaryLine]
+        for stage in erring {
+            var counts: [String] = []
+            if stage.retried > 0 { counts.append("retried \(stage.retried)") }
+            if stage.skipped > 0 { counts.append("skipped \(stage.skipped)") }
+            if stage.deadLettered > 0 { counts.append("dead-lettered \(stage.deadLettered)") }
+            let what = counts.isEmpty ? "" : " (\(counts.joined(separator: ", ")))"
+            let first = stage.notices.first.map { ", the first \($0)" } ?? ""
+            lines.append("  stage '\(stage.definition.name)': \(stage.errors) error\(stage.errors == 1 ? "" : "s")\(what)\(first)")
+        }
+        if rejected > 0, let first = rejectNotices.first {
+            lines.append("  input: \(rejected) rejected, the first \(first)")
+        }
+        rt.diagnose(lines.joined(separator: "\n"))
     }
 
     // MARK: - Descriptions
