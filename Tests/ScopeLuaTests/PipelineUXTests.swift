@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ScopeLua
+import CLua
 
 /// What a user of a pipeline sees when something goes wrong (issue 10): no silent wrong
 /// result, errors that say where, a summary on stderr.
@@ -169,5 +170,68 @@ import Testing
             return math.type(r.elapsed), r.elapsed > 0, r.events_per_second > 0
             """)
         #expect(run.values == [.string("float"), .boolean(true), .boolean(true)])
+    }
+
+    // MARK: - print and log while a pipeline writes to stdout
+
+    @Test func printInAStageGoesToStderrWhileTheEventsGoToStdout() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "enrich" {
+              open = function(ctx) print("opening"); log.info("opened") end,
+              process = function(ctx, e) print("got", e.id); log.warn("price missing"); return e end,
+              close = function(ctx) log.info("closing") end,
+            }
+            pipeline "p" { "enrich" }
+            """, to: "p.lua", in: dir)
+        let r = try scopelua(["run", "p.lua", "--input", "-"], stdin: "\n{\"id\":1}\n", directory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "{\"id\":1}\n")
+        #expect(r.stderr == "opening\ninfo: enrich: opened\ngot\t1\nwarn: enrich (line 2): price missing\ninfo: enrich: closing\n")
+        // With the events in a file, print writes to stdout as usual.
+        let f = try scopelua(["run", "p.lua", "--input", "-", "--output", "out.jsonl"], stdin: "{\"id\":1}\n", directory: dir)
+        #expect(f.stdout == "opening\ngot\t1\n")
+    }
+
+    @Test func printIsLuasOwnAgainAfterTheRunAndAScriptsOwnPrintIsLeftAlone() throws {
+        let rt = Runtime()
+        defer { rt.close() }
+        let L = rt.L
+        _ = try rt.execute("""
+            original = print
+            stage "s" { process = function(ctx, e) during = print; return nil end }
+            pipeline "p" { "s" }
+            """, name: "=test")
+        func runOnce() {
+            // A list input of one event, filtered: nothing reaches stdout.
+            var options = PipelineRun.Options()
+            _ = try? rt.execute("events = { { id = 1 } }", name: "=test")
+            Bindings.getGlobal(L, "events")
+            options.input = .list(luaL_ref(L, Lua.registry))
+            options.output = .stdout
+            guard let def = rt.pipelines.pipelines["p"] else { return }
+            let run = PipelineRun(rt, def, options: options)
+            _ = run.execute(L, parent: rt.root)
+            run.releaseReferences(L)
+        }
+        runOnce()
+        #expect(try rt.execute("return during ~= original, print == original", name: "=test") == [.boolean(true), .boolean(true)])
+        _ = try rt.execute("function print(...) end; mine = print", name: "=test")
+        runOnce()
+        #expect(try rt.execute("return during == mine, print == mine", name: "=test") == [.boolean(true), .boolean(true)])
+    }
+
+    @Test func logLinesNameTheStageAndTheEvent() {
+        let run = runLua("""
+            stage "enrich" {
+              open = function(ctx) log.info("open"); timer.after(0, function() log.warn("tick") end) end,
+              process = function(ctx, e) log.error("event", e.id); return e end,
+            }
+            pipeline("p", { "enrich" }):run{ input = { { id = 7 }, { id = 8 } } }
+            log.info("after")
+            """)
+        #expect(run.error == nil)
+        #expect(run.diagnostics == ["info: enrich: open", "error: enrich (event 1): event\t7", "warn: enrich: tick",
+                                    "error: enrich (event 2): event\t8", "info: after"])
     }
 }

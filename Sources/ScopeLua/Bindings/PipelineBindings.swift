@@ -1,6 +1,10 @@
 import CLua
 import CScopeLua
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `stage(name, def)`, `pipeline(name, def)`, `p:run{...}`, and the `ctx` stages see.
 enum PipelineBindings {
     static func install(_ rt: Runtime, _ L: LuaState) {
@@ -34,6 +38,52 @@ enum PipelineBindings {
         Lua.setFunction(L, -1, "own", own)
         Lua.setField(L, -2, "__index")
         Lua.setRegistryField(L, "scopelua.ctx")
+
+        // Lua's own print, and the one a run puts in its place while it writes events
+        // to stdout (see PipelineRun.replacePrint).
+        Bindings.getGlobal(L, "print")
+        Lua.setRegistryField(L, "scopelua.print")
+        Lua.push(L, runPrint)
+        Lua.setRegistryField(L, "scopelua.print.run")
+    }
+
+    // MARK: - print while a pipeline runs
+
+    /// `print` while a pipeline runs: as Lua's print (tostring of each argument, tabs,
+    /// a newline, byte for byte), to stderr while the run writes its events to stdout,
+    /// else to stdout (first clearing a progress line drawn on the same terminal).
+    static let runPrint: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        let n = lua_gettop(L)
+        var bytes: [UInt8] = []
+        for i in stride(from: 1, through: n, by: 1) {
+            lua_pushcclosure(L, sl_tostring, 0)
+            lua_pushvalue(L, i)
+            guard sl_pcall(L, 1, 1, 0) == LUA_OK else { return raise }  // __tostring failed
+            if i > 1 { bytes.append(9) }
+            var len = 0
+            if let p = lua_tolstring(L, -1, &len) {
+                bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: len))
+            }
+            sl_pop(L, 1)
+        }
+        bytes.append(10)
+        let run = rt.activeRun
+        if run?.printsToStderr == true {
+            bytes.withUnsafeBytes { buffer in
+                var offset = 0
+                while offset < buffer.count {
+                    let written = Glibc.write(2, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
+                    if written > 0 { offset += written } else if written < 0, errno == EINTR { continue } else { break }
+                }
+            }
+        } else {
+            run?.clearProgressBeforeOutput()
+            let out = sl_stdout()
+            _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, out) }
+            fflush(out)
+        }
+        return 0
     }
 
     // MARK: - Registration

@@ -137,6 +137,12 @@ final class PipelineRun {
     private var inputFD: Int32 = -1
     private var inputEnded = false
     private var startedAt = sl_monotonic_ns()
+    /// Whether Lua's `print` writes to stderr during this run (the events go to stdout).
+    private(set) var printsToStderr = false
+    /// Whether a progress line is on the screen now.
+    private var progressOnScreen = false
+    /// The stage whose `close` runs, for `log` lines.
+    private var closingStage: Int?
     /// When the run ended (its stages closed), for the elapsed time.
     private var finishedAt: UInt64?
     private var lastProgress: UInt64 = 0
@@ -173,6 +179,13 @@ final class PipelineRun {
         case .list: inputFD = -1
         }
         if let refused = openSinks() { return refused }
+        // The events go to stdout: `print` goes to stderr until the run ends, and `log`
+        // lines say which stage and input line they come from.
+        if case .stdout = options.output { printsToStderr = true }
+        let replacedPrint = replacePrint(L)
+        defer { if replacedPrint { restorePrint(L) } }
+        rt.logContext = { [weak self] in self?.logContext }
+        defer { rt.logContext = nil }
         // A reader that goes away is an EPIPE on the output (a graceful stop), not a
         // SIGPIPE that kills the process before the stages close.
         let sigpipe = sl_sigpipe_ignore()
@@ -331,6 +344,8 @@ final class PipelineRun {
             switch item {
             case .stage(let stage):
                 if stage.definition.close != LUA_NOREF, stage.opened, !forced {
+                    closingStage = stages.firstIndex { $0 === stage }
+                    defer { closingStage = nil }
                     rt.current = stage.scope
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.definition.close))
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.ctx))
@@ -1113,7 +1128,52 @@ final class PipelineRun {
         return overflow ? .max : sum
     }
 
+    // MARK: - print and log
+
+    /// Puts `print` in place of Lua's own for the run when it writes its events to stdout
+    /// (a `print` in a stage would write into the JSON stream). A print the script
+    /// defined itself is left alone. Returns whether it replaced it.
+    private func replacePrint(_ L: LuaState) -> Bool {
+        guard printsToStderr else { return false }
+        let base = lua_gettop(L)
+        defer { lua_settop(L, base) }
+        Bindings.getGlobal(L, "print")
+        Lua.getRegistryField(L, "scopelua.print")
+        guard lua_rawequal(L, -1, -2) != 0 else { return false }
+        Lua.getRegistryField(L, "scopelua.print.run")
+        Bindings.setGlobal(L, "print")
+        return true
+    }
+
+    /// Puts Lua's print back, unless the script assigned another meanwhile.
+    private func restorePrint(_ L: LuaState) {
+        let base = lua_gettop(L)
+        defer { lua_settop(L, base) }
+        Bindings.getGlobal(L, "print")
+        Lua.getRegistryField(L, "scopelua.print.run")
+        guard lua_rawequal(L, -1, -2) != 0 else { return }
+        Lua.getRegistryField(L, "scopelua.print")
+        Bindings.setGlobal(L, "print")
+    }
+
+    /// Where a `log` line comes from: `enrich (line 1742)` in process, the stage's name
+    /// in open, close and its timers; nil outside a stage.
+    var logContext: String? {
+        guard let i = runningStage ?? closingStage, i < stages.count else { return nil }
+        let name = stages[i].definition.name
+        guard eventLine > 0 else { return name }
+        return "\(name) (\(options.input.isList ? "event" : "line") \(eventLine))"
+    }
+
     // MARK: - Progress
+
+    /// Before something is written to stdout: a progress line on the screen is cleared
+    /// (it is drawn again at its next update).
+    func clearProgressBeforeOutput() {
+        guard progressOnScreen else { return }
+        sl_eprogress("")
+        progressOnScreen = false
+    }
 
     private func showProgress() {
         guard options.progress else { return }
@@ -1123,6 +1183,7 @@ final class PipelineRun {
         let seconds = Double(now &- startedAt) / 1e9
         let rate = seconds > 0 ? Int(Double(read) / seconds) : 0
         sl_eprogress("scopelua: \(read) events read, \(original.emitted + fanout.emitted) out, \(rate) events/s")
+        progressOnScreen = true
     }
 
     private func clearProgress() {
