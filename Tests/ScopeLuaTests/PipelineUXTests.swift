@@ -234,4 +234,53 @@ import CLua
         #expect(run.diagnostics == ["info: enrich: open", "error: enrich (event 1): event\t7", "warn: enrich: tick",
                                     "error: enrich (event 2): event\t8", "info: after"])
     }
+
+    // MARK: - a name registered twice
+
+    @Test func aDuplicateStageOrPipelineNameIsAnErrorNamingBothLines() throws {
+        #expect(runLua("""
+            stage "enrich" { process = function(ctx, e) return e end }
+            stage "other" { process = function(ctx, e) return e end }
+            stage "enrich" { process = function(ctx, e) return nil end }
+            """).error?.message == "test:3: stage 'enrich' is already defined at test:1")
+        #expect(runLua("""
+            stage("s", { process = function(ctx, e) return e end })
+            pipeline("p", { "s" })
+
+            pipeline "p" { "s" }
+            """).error?.message == "test:4: pipeline 'p' is already defined at test:2")
+        // Inline stages are not registered by name: two may share one.
+        #expect(runLua("""
+            pipeline "a" { { name = "x", process = function(ctx, e) return e end } }
+            pipeline "b" { { name = "x", process = function(ctx, e) return e end } }
+            """).error == nil)
+        let dir = temporaryDirectory()
+        write("""
+            stage "enrich" { process = function(ctx, e) return e end }
+            pipeline "p" { "enrich" }
+            stage "enrich" { process = function(ctx, e) return nil end }
+            """, to: "job.lua", in: dir)
+        let r = try scopelua(["run", "job.lua", "--input", "-"], stdin: "{}\n", directory: dir)
+        #expect(r.status == 1)
+        #expect(r.stdout == "")
+        #expect(r.stderr.hasPrefix("scopelua: job.lua:3: stage 'enrich' is already defined at job.lua:1\n"), "\(r.stderr)")
+    }
+
+    @Test func theReplMayRedefineAndSaysSo() {
+        final class Lines: @unchecked Sendable { var all: [String] = [] }
+        let said = Lines(), diagnostics = Lines()
+        var options = RuntimeOptions()
+        options.diagnostics = { diagnostics.all.append($0) }
+        let repl = Repl(options: options) { said.all.append($0) }
+        defer { repl.quit() }
+        repl.handle("stage 'enrich' { process = function(ctx, e) return e end }")
+        repl.handle("stage 'enrich' { process = function(ctx, e) e.v = 2; return e end }")
+        repl.handle("pipeline 'p' { 'enrich' }")
+        repl.handle("pipeline 'p' { 'enrich' }")
+        repl.handle("=pipeline('p', { 'enrich' }):run{ input = { {} } }.output[1].v")
+        #expect(repl.errors == 0, "\(said.all)")
+        #expect(diagnostics.all == ["stage 'enrich' redefined (was stdin:1)", "pipeline 'p' redefined (was stdin:1)",
+                                    "pipeline 'p' redefined (was stdin:1)"])
+        #expect(said.all.last == "2")
+    }
 }

@@ -118,6 +118,10 @@ enum PipelineBindings {
     static func registerStage(_ rt: Runtime, _ L: LuaState, name: String, definition: Int32,
                               register: Bool = true) -> StageDefinition? {
         let def = lua_absindex(L, definition)
+        let site = callerSite(L)
+        if register, let earlier = rt.pipelines.stages[name] {
+            guard redefine(rt, L, "stage '\(name)'", earlier: earlier.site) else { return nil }
+        }
         guard lua_type(L, def) == LUA_TTABLE else {
             Lua.pushError(L, "stage '\(name)': the definition must be a table with a process function (got a \(Lua.typeName(L, def)))")
             return nil
@@ -160,7 +164,7 @@ enum PipelineBindings {
         lua_pushvalue(L, def)
         let table = luaL_ref(L, Lua.registry)
         let stage = StageDefinition(name: name, process: refs["process"] ?? LUA_NOREF, open: refs["open"] ?? LUA_NOREF,
-                                    close: refs["close"] ?? LUA_NOREF, policy: policy, table: table)
+                                    close: refs["close"] ?? LUA_NOREF, policy: policy, table: table, site: site)
         if register { rt.pipelines.stages[name] = stage }
         rt.pipelines.stagesByTable[lua_topointer(L, def)] = stage
         lua_pushvalue(L, def)
@@ -194,6 +198,10 @@ enum PipelineBindings {
     /// pipeline object (or an error, returning false).
     static func registerPipeline(_ rt: Runtime, _ L: LuaState, name: String, definition: Int32) -> Bool {
         let def = lua_absindex(L, definition)
+        let site = callerSite(L)
+        if let earlier = rt.pipelines.pipelines[name] {
+            guard redefine(rt, L, "pipeline '\(name)'", earlier: earlier.site) else { return false }
+        }
         guard lua_type(L, def) == LUA_TTABLE else {
             Lua.pushError(L, "pipeline '\(name)': the definition must be a list of stages (got a \(Lua.typeName(L, def)))")
             return false
@@ -283,7 +291,7 @@ enum PipelineBindings {
             }
         }
         sl_pop(L, 1)
-        let definitionObject = PipelineDefinition(name: name, items: items, policy: policy)
+        let definitionObject = PipelineDefinition(name: name, items: items, policy: policy, site: site)
         rt.pipelines.pipelines[name] = definitionObject
         rt.pipelines.pipelineOrder.removeAll { $0 == name }
         rt.pipelines.pipelineOrder.append(name)
@@ -296,6 +304,25 @@ enum PipelineBindings {
         lua_pushvalue(L, -1)
         rt.pipelines.objects.append(luaL_ref(L, Lua.registry))  // keeps the object's address stable
         return true
+    }
+
+    /// `job.lua:3`: where the Lua code calling `stage` / `pipeline` is, or nil.
+    static func callerSite(_ L: LuaState) -> String? {
+        luaL_where(L, 1)
+        defer { sl_pop(L, 1) }
+        guard let text = Lua.string(L, -1), text.hasSuffix(": ") else { return nil }
+        return String(text.dropLast(2))
+    }
+
+    /// `what` (`stage 'enrich'`) is registered again: an error naming both places
+    /// (pushed; false), or in the REPL a note saying what it replaces (true).
+    static func redefine(_ rt: Runtime, _ L: LuaState, _ what: String, earlier: String?) -> Bool {
+        if rt.pipelines.allowsRedefinition {
+            rt.diagnose("\(what) redefined" + (earlier.map { " (was \($0))" } ?? ""))
+            return true
+        }
+        Lua.pushError(L, "\(what) is already defined" + (earlier.map { " at \($0)" } ?? ""))
+        return false
     }
 
     static let pipelineToString: SwiftLuaFunction = { L in
