@@ -283,4 +283,24 @@ import CLua
                                     "pipeline 'p' redefined (was stdin:1)"])
         #expect(said.all.last == "2")
     }
+
+    // MARK: - ctx.emit for ctx:emit
+
+    @Test func aCtxMethodCalledWithADotSaysToUseAColon() {
+        let run = runLua("""
+            local function fails(process)
+              local ok, err = pcall(function() return pipeline("p" .. tostring(process), { { name = "s", process = process } }):run{ input = { {} } } end)
+              return (err:match("failed on event 1: ([^\\n]*)"))
+            end
+            return fails(function(ctx, e) ctx.emit(e) return e end),
+                   fails(function(ctx, e) ctx.emit({ extra = true }, e) return e end),
+                   fails(function(ctx, e) ctx.own(fs.open("/dev/null")) return e end),
+                   fails(function(ctx, e) ctx:emit() return e end)
+            """)
+        #expect(run.error == nil, "\(run.error?.message ?? "")")
+        #expect(run.values == [.string("test:5: ctx.emit was called with a dot: use ctx:emit(e) (with a colon)"),
+                               .string("test:6: ctx.emit was called with a dot: use ctx:emit(e) (with a colon)"),
+                               .string("test:7: ctx.own was called with a dot: use ctx:own(h) (with a colon)"),
+                               .string("test:8: bad argument #1 to 'emit' (table expected, got no value)")])
+    }
 }

@@ -347,21 +347,40 @@ enum PipelineBindings {
     /// ctx:emit(e): sends an extra event downstream of the stage.
     static let emit: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
-        guard let run = activeRun(rt, L, for: "emit") else { return raise }
+        // Checked only once something is wrong: the common call pays nothing for it.
+        guard let run = activeRun(rt, L, for: "emit") else { return calledWithADot(L, "emit(e)") ?? raise }
         guard lua_type(L, 2) == LUA_TTABLE else {
+            if let dot = calledWithADot(L, "emit(e)") { return dot }
             Lua.pushTypeError(L, 2, "table")
             return raise
         }
         if let problem = run.emit(L, ctx: 1, event: 2) {
+            if let dot = calledWithADot(L, "emit(e)") { return dot }
             Lua.pushError(L, problem)
             return raise
         }
         return 0
     }
 
+    /// `ctx.emit(e)` for `ctx:emit(e)`: the first argument is not a ctx. Pushes an error
+    /// saying to use a colon and returns `raise`; nil when the first argument is a ctx.
+    static func calledWithADot(_ L: LuaState, _ call: String) -> Int32? {
+        var isContext = false
+        if lua_getmetatable(L, 1) != 0 {
+            Lua.getRegistryField(L, "scopelua.ctx")
+            isContext = lua_rawequal(L, -1, -2) != 0
+            sl_pop(L, 2)
+        }
+        guard !isContext else { return nil }
+        let method = call.prefix { $0 != "(" }
+        Lua.pushError(L, "ctx.\(method) was called with a dot: use ctx:\(call) (with a colon)")
+        return raise
+    }
+
     /// ctx:own(h): moves a handle from the task scope to the stage scope; returns it.
     static let own: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
+        if let dot = calledWithADot(L, "own(h)") { return dot }
         guard let run = activeRun(rt, L, for: "own") else { return raise }
         guard let h = HandleBindings.checkOpen(rt, L, 2) else { return raise }
         if let problem = run.own(L, ctx: 1, handle: h) {
