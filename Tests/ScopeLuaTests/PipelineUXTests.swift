@@ -303,4 +303,62 @@ import CLua
                                .string("test:7: ctx.own was called with a dot: use ctx:own(h) (with a colon)"),
                                .string("test:8: bad argument #1 to 'emit' (table expected, got no value)")])
     }
+
+    // MARK: - retry backoff
+
+    @Test(.timeLimit(.minutes(1))) func timersFireWhileAnEventWaitsToBeRetriedAndTheWaitIsReported() throws {
+        let run = runLua("""
+            local ticks, ticks_at_retry = 0, nil
+            stage "ticker" {
+              open = function(ctx) timer.every(0.01, function() ticks = ticks + 1 end) end,
+              process = function(ctx, e) return e end,
+            }
+            local calls = 0
+            stage "flaky" {
+              process = function(ctx, e)
+                calls = calls + 1
+                if calls == 1 then error("down", 0) end
+                ticks_at_retry = ticks
+                return e
+              end,
+              on_error = { retry = 1, backoff = 0.2 },
+            }
+            local r = pipeline("p", { "ticker", "flaky" }):run{ input = { { id = 1 } } }
+            return ticks_at_retry > 0, r.stages.flaky.backoff >= 0.2, r.stages.ticker.backoff, r.emitted, r.retried
+            """)
+        #expect(run.error == nil, "\(run.error?.message ?? "")")
+        #expect(run.values == [.boolean(true), .boolean(true), .number(0), .integer(1), .integer(1)])
+
+        let dir = temporaryDirectory()
+        write("""
+            stage "flaky" {
+              open = function(ctx) ctx.state.n = 0 end,
+              process = function(ctx, e) ctx.state.n = ctx.state.n + 1; if ctx.state.n == 1 then error("down", 0) end return e end,
+              on_error = { retry = 2, backoff = 0.05 },
+            }
+            pipeline "p" { "flaky" }
+            """, to: "p.lua", in: dir)
+        let r = try scopelua(["run", "p.lua", "--input", "-", "--output", "none", "--report"], stdin: "{\"id\":1}\n", directory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("  stages     stage     calls   errors        p50        p99        max    backoff\n"), "\(r.stderr)")
+        #expect(r.stderr.contains(#/\n             flaky         2        1 +[0-9.]+(ns|us|ms) +[0-9.]+(ns|us|ms) +[0-9.]+(ns|us|ms) +[0-9.]+ms\n/#), "\(r.stderr)")
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aTimerThatAbortsDuringABackoffLeavesTheWaitingEventInFlight() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "ticker" {
+              open = function(ctx) timer.after(0.01, function() error("tick failed", 0) end) end,
+              process = function(ctx, e) return e end,
+            }
+            stage "flaky" { process = function(ctx, e) error("down", 0) end, on_error = { retry = 1, backoff = 30 } }
+            pipeline "p" { "ticker", "flaky" }
+            """, to: "p.lua", in: dir)
+        let started = Date()
+        let r = try scopelua(["run", "p.lua", "--input", "-", "--output", "none", "--report"], stdin: "{\"id\":1}\n", directory: dir)
+        #expect(Date().timeIntervalSince(started) < 20, "the run waited out the backoff")
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("scopelua: pipeline 'p' aborted: timer timer#"), "\(r.stderr)")
+        #expect(r.stderr.contains("read 1  emitted 0  filtered 0  skipped 0  dead-lettered 0  rejected 0  retried 0  in-flight 1 (line 1)"), "\(r.stderr)")
+    }
 }

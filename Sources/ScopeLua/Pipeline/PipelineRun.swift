@@ -62,6 +62,8 @@ final class PipelineRun {
         /// Errors shown on stderr as they happened, and the first error of the stage
         /// (`on line 3 (id 1): job.lua:4: boom`), for the summary.
         var notices = Notices()
+        /// Time spent waiting to retry (the policy's backoff), in nanoseconds.
+        var backoffNanos: UInt64 = 0
 
         init(definition: StageDefinition, policy: ErrorPolicy, scope: Scope) {
             self.definition = definition
@@ -143,6 +145,8 @@ final class PipelineRun {
     private var progressOnScreen = false
     /// The stage whose `close` runs, for `log` lines.
     private var closingStage: Int?
+    /// Whether timers are firing (a retry's wait inside one does not fire them again).
+    private var firingTimers = false
     /// When the run ended (its stages closed), for the elapsed time.
     private var finishedAt: UInt64?
     private var lastProgress: UInt64 = 0
@@ -535,9 +539,15 @@ final class PipelineRun {
                     // A stop does not wait out a backoff (it could outlast the grace
                     // period): the retry does not happen, the event stays in flight and
                     // the run stops.
-                    if backoff > 0, !pause(backoff * Double(1 << min(attempt, 20))) {
-                        rt.diagnose("scopelua: stopped while stage '\(stage.definition.name)' waited to retry \(describeEvent(L, event, extra: extra)): it was not finished (in flight)")
-                        return false
+                    if backoff > 0 {
+                        switch self.backoff(L, backoff * Double(1 << min(attempt, 20)), stage) {
+                        case .waited: break
+                        case .stopped:
+                            rt.diagnose("scopelua: stopped while stage '\(stage.definition.name)' waited to retry \(describeEvent(L, event, extra: extra)): it was not finished (in flight)")
+                            return false
+                        case .failed:
+                            return false
+                        }
                     }
                     attempt += 1
                     retried += 1
@@ -662,6 +672,8 @@ final class PipelineRun {
         let savedLine = eventLine
         defer { eventLine = savedLine }
         let queueBase = queueTop
+        firingTimers = true
+        defer { firingTimers = false }
         for t in rt.scheduled where t.due <= now {
             eventLine = 0
             guard let h = t.handle, h.pointee.isOpen else { continue }
@@ -1099,19 +1111,34 @@ final class PipelineRun {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
-    /// Waits `seconds`, or less if a stop signal arrives. False when stopped (also when
-    /// the stop came before).
-    private func pause(_ seconds: Double) -> Bool {
-        let end = Self.later(sl_monotonic_ns(), by: Self.nanoseconds(seconds))
+    private enum Backoff {
+        case waited
+        /// A stop signal came (also before the wait).
+        case stopped
+        /// A timer that fired meanwhile stopped the run (its abort, a failed write).
+        case failed
+    }
+
+    /// Waits `seconds` before `stage` retries a call, or less if a stop signal arrives.
+    /// Due timers fire meanwhile, as between events (not when the event waiting is one
+    /// a timer emitted: timers do not fire inside a timer's firing). The time waited is
+    /// the stage's backoff in the report.
+    private func backoff(_ L: LuaState, _ seconds: Double, _ stage: StageRun) -> Backoff {
+        let start = sl_monotonic_ns()
+        defer { stage.backoffNanos &+= sl_monotonic_ns() &- start }
+        let end = Self.later(start, by: Self.nanoseconds(seconds))
         let stopFD = sl_stop_fd()
         while sl_stop_signal() == 0 {
+            if !firingTimers, !fireTimers(L) { return .failed }
             let now = sl_monotonic_ns()
-            guard now < end else { return true }
-            let ms = Int32(min(UInt64(Int32.max), (end - now) / 1_000_000 + 1))
+            guard now < end else { return .waited }
+            var wake = end
+            if !firingTimers, let due = rt.nextTimerDue { wake = min(wake, max(due, now)) }
+            let ms = Int32(min(UInt64(Int32.max), max(1, (wake - now + 999_999) / 1_000_000)))
             var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
             _ = poll(&fds, stopFD >= 0 ? 1 : 0, ms)
         }
-        return false
+        return .stopped
     }
 
     /// Seconds as nanoseconds, saturating (a NaN or negative wait is none, an infinite

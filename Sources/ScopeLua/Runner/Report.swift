@@ -73,7 +73,8 @@ extension Report {
     /// dead_lettered, rejected, in_flight, in_flight_lines = { line, ... }, retried,
     /// fanout = { created, emitted, filtered, skipped, dead_lettered, in_flight },
     /// elapsed (seconds), events_per_second (events read),
-    /// stages[name] = { calls, errors, skipped, dead_lettered, retried, p50, p99, max },
+    /// stages[name] = { calls, errors, skipped, dead_lettered, retried, backoff (seconds
+    /// waited to retry), p50, p99, max },
     /// resources = { acquired, released, leaked, release_errors }, timers[label] = {...}.
     static func pushPipeline(_ run: PipelineRun, _ L: LuaState) {
         func set(_ key: String, _ value: Int) {
@@ -117,6 +118,7 @@ extension Report {
             set("skipped", s.skipped)
             set("dead_lettered", s.deadLettered)
             set("retried", s.retried)
+            set("backoff", Double(s.backoffNanos) / 1e9)
             set("p50", Double(s.time.quantile(0.5)) / 1e9)
             set("p99", Double(s.time.quantile(0.99)) / 1e9)
             set("max", Double(s.time.maxNanos) / 1e9)
@@ -162,12 +164,13 @@ extension Report {
         }
         lines.append("  time       elapsed \(seconds(run.elapsed))  \(rate(run.eventsPerSecond)) events/s")
         let width = max(5, run.stages.map(\.definition.name.count).max() ?? 5)
-        lines.append("  stages     " + pad("stage", width) + "     calls   errors        p50        p99        max")
+        lines.append("  stages     " + pad("stage", width) + "     calls   errors        p50        p99        max    backoff")
         for s in run.stages {
             lines.append("             " + pad(s.definition.name, width) + " " + right(String(s.calls), 9)
                 + " " + right(String(s.errors), 8) + " " + right(seconds(Double(s.time.quantile(0.5)) / 1e9), 10)
                 + " " + right(seconds(Double(s.time.quantile(0.99)) / 1e9), 10)
-                + " " + right(seconds(Double(s.time.maxNanos) / 1e9), 10))
+                + " " + right(seconds(Double(s.time.maxNanos) / 1e9), 10)
+                + " " + right(s.backoffNanos > 0 ? seconds(Double(s.backoffNanos) / 1e9) : "-", 10))
         }
         return lines.joined(separator: "\n")
     }
