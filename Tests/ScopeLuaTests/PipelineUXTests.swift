@@ -361,4 +361,40 @@ import CLua
         #expect(r.stderr.contains("scopelua: pipeline 'p' aborted: timer timer#"), "\(r.stderr)")
         #expect(r.stderr.contains("read 1  emitted 0  filtered 0  skipped 0  dead-lettered 0  rejected 0  retried 0  in-flight 1 (line 1)"), "\(r.stderr)")
     }
+
+    // MARK: - the progress line and the output on one terminal
+
+    /// Runs `command` (bash, in `dir`, `$SCOPELUA` the executable) with stdin, stdout
+    /// and stderr on one pseudo-terminal (util-linux `script`); returns what the terminal
+    /// showed.
+    static func onATerminal(_ command: String, in dir: String) throws -> ProcessResult {
+        try runProcess("/usr/bin/script", ["-qec", command, "/dev/null"], directory: dir,
+                       environment: ["SCOPELUA": scopeluaPath])
+    }
+
+    @Test(.timeLimit(.minutes(1))) func theProgressLineNeverRunsIntoTheOutputOnTheSameTerminal() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/script") else {
+            Issue.record("script (util-linux) is not installed")
+            return
+        }
+        let dir = temporaryDirectory()
+        write("""
+            stage "pass" { process = function(ctx, e) log.info("seen", e.id) return e end }
+            pipeline "p" { "pass" }
+            """, to: "p.lua", in: dir)
+        write(Self.events(2), to: "in.jsonl", in: dir)
+        // The events go to the terminal: no progress line at all.
+        let same = try Self.onATerminal("$SCOPELUA run p.lua --input in.jsonl </dev/null", in: dir)
+        #expect(same.status == 0, "\(same.stdout)")
+        #expect(same.stdout.contains("{\"id\":1}"), "\(same.stdout)")
+        #expect(!same.stdout.contains("events read"), "\(same.stdout.debugDescription)")
+        #expect(!same.stdout.contains("\u{1b}[K"), "\(same.stdout.debugDescription)")
+        // The events go to a file: the progress line is drawn, and a line on stderr
+        // clears it first instead of running into it.
+        let file = try Self.onATerminal("$SCOPELUA run p.lua --input in.jsonl --output out.jsonl </dev/null", in: dir)
+        #expect(file.status == 0, "\(file.stdout)")
+        #expect(file.stdout.contains("events read"), "\(file.stdout.debugDescription)")
+        #expect(file.stdout.contains("events/s\r\u{1b}[Kinfo: pass (line 1): seen\t1"), "\(file.stdout.debugDescription)")
+        #expect(read("\(dir)/out.jsonl") == Self.events(2))
+    }
 }

@@ -141,7 +141,9 @@ final class PipelineRun {
     private var startedAt = sl_monotonic_ns()
     /// Whether Lua's `print` writes to stderr during this run (the events go to stdout).
     private(set) var printsToStderr = false
-    /// Whether a progress line is on the screen now.
+    /// Whether this run draws the progress line (see `decideProgress`), and whether one
+    /// is on the screen now.
+    private var drawsProgress = false
     private var progressOnScreen = false
     /// The stage whose `close` runs, for `log` lines.
     private var closingStage: Int?
@@ -186,8 +188,19 @@ final class PipelineRun {
         // The events go to stdout: `print` goes to stderr until the run ends, and `log`
         // lines say which stage and input line they come from.
         if case .stdout = options.output { printsToStderr = true }
+        drawsProgress = decideProgress()
         let replacedPrint = replacePrint(L)
         defer { if replacedPrint { restorePrint(L) } }
+        // A line on stderr (an error shown, a log line, a leak warning) clears the
+        // progress line first instead of running into it.
+        let diagnostics = rt.options.diagnostics
+        defer { rt.options.diagnostics = diagnostics }
+        if drawsProgress {
+            rt.options.diagnostics = { [weak self] line in
+                self?.clearProgressBeforeOutput()
+                diagnostics(line)
+            }
+        }
         rt.logContext = { [weak self] in self?.logContext }
         defer { rt.logContext = nil }
         // A reader that goes away is an EPIPE on the output (a graceful stop), not a
@@ -656,7 +669,7 @@ final class PipelineRun {
 
     /// The earliest of the next timer and the next progress update (monotonic ns).
     private func nextWakeUp() -> UInt64? {
-        var wake: UInt64? = options.progress ? sl_monotonic_ns() &+ 500_000_000 : nil
+        var wake: UInt64? = drawsProgress ? sl_monotonic_ns() &+ 500_000_000 : nil
         for t in rt.scheduled where t.handle != nil {
             wake = min(wake ?? t.due, t.due)
         }
@@ -1161,7 +1174,7 @@ final class PipelineRun {
     /// (a `print` in a stage would write into the JSON stream). A print the script
     /// defined itself is left alone. Returns whether it replaced it.
     private func replacePrint(_ L: LuaState) -> Bool {
-        guard printsToStderr else { return false }
+        guard printsToStderr || drawsProgress else { return false }
         let base = lua_gettop(L)
         defer { lua_settop(L, base) }
         Bindings.getGlobal(L, "print")
@@ -1194,6 +1207,25 @@ final class PipelineRun {
 
     // MARK: - Progress
 
+    /// Whether to draw the live progress line (asked for: stderr is a terminal). Not
+    /// when the events go to stdout and stdout is that same terminal, as curl leaves
+    /// out its progress meter when the data goes to the terminal: the line would run
+    /// into the events. (With the events elsewhere, what else reaches the terminal,
+    /// `print` included, clears the line first.)
+    private func decideProgress() -> Bool {
+        guard options.progress else { return false }
+        guard case .stdout = options.output else { return true }
+        return !Self.sameTerminal(1, 2)
+    }
+
+    /// Whether descriptors `a` and `b` are the same terminal (same device and inode).
+    static func sameTerminal(_ a: Int32, _ b: Int32) -> Bool {
+        guard isatty(a) != 0, isatty(b) != 0 else { return false }
+        var sa = stat(), sb = stat()
+        guard fstat(a, &sa) == 0, fstat(b, &sb) == 0 else { return false }
+        return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+    }
+
     /// Before something is written to stdout: a progress line on the screen is cleared
     /// (it is drawn again at its next update).
     func clearProgressBeforeOutput() {
@@ -1203,7 +1235,7 @@ final class PipelineRun {
     }
 
     private func showProgress() {
-        guard options.progress else { return }
+        guard drawsProgress else { return }
         let now = sl_monotonic_ns()
         guard now &- lastProgress > 500_000_000 else { return }
         lastProgress = now
@@ -1214,7 +1246,8 @@ final class PipelineRun {
     }
 
     private func clearProgress() {
-        if options.progress, lastProgress != 0 { sl_eprogress("") }
+        if drawsProgress, lastProgress != 0 { sl_eprogress("") }
+        progressOnScreen = false
     }
 
     /// Drops the registry references this run holds (after execute).
