@@ -397,4 +397,24 @@ import CLua
         #expect(file.stdout.contains("events/s\r\u{1b}[Kinfo: pass (line 1): seen\t1"), "\(file.stdout.debugDescription)")
         #expect(read("\(dir)/out.jsonl") == Self.events(2))
     }
+
+    // MARK: - a failing timer under a policy that goes on
+
+    @Test func aTimerThatFailsIsShownAndWhatItEmittedIsDiscarded() {
+        let run = runLua("""
+            stage "tick" {
+              open = function(ctx) timer.after(0, function() ctx:emit({ half = true }); error("tick failed", 0) end) end,
+              process = function(ctx, e) return e end,
+              on_error = "skip",
+            }
+            local r = pipeline("p", { "tick" }):run{ input = { { id = 1 }, { id = 2 } } }
+            return #r.output, r.fanout.created, r.stages.tick.errors
+            """)
+        #expect(run.error == nil, "\(run.error?.message ?? "")")
+        #expect(run.values == [.integer(2), .integer(0), .integer(1)])
+        #expect(run.diagnostics.first?.hasPrefix("scopelua: stage 'tick' failed in timer timer#") == true, "\(run.diagnostics)")
+        #expect(run.diagnostics.first?.hasSuffix(": tick failed") == true, "\(run.diagnostics)")
+        #expect(run.diagnostics.last?.contains("\n  stage 'tick': 1 error, the first in timer timer#") == true, "\(run.diagnostics)")
+        #expect(run.diagnostics.last?.hasSuffix(": tick failed") == true, "\(run.diagnostics)")
+    }
 }
