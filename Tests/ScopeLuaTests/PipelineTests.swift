@@ -53,7 +53,7 @@ import Testing
             return skip.emitted, skip.skipped, dl.emitted, dl.dead_lettered, ok, abort:match("^[^\\n]*")
             """)
         #expect(run.values == [.integer(2), .integer(1), .integer(2), .integer(1), .boolean(false),
-                               .string("test:7: pipeline 'a' aborted: stage 'a[1]' failed on event 2: test:2: bad event")])
+                               .string("test:7: pipeline 'a' aborted: stage 'a[1]' failed on event 2 (id 2): test:2: bad event")])
     }
 
     @Test func retryThenDeadLetter() {

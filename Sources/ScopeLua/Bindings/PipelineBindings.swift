@@ -1,6 +1,10 @@
 import CLua
 import CScopeLua
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `stage(name, def)`, `pipeline(name, def)`, `p:run{...}`, and the `ctx` stages see.
 enum PipelineBindings {
     static func install(_ rt: Runtime, _ L: LuaState) {
@@ -34,6 +38,52 @@ enum PipelineBindings {
         Lua.setFunction(L, -1, "own", own)
         Lua.setField(L, -2, "__index")
         Lua.setRegistryField(L, "scopelua.ctx")
+
+        // Lua's own print, and the one a run puts in its place while it writes events
+        // to stdout (see PipelineRun.replacePrint).
+        Bindings.getGlobal(L, "print")
+        Lua.setRegistryField(L, "scopelua.print")
+        Lua.push(L, runPrint)
+        Lua.setRegistryField(L, "scopelua.print.run")
+    }
+
+    // MARK: - print while a pipeline runs
+
+    /// `print` while a pipeline runs: as Lua's print (tostring of each argument, tabs,
+    /// a newline, byte for byte), to stderr while the run writes its events to stdout,
+    /// else to stdout (first clearing a progress line drawn on the same terminal).
+    static let runPrint: SwiftLuaFunction = { L in
+        let (rt, L) = Runtime.from(L)
+        let n = lua_gettop(L)
+        var bytes: [UInt8] = []
+        for i in stride(from: 1, through: n, by: 1) {
+            lua_pushcclosure(L, sl_tostring, 0)
+            lua_pushvalue(L, i)
+            guard sl_pcall(L, 1, 1, 0) == LUA_OK else { return raise }  // __tostring failed
+            if i > 1 { bytes.append(9) }
+            var len = 0
+            if let p = lua_tolstring(L, -1, &len) {
+                bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: len))
+            }
+            sl_pop(L, 1)
+        }
+        bytes.append(10)
+        let run = rt.activeRun
+        if run?.printsToStderr == true {
+            bytes.withUnsafeBytes { buffer in
+                var offset = 0
+                while offset < buffer.count {
+                    let written = Glibc.write(2, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
+                    if written > 0 { offset += written } else if written < 0, errno == EINTR { continue } else { break }
+                }
+            }
+        } else {
+            run?.clearProgressBeforeOutput()
+            let out = sl_stdout()
+            _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, out) }
+            fflush(out)
+        }
+        return 0
     }
 
     // MARK: - Registration
@@ -68,6 +118,10 @@ enum PipelineBindings {
     static func registerStage(_ rt: Runtime, _ L: LuaState, name: String, definition: Int32,
                               register: Bool = true) -> StageDefinition? {
         let def = lua_absindex(L, definition)
+        let site = callerSite(L)
+        if register, let earlier = rt.pipelines.stages[name] {
+            guard redefine(rt, L, "stage '\(name)'", earlier: earlier.site) else { return nil }
+        }
         guard lua_type(L, def) == LUA_TTABLE else {
             Lua.pushError(L, "stage '\(name)': the definition must be a table with a process function (got a \(Lua.typeName(L, def)))")
             return nil
@@ -110,7 +164,7 @@ enum PipelineBindings {
         lua_pushvalue(L, def)
         let table = luaL_ref(L, Lua.registry)
         let stage = StageDefinition(name: name, process: refs["process"] ?? LUA_NOREF, open: refs["open"] ?? LUA_NOREF,
-                                    close: refs["close"] ?? LUA_NOREF, policy: policy, table: table)
+                                    close: refs["close"] ?? LUA_NOREF, policy: policy, table: table, site: site)
         if register { rt.pipelines.stages[name] = stage }
         rt.pipelines.stagesByTable[lua_topointer(L, def)] = stage
         lua_pushvalue(L, def)
@@ -144,6 +198,10 @@ enum PipelineBindings {
     /// pipeline object (or an error, returning false).
     static func registerPipeline(_ rt: Runtime, _ L: LuaState, name: String, definition: Int32) -> Bool {
         let def = lua_absindex(L, definition)
+        let site = callerSite(L)
+        if let earlier = rt.pipelines.pipelines[name] {
+            guard redefine(rt, L, "pipeline '\(name)'", earlier: earlier.site) else { return false }
+        }
         guard lua_type(L, def) == LUA_TTABLE else {
             Lua.pushError(L, "pipeline '\(name)': the definition must be a list of stages (got a \(Lua.typeName(L, def)))")
             return false
@@ -233,7 +291,7 @@ enum PipelineBindings {
             }
         }
         sl_pop(L, 1)
-        let definitionObject = PipelineDefinition(name: name, items: items, policy: policy)
+        let definitionObject = PipelineDefinition(name: name, items: items, policy: policy, site: site)
         rt.pipelines.pipelines[name] = definitionObject
         rt.pipelines.pipelineOrder.removeAll { $0 == name }
         rt.pipelines.pipelineOrder.append(name)
@@ -246,6 +304,25 @@ enum PipelineBindings {
         lua_pushvalue(L, -1)
         rt.pipelines.objects.append(luaL_ref(L, Lua.registry))  // keeps the object's address stable
         return true
+    }
+
+    /// `job.lua:3`: where the Lua code calling `stage` / `pipeline` is, or nil.
+    static func callerSite(_ L: LuaState) -> String? {
+        luaL_where(L, 1)
+        defer { sl_pop(L, 1) }
+        guard let text = Lua.string(L, -1), text.hasSuffix(": ") else { return nil }
+        return String(text.dropLast(2))
+    }
+
+    /// `what` (`stage 'enrich'`) is registered again: an error naming both places
+    /// (pushed; false), or in the REPL a note saying what it replaces (true).
+    static func redefine(_ rt: Runtime, _ L: LuaState, _ what: String, earlier: String?) -> Bool {
+        if rt.pipelines.allowsRedefinition {
+            rt.diagnose("\(what) redefined" + (earlier.map { " (was \($0))" } ?? ""))
+            return true
+        }
+        Lua.pushError(L, "\(what) is already defined" + (earlier.map { " at \($0)" } ?? ""))
+        return false
     }
 
     static let pipelineToString: SwiftLuaFunction = { L in
@@ -270,21 +347,40 @@ enum PipelineBindings {
     /// ctx:emit(e): sends an extra event downstream of the stage.
     static let emit: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
-        guard let run = activeRun(rt, L, for: "emit") else { return raise }
+        // Checked only once something is wrong: the common call pays nothing for it.
+        guard let run = activeRun(rt, L, for: "emit") else { return calledWithADot(L, "emit(e)") ?? raise }
         guard lua_type(L, 2) == LUA_TTABLE else {
+            if let dot = calledWithADot(L, "emit(e)") { return dot }
             Lua.pushTypeError(L, 2, "table")
             return raise
         }
         if let problem = run.emit(L, ctx: 1, event: 2) {
+            if let dot = calledWithADot(L, "emit(e)") { return dot }
             Lua.pushError(L, problem)
             return raise
         }
         return 0
     }
 
+    /// `ctx.emit(e)` for `ctx:emit(e)`: the first argument is not a ctx. Pushes an error
+    /// saying to use a colon and returns `raise`; nil when the first argument is a ctx.
+    static func calledWithADot(_ L: LuaState, _ call: String) -> Int32? {
+        var isContext = false
+        if lua_getmetatable(L, 1) != 0 {
+            Lua.getRegistryField(L, "scopelua.ctx")
+            isContext = lua_rawequal(L, -1, -2) != 0
+            sl_pop(L, 2)
+        }
+        guard !isContext else { return nil }
+        let method = call.prefix { $0 != "(" }
+        Lua.pushError(L, "ctx.\(method) was called with a dot: use ctx:\(call) (with a colon)")
+        return raise
+    }
+
     /// ctx:own(h): moves a handle from the task scope to the stage scope; returns it.
     static let own: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
+        if let dot = calledWithADot(L, "own(h)") { return dot }
         guard let run = activeRun(rt, L, for: "own") else { return raise }
         guard let h = HandleBindings.checkOpen(rt, L, 2) else { return raise }
         if let problem = run.own(L, ctx: 1, handle: h) {

@@ -88,14 +88,17 @@ final class StageDefinition {
     let policy: ErrorPolicy?
     /// Registry reference of the definition table (returned to the script).
     let table: Int32
+    /// Where it was registered (`job.lua:3`), when Lua knows.
+    let site: String?
 
-    init(name: String, process: Int32, open: Int32, close: Int32, policy: ErrorPolicy?, table: Int32) {
+    init(name: String, process: Int32, open: Int32, close: Int32, policy: ErrorPolicy?, table: Int32, site: String? = nil) {
         self.name = name
         self.process = process
         self.open = open
         self.close = close
         self.policy = policy
         self.table = table
+        self.site = site
     }
 }
 
@@ -110,11 +113,14 @@ final class PipelineDefinition {
     let name: String
     let items: [Item]
     let policy: ErrorPolicy?
+    /// Where it was registered (`job.lua:9`), when Lua knows.
+    let site: String?
 
-    init(name: String, items: [Item], policy: ErrorPolicy?) {
+    init(name: String, items: [Item], policy: ErrorPolicy?, site: String? = nil) {
         self.name = name
         self.items = items
         self.policy = policy
+        self.site = site
     }
 
     /// Every stage, depth first, in event order.
@@ -138,6 +144,10 @@ final class PipelineRegistry {
     var stagesByTable: [UnsafeRawPointer?: StageDefinition] = [:]
     var pipelinesByTable: [UnsafeRawPointer?: PipelineDefinition] = [:]
     var objects: [Int32] = []
+    /// Whether a name registered again replaces the first definition (the REPL, where
+    /// people redefine as they go, saying so) instead of being an error (a script,
+    /// where a second `stage "enrich"` is a mistake that would silently win).
+    var allowsRedefinition = false
 
     /// Registered pipelines that no other registered pipeline contains, in order.
     var outermostPipelines: [String] {

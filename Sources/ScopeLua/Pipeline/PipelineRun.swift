@@ -54,6 +54,16 @@ final class PipelineRun {
         var calls = 0
         var errors = 0
         var time = Histogram()
+        /// The stage's share of the run's counts: events its policy skipped or
+        /// dead-lettered, calls it retried.
+        var skipped = 0
+        var deadLettered = 0
+        var retried = 0
+        /// Errors shown on stderr as they happened, and the first error of the stage
+        /// (`on line 3 (id 1): job.lua:4: boom`), for the summary.
+        var notices = Notices()
+        /// Time spent waiting to retry (the policy's backoff), in nanoseconds.
+        var backoffNanos: UInt64 = 0
 
         init(definition: StageDefinition, policy: ErrorPolicy, scope: Scope) {
             self.definition = definition
@@ -61,6 +71,17 @@ final class PipelineRun {
             self.scope = scope
             self.task = Scope(name: "task", parent: scope)
         }
+    }
+
+    /// Errors of one origin (a stage, or the input's rejected lines) that the run went on
+    /// after: the first few are shown on stderr as they happen, the rest are counted and
+    /// summed up at the end ("... 2099 more like this").
+    struct Notices {
+        static let shownAtMost = 3
+        var count = 0
+        var shown = 0
+        var first: String?
+        var unshown: Int { count - shown }
     }
 
     /// Per-outcome counts (for events read, and separately for events created by
@@ -91,6 +112,12 @@ final class PipelineRun {
     /// Input line numbers (event numbers of a list) of the events read that were in
     /// flight when the run ended.
     var inFlightLines: [Int] = []
+    /// The input's rejected lines, as stage errors are.
+    private var rejectNotices = Notices()
+    /// The input line (the position in a list input) of the event read that is going
+    /// through the stages, with what it emitted; 0 while a timer fires and for the
+    /// events a timer emitted, and outside the input loop.
+    private(set) var eventLine = 0
 
     /// The stage whose `process` (or timer) is running, for ctx:emit / ctx:own.
     private(set) var runningStage: Int?
@@ -112,6 +139,18 @@ final class PipelineRun {
     private var inputFD: Int32 = -1
     private var inputEnded = false
     private var startedAt = sl_monotonic_ns()
+    /// Whether Lua's `print` writes to stderr during this run (the events go to stdout).
+    private(set) var printsToStderr = false
+    /// Whether this run draws the progress line (see `decideProgress`), and whether one
+    /// is on the screen now.
+    private var drawsProgress = false
+    private var progressOnScreen = false
+    /// The stage whose `close` runs, for `log` lines.
+    private var closingStage: Int?
+    /// Whether timers are firing (a retry's wait inside one does not fire them again).
+    private var firingTimers = false
+    /// When the run ended (its stages closed), for the elapsed time.
+    private var finishedAt: UInt64?
     private var lastProgress: UInt64 = 0
 
     init(_ rt: Runtime, _ definition: PipelineDefinition, options: Options) {
@@ -124,6 +163,7 @@ final class PipelineRun {
 
     /// Runs the pipeline to the end of its input (or a stop), in a child of `parent`.
     func execute(_ L: LuaState, parent: Scope) -> Outcome {
+        startedAt = sl_monotonic_ns()
         rt.activeRun = self
         defer { rt.activeRun = nil }
         let base = lua_gettop(L)
@@ -145,6 +185,24 @@ final class PipelineRun {
         case .list: inputFD = -1
         }
         if let refused = openSinks() { return refused }
+        // The events go to stdout: `print` goes to stderr until the run ends, and `log`
+        // lines say which stage and input line they come from.
+        if case .stdout = options.output { printsToStderr = true }
+        drawsProgress = decideProgress()
+        let replacedPrint = replacePrint(L)
+        defer { if replacedPrint { restorePrint(L) } }
+        // A line on stderr (an error shown, a log line, a leak warning) clears the
+        // progress line first instead of running into it.
+        let diagnostics = rt.options.diagnostics
+        defer { rt.options.diagnostics = diagnostics }
+        if drawsProgress {
+            rt.options.diagnostics = { [weak self] line in
+                self?.clearProgressBeforeOutput()
+                diagnostics(line)
+            }
+        }
+        rt.logContext = { [weak self] in self?.logContext }
+        defer { rt.logContext = nil }
         // A reader that goes away is an EPIPE on the output (a graceful stop), not a
         // SIGPIPE that kills the process before the stages close.
         let sigpipe = sl_sigpipe_ignore()
@@ -185,6 +243,7 @@ final class PipelineRun {
         var outcome = Outcome.finished
         let continued = feedInput(L)
         inputEnded = true
+        eventLine = 0
         if !continued, abortMessage == nil || sl_stop_forced() != 0, sl_stop_signal() != 0 {
             outcome = .stopped(signal: sl_stop_signal())
         }
@@ -207,6 +266,8 @@ final class PipelineRun {
             let stage = forcedStage.map { " while stage '\($0)' was still running" } ?? ""
             rt.diagnose("scopelua: stop forced\(stage): everything still open was released")
         }
+        finishedAt = sl_monotonic_ns()
+        summarize(ended: abortMessage != nil || sinkFailure != nil || !failures.isEmpty || sl_stop_signal() != 0)
         let releaseErrors = failures.map { "\n\trelease error: \($0)" }.joined()
         if let abortMessage {
             let sink = sinkFailure.map { "\n\tand: \($0.message)" } ?? ""
@@ -300,6 +361,8 @@ final class PipelineRun {
             switch item {
             case .stage(let stage):
                 if stage.definition.close != LUA_NOREF, stage.opened, !forced {
+                    closingStage = stages.firstIndex { $0 === stage }
+                    defer { closingStage = nil }
                     rt.current = stage.scope
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.definition.close))
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.ctx))
@@ -334,6 +397,7 @@ final class PipelineRun {
                 if sl_stop_signal() != 0 { return false }
                 read += 1
                 let number = Int(truncatingIfNeeded: i)
+                eventLine = number
                 lua_rawgeti(L, list, lua_Integer(i))
                 if lua_type(L, -1) == LUA_TTABLE {
                     if !deliver(L, 0, extra: false) { return inFlight(line: number) }
@@ -407,6 +471,7 @@ final class PipelineRun {
                     continue
                 }
                 sl_remove(L, text)
+                eventLine = lineNumber
                 if !deliver(L, 0, extra: false) { return inFlight(line: lineNumber) }
             }
         }
@@ -446,36 +511,60 @@ final class PipelineRun {
             }
             stage.task.reopen()
             rt.current = stage.scope
+            // What process returned: the event table, nil (filtered) or anything else,
+            // which is an error of the event (a type check only on the hot path).
+            var returnedOther = false
             if status == LUA_OK, failures == 0 {
-                // The event (if any) and what the stage emitted go downstream.
-                if !deliverEmitted(L, after: i, from: queueBase) { return false }
-                if lua_type(L, result) == LUA_TNIL {
-                    if extra { fanout.filtered += 1 } else { original.filtered += 1 }
-                    return true
+                let type = lua_type(L, result)
+                if type == LUA_TTABLE || type == LUA_TNIL {
+                    // The event (if any) and what the stage emitted go downstream.
+                    if !deliverEmitted(L, after: i, from: queueBase) { return false }
+                    if type == LUA_TNIL {
+                        if extra { fanout.filtered += 1 } else { original.filtered += 1 }
+                        return true
+                    }
+                    lua_pushvalue(L, result)
+                    return deliver(L, i + 1, extra: extra)
                 }
-                lua_pushvalue(L, result)
-                return deliver(L, i + 1, extra: extra)
+                returnedOther = true
             }
-            // The call (or a release in its task scope) failed.
-            _ = rt.mergeErrors(L, primary: status == LUA_OK ? 0 : result, failures: failures)
+            if returnedOther {
+                // `return e.kind == "buy"` and the like: written out, it would be `true`.
+                Lua.push(L, "stage '\(stage.definition.name)' returned a \(Lua.typeName(L, result)) (expected the event table or nil)")
+            } else {
+                // The call (or a release in its task scope) failed.
+                _ = rt.mergeErrors(L, primary: status == LUA_OK ? 0 : result, failures: failures)
+            }
             let error = lua_gettop(L)
             stage.errors += 1
+            if stage.notices.first == nil {
+                stage.notices.first = "on \(describeEvent(L, event, extra: extra)): \(Self.firstLine(Lua.describe(L, error)))"
+            }
             dropEmitted(L, from: queueBase)
             if sl_stop_forced() != 0 {
                 forcedStage = stage.definition.name
                 return false
             }
             if case .retry(let times, let backoff, let then) = policy {
-                if attempt < times {
+                // A stage that returned the wrong kind of value would return it again:
+                // its `then` applies at once.
+                if attempt < times, !returnedOther {
                     // A stop does not wait out a backoff (it could outlast the grace
                     // period): the retry does not happen, the event stays in flight and
                     // the run stops.
-                    if backoff > 0, !pause(backoff * Double(1 << min(attempt, 20))) {
-                        rt.diagnose("scopelua: stopped while stage '\(stage.definition.name)' waited to retry \(describeEvent(L, event)): it was not finished (in flight)")
-                        return false
+                    if backoff > 0 {
+                        switch self.backoff(L, backoff * Double(1 << min(attempt, 20)), stage) {
+                        case .waited: break
+                        case .stopped:
+                            rt.diagnose("scopelua: stopped while stage '\(stage.definition.name)' waited to retry \(describeEvent(L, event, extra: extra)): it was not finished (in flight)")
+                            return false
+                        case .failed:
+                            return false
+                        }
                     }
                     attempt += 1
                     retried += 1
+                    stage.retried += 1
                     lua_settop(L, event)
                     continue
                 }
@@ -484,13 +573,17 @@ final class PipelineRun {
             switch policy {
             case .skip:
                 if extra { fanout.skipped += 1 } else { original.skipped += 1 }
+                stage.skipped += 1
+                notice(L, stage, event: event, extra: extra, error: Lua.describe(L, error), outcome: "skipped")
                 return true
             case .deadLetter:
-                guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: error) else { return false }
+                guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: error, extra: extra) else { return false }
                 if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
+                stage.deadLettered += 1
+                notice(L, stage, event: event, extra: extra, error: Lua.describe(L, error), outcome: "dead-lettered")
                 return true
             case .abort, .retry:
-                abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event)): \(describeError(L, error))"
+                abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(describeError(L, error))"
                 return false
             }
         }
@@ -576,7 +669,7 @@ final class PipelineRun {
 
     /// The earliest of the next timer and the next progress update (monotonic ns).
     private func nextWakeUp() -> UInt64? {
-        var wake: UInt64? = options.progress ? sl_monotonic_ns() &+ 500_000_000 : nil
+        var wake: UInt64? = drawsProgress ? sl_monotonic_ns() &+ 500_000_000 : nil
         for t in rt.scheduled where t.handle != nil {
             wake = min(wake ?? t.due, t.due)
         }
@@ -587,7 +680,15 @@ final class PipelineRun {
     private func fireTimers(_ L: LuaState) -> Bool {
         guard !rt.scheduled.isEmpty, !inputEnded else { return true }
         let now = sl_monotonic_ns()
+        // A timer's events come from no input line. Timers may fire while an event
+        // waits to be retried: its line, and what is queued below, are left as they were.
+        let savedLine = eventLine
+        defer { eventLine = savedLine }
+        let queueBase = queueTop
+        firingTimers = true
+        defer { firingTimers = false }
         for t in rt.scheduled where t.due <= now {
+            eventLine = 0
             guard let h = t.handle, h.pointee.isOpen else { continue }
             let base = lua_gettop(L)
             // The callback may release this very timer and collect its box: keep the
@@ -600,19 +701,30 @@ final class PipelineRun {
             runningStage = nil
             if !ok {
                 let name = stageIndex.map { stages[$0].definition.name } ?? definition.name
-                if let i = stageIndex { stages[i].errors += 1 }
                 let message = "timer \(rt.describe(h)) of stage '\(name)' failed: \(describeError(L, lua_gettop(L)))"
                 let policy = stageIndex.map { stages[$0].policy } ?? .abort
+                dropEmitted(L, from: queueBase)  // what the failed call emitted never existed
                 if policy == .abort {
+                    if let i = stageIndex { stages[i].errors += 1 }
                     abortMessage = "pipeline '\(definition.name)' aborted: \(message)"
-                    dropEmitted(L, from: 0)  // what the failed call emitted never existed
                     lua_settop(L, base)
                     return false
                 }
-                rt.diagnose("scopelua: \(message)")
+                if let i = stageIndex {
+                    // The firing is lost; the timer goes on (an interval fires again).
+                    let stage = stages[i]
+                    stage.errors += 1
+                    let error = "\(rt.describe(h)): \(Self.firstLine(Lua.describe(L, lua_gettop(L))))"
+                    if stage.notices.first == nil { stage.notices.first = "in timer \(error)" }
+                    stage.notices.count += 1
+                    if stage.notices.shown < Notices.shownAtMost {
+                        stage.notices.shown += 1
+                        rt.diagnose("scopelua: stage '\(name)' failed in timer \(error)")
+                    }
+                }
             }
             // Events the timer emitted go downstream of its stage.
-            if let i = stageIndex, queueTop > 0, !deliverEmitted(L, after: i, from: 0) {
+            if let i = stageIndex, queueTop > queueBase, !deliverEmitted(L, after: i, from: queueBase) {
                 lua_settop(L, base)
                 return false
             }
@@ -730,7 +842,7 @@ final class PipelineRun {
             lua_rawgeti(L, Lua.registry, lua_Integer(ref))
             lua_pushvalue(L, event)
             if sl_pcall(L, 1, 0, msgh) != LUA_OK {
-                abortMessage = "pipeline '\(definition.name)' aborted: the output function failed on \(describeEvent(L, event)): \(describeError(L, lua_gettop(L)))"
+                abortMessage = "pipeline '\(definition.name)' aborted: the output function failed on \(describeEvent(L, event, extra: extra)): \(describeError(L, lua_gettop(L)))"
                 return false
             }
         case .path, .stdout:
@@ -758,27 +870,34 @@ final class PipelineRun {
             return false
         }
         stage.errors += 1
+        if stage.notices.first == nil { stage.notices.first = "on \(describeEvent(L, event, extra: extra)): \(message)" }
         var policy = stage.policy
         if case .retry(_, _, let then) = policy { policy = then }
         switch policy {
         case .skip:
             if extra { fanout.skipped += 1 } else { original.skipped += 1 }
+            stage.skipped += 1
+            notice(L, stage, event: event, extra: extra, error: message, outcome: "skipped")
             return true
         case .deadLetter:
             Lua.push(L, message)
             defer { sl_pop(L, 1) }
-            guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: lua_gettop(L)) else { return false }
+            guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: lua_gettop(L), extra: extra) else { return false }
             if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
+            stage.deadLettered += 1
+            notice(L, stage, event: event, extra: extra, error: message, outcome: "dead-lettered")
             return true
         case .abort, .retry:
-            abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event)): \(message)"
+            abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(message)"
             return false
         }
     }
 
-    /// A dead-letter record: { event, stage, error, traceback, time }. False when it
-    /// could not be written (the run then stops).
-    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32) -> Bool {
+    /// A dead-letter record: { event, stage, error, traceback, time, line, emitted }:
+    /// `line` is the input line (list position) of the event, or of the event being
+    /// processed when a stage emitted it (then `emitted` is true); none for an event a
+    /// timer emitted. False when it could not be written (the run then stops).
+    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32, extra: Bool) -> Bool {
         let traceback = rt.takeError(copyOf: error, L).traceback
         lua_createtable(L, 0, 5)
         lua_pushvalue(L, event)
@@ -793,6 +912,14 @@ final class PipelineRun {
         }
         lua_pushnumber(L, wallClock())
         Lua.setField(L, -2, "time")
+        if eventLine > 0 {
+            lua_pushinteger(L, lua_Integer(eventLine))
+            Lua.setField(L, -2, "line")
+        }
+        if extra {
+            lua_pushboolean(L, 1)
+            Lua.setField(L, -2, "emitted")
+        }
         defer { sl_pop(L, 1) }
         return writeRecord(L, lua_gettop(L))
     }
@@ -800,9 +927,17 @@ final class PipelineRun {
     /// Rejects an input line (counted as rejected once its record is written). False
     /// when the record could not be written (the run then stops; the line is in flight).
     private func reject(_ L: LuaState, line: Int, reason: String, raw: String?) -> Bool {
+        // The first few are shown as they happen (also when the dead-letter file has
+        // them), the rest summed up at the end.
+        let place = "\(options.input.isList ? "event" : "line") \(line)"
+        rejectNotices.count += 1
+        if rejectNotices.first == nil { rejectNotices.first = "on \(place): \(reason)" }
+        if rejectNotices.shown < Notices.shownAtMost {
+            rejectNotices.shown += 1
+            rt.diagnose("scopelua: input \(place) rejected: \(reason)")
+        }
         guard deadLetter != nil else {
             rejected += 1
-            rt.diagnose("scopelua: input \(options.input.isList ? "event" : "line") \(line) rejected: \(reason)")
             return true
         }
         lua_createtable(L, 0, 4)
@@ -850,21 +985,118 @@ final class PipelineRun {
         return true
     }
 
+    // MARK: - Notices and the summary
+
+    /// An event's error that the run went on after (skipped, dead-lettered): shown on
+    /// stderr while the stage has shown fewer than `Notices.shownAtMost`, else counted.
+    private func notice(_ L: LuaState, _ stage: StageRun, event: Int32, extra: Bool, error: String, outcome: String) {
+        stage.notices.count += 1
+        guard stage.notices.shown < Notices.shownAtMost else { return }
+        stage.notices.shown += 1
+        rt.diagnose("scopelua: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(Self.firstLine(error)) (\(outcome))")
+    }
+
+    static func firstLine(_ text: String) -> String {
+        text.firstIndex(of: "\n").map { String(text[..<$0]) } ?? text
+    }
+
+    /// Seconds from the start of the run to its end (or to now, while it runs).
+    var elapsed: Double {
+        Double((finishedAt ?? sl_monotonic_ns()) &- startedAt) / 1e9
+    }
+
+    /// Events read per second of the run.
+    var eventsPerSecond: Double {
+        let seconds = elapsed
+        return seconds > 0 ? Double(read) / seconds : 0
+    }
+
+    /// The counts of the run in one line: `pipeline 'p': read 2104, emitted 0, ...
+    /// in 412.35ms (5102 events/s)`.
+    var summaryLine: String {
+        var parts = ["read \(read)", "emitted \(original.emitted)", "filtered \(original.filtered)",
+                     "skipped \(original.skipped)", "dead-lettered \(original.deadLettered)", "rejected \(rejected)"]
+        if retried > 0 { parts.append("retried \(retried)") }
+        if original.inFlight > 0 {
+            let what = options.input.isList ? "event" : "line"
+            parts.append("in flight \(original.inFlight) (\(what)\(inFlightLines.count == 1 ? "" : "s") \(inFlightLines.map(String.init).joined(separator: ", ")))")
+        }
+        var line = "pipeline '\(definition.name)': " + parts.joined(separator: ", ")
+        if fanoutCreated > 0 {
+            var fan = ["created \(fanoutCreated)", "emitted \(fanout.emitted)", "filtered \(fanout.filtered)",
+                       "skipped \(fanout.skipped)", "dead-lettered \(fanout.deadLettered)"]
+            if fanout.inFlight > 0 { fan.append("in flight \(fanout.inFlight)") }
+            line += "; fan-out " + fan.joined(separator: ", ")
+        }
+        return line + " in \(Report.seconds(elapsed)) (\(Report.rate(eventsPerSecond)) events/s)"
+    }
+
+    /// At the end of a run with anything to say (an error the run went on after, a
+    /// rejected line, an event in flight, an early end), or on a terminal: the errors
+    /// not shown ("... 2099 more like this"), the counts, elapsed time and rate, and per
+    /// stage with errors its counts and first error. A clean run in a script or a pipe
+    /// stays silent.
+    private func summarize(ended early: Bool) {
+        let erring = stages.filter { $0.errors > 0 }
+        let inFlight = original.inFlight + fanout.inFlight
+        guard early || options.progress || !erring.isEmpty || rejected > 0 || inFlight > 0 else { return }
+        for stage in erring where stage.notices.unshown > 0 {
+            rt.diagnose("scopelua: stage '\(stage.definition.name)': ... \(stage.notices.unshown) more like this")
+        }
+        if rejectNotices.unshown > 0 {
+            rt.diagnose("scopelua: input: ... \(rejectNotices.unshown) more like this")
+        }
+        var lines = ["scopelua: " + summaryLine]
+        for stage in erring {
+            var counts: [String] = []
+            if stage.retried > 0 { counts.append("retried \(stage.retried)") }
+            if stage.skipped > 0 { counts.append("skipped \(stage.skipped)") }
+            if stage.deadLettered > 0 { counts.append("dead-lettered \(stage.deadLettered)") }
+            let what = counts.isEmpty ? "" : " (\(counts.joined(separator: ", ")))"
+            let first = stage.notices.first.map { ", the first \($0)" } ?? ""
+            lines.append("  stage '\(stage.definition.name)': \(stage.errors) error\(stage.errors == 1 ? "" : "s")\(what)\(first)")
+        }
+        if rejected > 0, let first = rejectNotices.first {
+            lines.append("  input: \(rejected) rejected, the first \(first)")
+        }
+        rt.diagnose(lines.joined(separator: "\n"))
+    }
+
     // MARK: - Descriptions
 
-    /// `event 17` (its id), or its JSON (shortened) when it has no id.
-    private func describeEvent(_ L: LuaState, _ event: Int32) -> String {
-        if Lua.rawField(L, event, "id") != LUA_TNIL {
-            defer { sl_pop(L, 1) }
-            // An id a script computed as a float: show 3.0 as 3.
-            if lua_type(L, -1) == LUA_TNUMBER, lua_isinteger(L, -1) == 0 {
-                let d = lua_tonumberx(L, -1, nil)
-                if d == d.rounded(), abs(d) < 1e15 { return "event \(Int64(d))" }
-            }
-            return "event \(Lua.describe(L, -1, metamethods: false))"
+    /// The event at `event`, by where it came from: `line 1742 (id 17)` (`event 3` for
+    /// a list input), `an event emitted for line 1742 (id 5)` when a stage emitted it
+    /// while processing that line. Ids are not unique (two lines may both say id 1),
+    /// line numbers are; an event a timer emitted has none, and is shown by its id or,
+    /// without one, its JSON (shortened).
+    func describeEvent(_ L: LuaState, _ event: Int32, extra: Bool) -> String {
+        let id = eventID(L, event)
+        guard eventLine > 0 else {
+            if let id { return "an event emitted by a timer (id \(id))" }
+            return "an event emitted by a timer (\(eventJSON(L, event)))"
         }
-        sl_pop(L, 1)
-        if !rt.json.encode(L, event) {  // what JSON cannot hold is shown as a string
+        let place = "\(options.input.isList ? "event" : "line") \(eventLine)"
+        let described = extra ? "an event emitted for \(place)" : place
+        return id.map { "\(described) (id \($0))" } ?? described
+    }
+
+    /// The event's `id` field as text (shortened), or nil when it has none.
+    private func eventID(_ L: LuaState, _ event: Int32) -> String? {
+        defer { sl_pop(L, 1) }
+        guard Lua.rawField(L, event, "id") != LUA_TNIL else { return nil }
+        // An id a script computed as a float: show 3.0 as 3.
+        if lua_type(L, -1) == LUA_TNUMBER, lua_isinteger(L, -1) == 0 {
+            let d = lua_tonumberx(L, -1, nil)
+            if d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
+        }
+        let text = Lua.describe(L, -1, metamethods: false)
+        return text.count > 60 ? String(text.prefix(60)) + "..." : text
+    }
+
+    /// The event as JSON, shortened to 200 characters (what JSON cannot hold is shown as
+    /// a string).
+    private func eventJSON(_ L: LuaState, _ event: Int32) -> String {
+        if !rt.json.encode(L, event) {
             sl_pop(L, 1)
             Unencodable.pushEncodable(L, event, arrayMetatable: rt.info.pointee.jsonarraymt)
             let ok = rt.json.encode(L, -1)
@@ -874,13 +1106,10 @@ final class PipelineRun {
                 lua_pushnil(L)
             }
         }
-        if var text = Lua.string(L, -1) {
-            sl_pop(L, 1)
-            if text.count > 200 { text = String(text.prefix(200)) + "..." }
-            return "event \(text)"
-        }
-        sl_pop(L, 1)
-        return "an event"
+        defer { sl_pop(L, 1) }
+        guard var text = Lua.string(L, -1) else { return "not encodable" }
+        if text.count > 200 { text = String(text.prefix(200)) + "..." }
+        return text
     }
 
     /// The error's message and, when one was captured for it, its traceback.
@@ -895,19 +1124,34 @@ final class PipelineRun {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
-    /// Waits `seconds`, or less if a stop signal arrives. False when stopped (also when
-    /// the stop came before).
-    private func pause(_ seconds: Double) -> Bool {
-        let end = Self.later(sl_monotonic_ns(), by: Self.nanoseconds(seconds))
+    private enum Backoff {
+        case waited
+        /// A stop signal came (also before the wait).
+        case stopped
+        /// A timer that fired meanwhile stopped the run (its abort, a failed write).
+        case failed
+    }
+
+    /// Waits `seconds` before `stage` retries a call, or less if a stop signal arrives.
+    /// Due timers fire meanwhile, as between events (not when the event waiting is one
+    /// a timer emitted: timers do not fire inside a timer's firing). The time waited is
+    /// the stage's backoff in the report.
+    private func backoff(_ L: LuaState, _ seconds: Double, _ stage: StageRun) -> Backoff {
+        let start = sl_monotonic_ns()
+        defer { stage.backoffNanos &+= sl_monotonic_ns() &- start }
+        let end = Self.later(start, by: Self.nanoseconds(seconds))
         let stopFD = sl_stop_fd()
         while sl_stop_signal() == 0 {
+            if !firingTimers, !fireTimers(L) { return .failed }
             let now = sl_monotonic_ns()
-            guard now < end else { return true }
-            let ms = Int32(min(UInt64(Int32.max), (end - now) / 1_000_000 + 1))
+            guard now < end else { return .waited }
+            var wake = end
+            if !firingTimers, let due = rt.nextTimerDue { wake = min(wake, max(due, now)) }
+            let ms = Int32(min(UInt64(Int32.max), max(1, (wake - now + 999_999) / 1_000_000)))
             var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
             _ = poll(&fds, stopFD >= 0 ? 1 : 0, ms)
         }
-        return false
+        return .stopped
     }
 
     /// Seconds as nanoseconds, saturating (a NaN or negative wait is none, an infinite
@@ -924,20 +1168,86 @@ final class PipelineRun {
         return overflow ? .max : sum
     }
 
+    // MARK: - print and log
+
+    /// Puts `print` in place of Lua's own for the run when it writes its events to stdout
+    /// (a `print` in a stage would write into the JSON stream). A print the script
+    /// defined itself is left alone. Returns whether it replaced it.
+    private func replacePrint(_ L: LuaState) -> Bool {
+        guard printsToStderr || drawsProgress else { return false }
+        let base = lua_gettop(L)
+        defer { lua_settop(L, base) }
+        Bindings.getGlobal(L, "print")
+        Lua.getRegistryField(L, "scopelua.print")
+        guard lua_rawequal(L, -1, -2) != 0 else { return false }
+        Lua.getRegistryField(L, "scopelua.print.run")
+        Bindings.setGlobal(L, "print")
+        return true
+    }
+
+    /// Puts Lua's print back, unless the script assigned another meanwhile.
+    private func restorePrint(_ L: LuaState) {
+        let base = lua_gettop(L)
+        defer { lua_settop(L, base) }
+        Bindings.getGlobal(L, "print")
+        Lua.getRegistryField(L, "scopelua.print.run")
+        guard lua_rawequal(L, -1, -2) != 0 else { return }
+        Lua.getRegistryField(L, "scopelua.print")
+        Bindings.setGlobal(L, "print")
+    }
+
+    /// Where a `log` line comes from: `enrich (line 1742)` in process, the stage's name
+    /// in open, close and its timers; nil outside a stage.
+    var logContext: String? {
+        guard let i = runningStage ?? closingStage, i < stages.count else { return nil }
+        let name = stages[i].definition.name
+        guard eventLine > 0 else { return name }
+        return "\(name) (\(options.input.isList ? "event" : "line") \(eventLine))"
+    }
+
     // MARK: - Progress
 
+    /// Whether to draw the live progress line (asked for: stderr is a terminal). Not
+    /// when the events go to stdout and stdout is that same terminal, as curl leaves
+    /// out its progress meter when the data goes to the terminal: the line would run
+    /// into the events. (With the events elsewhere, what else reaches the terminal,
+    /// `print` included, clears the line first.)
+    private func decideProgress() -> Bool {
+        guard options.progress else { return false }
+        guard case .stdout = options.output else { return true }
+        return !Self.sameTerminal(1, 2)
+    }
+
+    /// Whether descriptors `a` and `b` are the same terminal (same device and inode).
+    static func sameTerminal(_ a: Int32, _ b: Int32) -> Bool {
+        guard isatty(a) != 0, isatty(b) != 0 else { return false }
+        var sa = stat(), sb = stat()
+        guard fstat(a, &sa) == 0, fstat(b, &sb) == 0 else { return false }
+        return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+    }
+
+    /// Before something is written to stdout: a progress line on the screen is cleared
+    /// (it is drawn again at its next update).
+    func clearProgressBeforeOutput() {
+        guard progressOnScreen else { return }
+        sl_eprogress("")
+        progressOnScreen = false
+    }
+
     private func showProgress() {
-        guard options.progress else { return }
+        guard drawsProgress else { return }
         let now = sl_monotonic_ns()
         guard now &- lastProgress > 500_000_000 else { return }
         lastProgress = now
         let seconds = Double(now &- startedAt) / 1e9
         let rate = seconds > 0 ? Int(Double(read) / seconds) : 0
         sl_eprogress("scopelua: \(read) events read, \(original.emitted + fanout.emitted) out, \(rate) events/s")
+        progressOnScreen = true
     }
 
     private func clearProgress() {
-        if options.progress, lastProgress != 0 { sl_eprogress("") }
+        if drawsProgress, lastProgress != 0 { sl_eprogress("") }
+        progressOnScreen = false
     }
 
     /// Drops the registry references this run holds (after execute).

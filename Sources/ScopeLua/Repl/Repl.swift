@@ -32,6 +32,8 @@ public final class Repl {
         runtime = Runtime(options: options)
         session = Scope(name: "repl", parent: runtime.root)
         runtime.current = session
+        // Redefining a stage or pipeline is how one tries things out here (said, not an error).
+        runtime.pipelines.allowsRedefinition = true
         self.write = write
     }
 

@@ -42,6 +42,11 @@ public enum Report {
         return String(Int((s * 1e9).rounded())) + "ns"
     }
 
+    /// `5102 events/s` as a whole number (never a trap on a huge rate).
+    static func rate(_ perSecond: Double) -> String {
+        perSecond.isFinite && perSecond < 1e15 ? String(Int(perSecond.rounded())) : "\(perSecond)"
+    }
+
     static func pad(_ s: String, _ n: Int) -> String {
         s.count >= n ? s : s + String(repeating: " ", count: n - s.count)
     }
@@ -67,7 +72,9 @@ extension Report {
     /// Pushes the pipeline report table: read, emitted, filtered, skipped,
     /// dead_lettered, rejected, in_flight, in_flight_lines = { line, ... }, retried,
     /// fanout = { created, emitted, filtered, skipped, dead_lettered, in_flight },
-    /// stages[name] = { calls, errors, p50, p99, max },
+    /// elapsed (seconds), events_per_second (events read),
+    /// stages[name] = { calls, errors, skipped, dead_lettered, retried, backoff (seconds
+    /// waited to retry), p50, p99, max },
     /// resources = { acquired, released, leaked, release_errors }, timers[label] = {...}.
     static func pushPipeline(_ run: PipelineRun, _ L: LuaState) {
         func set(_ key: String, _ value: Int) {
@@ -101,11 +108,17 @@ extension Report {
         set("dead_lettered", run.fanout.deadLettered)
         set("in_flight", run.fanout.inFlight)
         Lua.setField(L, -2, "fanout")
+        set("elapsed", run.elapsed)
+        set("events_per_second", run.eventsPerSecond)
         lua_createtable(L, 0, Int32(clamping: run.stages.count))
         for s in run.stages {
-            lua_createtable(L, 0, 5)
+            lua_createtable(L, 0, 8)
             set("calls", s.calls)
             set("errors", s.errors)
+            set("skipped", s.skipped)
+            set("dead_lettered", s.deadLettered)
+            set("retried", s.retried)
+            set("backoff", Double(s.backoffNanos) / 1e9)
             set("p50", Double(s.time.quantile(0.5)) / 1e9)
             set("p99", Double(s.time.quantile(0.99)) / 1e9)
             set("max", Double(s.time.maxNanos) / 1e9)
@@ -149,13 +162,15 @@ extension Report {
             lines.append("  fan-out    created \(run.fanoutCreated)  emitted \(run.fanout.emitted)  filtered \(run.fanout.filtered)  skipped \(run.fanout.skipped)  dead-lettered \(run.fanout.deadLettered)"
                 + (run.fanout.inFlight > 0 ? "  in-flight \(run.fanout.inFlight)" : ""))
         }
+        lines.append("  time       elapsed \(seconds(run.elapsed))  \(rate(run.eventsPerSecond)) events/s")
         let width = max(5, run.stages.map(\.definition.name.count).max() ?? 5)
-        lines.append("  stages     " + pad("stage", width) + "     calls   errors        p50        p99        max")
+        lines.append("  stages     " + pad("stage", width) + "     calls   errors        p50        p99        max    backoff")
         for s in run.stages {
             lines.append("             " + pad(s.definition.name, width) + " " + right(String(s.calls), 9)
                 + " " + right(String(s.errors), 8) + " " + right(seconds(Double(s.time.quantile(0.5)) / 1e9), 10)
                 + " " + right(seconds(Double(s.time.quantile(0.99)) / 1e9), 10)
-                + " " + right(seconds(Double(s.time.maxNanos) / 1e9), 10))
+                + " " + right(seconds(Double(s.time.maxNanos) / 1e9), 10)
+                + " " + right(s.backoffNanos > 0 ? seconds(Double(s.backoffNanos) / 1e9) : "-", 10))
         }
         return lines.joined(separator: "\n")
     }
