@@ -2,7 +2,7 @@ import Testing
 @testable import ScopeLua
 
 /// The `log` module: lines to stderr (the diagnostics sink), never to stdout.
-@Suite struct LogTests {
+@Suite(.timeLimit(.minutes(1))) struct LogTests {
     @Test func levelsAndArgumentsAsPrintJoinsThem() {
         let run = runLua("""
             log.info("started", 3, nil, true)

@@ -8,7 +8,7 @@ import CScopeLua
 /// inputs opened once, write failures reported, a reader going away, events whose
 /// output cannot be encoded, every event read in exactly one category, the output
 /// never over the input, no trap on a numeric option.
-@Suite struct PipelineIOTests {
+@Suite(.timeLimit(.minutes(1))) struct PipelineIOTests {
     static let identity = """
         stage "pass" { process = function(ctx, e) return e end }
         pipeline "p" { "pass" }

@@ -5,7 +5,7 @@ import CLua
 
 /// What a user of a pipeline sees when something goes wrong (issue 10): no silent wrong
 /// result, errors that say where, a summary on stderr.
-@Suite struct PipelineUXTests {
+@Suite(.timeLimit(.minutes(1))) struct PipelineUXTests {
     // MARK: - process returns neither a table nor nil
 
     @Test func aPredicateStyleReturnIsAnErrorOfTheEvent() {

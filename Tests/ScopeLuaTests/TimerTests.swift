@@ -162,7 +162,7 @@ import Testing
 
 /// Timers outside pipelines: they fire in timer.sleep and timer.loop, and a script whose
 /// timers never fire is told so.
-@Suite struct TimerLoopTests {
+@Suite(.timeLimit(.minutes(1))) struct TimerLoopTests {
     @Test func sleepFiresDueTimersAndLoopRunsUntilNoneIsPending() {
         let run = runLua("""
             local log = {}
