@@ -34,6 +34,28 @@ import Testing
         #expect(read("\(dir)/out.txt") == "complete before the crash\n")
     }
 
+    /// Issue 9, item 5: the traceback printed is the one of the error printed, not the
+    /// one of an earlier error that scope() re-raised and the script caught.
+    @Test func anUncaughtErrorPrintsItsOwnTraceback() throws {
+        let dir = temporaryDirectory()
+        write("""
+            print(pcall(scope, function() error("", 0) end))
+            local function later() error("unrelated") end
+            later()
+            """, to: "tb.lua", in: dir)
+        let r = try scopelua(["run", "tb.lua"], directory: dir)
+        #expect(r.status == 1)
+        #expect(r.stdout == "false\t\n")
+        #expect(r.stderr == """
+            scopelua: tb.lua:2: unrelated
+            stack traceback:
+            \t[C]: in function 'error'
+            \ttb.lua:2: in local 'later'
+            \ttb.lua:3: in main chunk
+
+            """)
+    }
+
     @Test func missingOrUnreadableScriptIsAUsageError() throws {
         let dir = temporaryDirectory()
         let missing = try scopelua(["run", "\(dir)/nope.lua"])

@@ -258,14 +258,22 @@ void sl_pushfunction(lua_State *L, sl_SwiftFunction fn);
  * memory error is an ordinary Lua error caught by this very call. */
 int sl_pcall(lua_State *L, int nargs, int nresults, int msgh);
 
-/* Message handler for top-level calls: replaces a message by message + traceback,
- * reusing the traceback saved by sl_capturetraceback when the error was re-raised by
- * scope() or with_resource() (so the user sees where it really happened). */
-int sl_traceback(lua_State *L);
-
-/* Message handler for scopelua's internal protected calls (scope, with_resource): leaves
- * the error object unchanged, remembers it and the traceback at the point of error. */
+/* Message handler for scopelua's protected calls (scope, with_resource, the runner, the
+ * pipeline): leaves the error object unchanged and remembers, for that very object, the
+ * traceback at the point of error (or, for an error announced with
+ * sl_tracebackreraise, the traceback that came with it). */
 int sl_capturetraceback(lua_State *L);
+
+/* After a protected call with sl_capturetraceback failed with the error at `idx`: pushes
+ * the traceback captured for that object and returns 1, or returns 0 (nothing pushed)
+ * if none was. Either way the runtime forgets it. Never raises or allocates. */
+int sl_taketraceback(lua_State *L, int idx);
+
+/* Announces that the running C function (scope, with_resource) is about to raise the
+ * error at `err` again, whose traceback is the string at `tb` (0 or a non-string: none,
+ * which also cancels an earlier announcement). The next message handler keeps that
+ * traceback instead of taking one at the re-raise. Never raises or allocates. */
+void sl_tracebackreraise(lua_State *L, int err, int tb);
 
 /* Pushes "bad argument #arg to 'name' (extramsg)" with the caller's position, exactly
  * as luaL_argerror words it, without raising. */

@@ -371,6 +371,8 @@ final class PipelineRun {
             stage.calls += 1
             runningStage = nil
             let result = lua_gettop(L)  // the result, or the error object
+            // The error's traceback, taken before the releases run Lua code that may fail too.
+            let traceback = status == LUA_OK ? nil : rt.takeTraceback(L, result)
             var failures: Int32 = 0
             if stage.task.openCount > 0 {
                 failures = rt.endScope(stage.task, L, error: status == LUA_OK ? 0 : result)
@@ -426,10 +428,10 @@ final class PipelineRun {
                 return true
             case .deadLetter:
                 if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
-                writeDeadLetter(L, event: event, stage: stage.definition.name, error: error)
+                writeDeadLetter(L, event: event, stage: stage.definition.name, error: error, traceback: traceback)
                 return true
             case .abort, .retry:
-                abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event)): \(describeError(L, error))"
+                abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event)): \(describeError(L, error, traceback: traceback))"
                 return false
             }
         }
@@ -517,6 +519,7 @@ final class PipelineRun {
             let status = sl_pcall(L, 0, 0, msgh)
             runningStage = nil
             rt.current = saved
+            let traceback = status == LUA_OK ? nil : rt.takeTraceback(L, -1)
             let failures = rt.endScope(callScope, L, error: status == LUA_OK ? 0 : lua_gettop(L))
             if t.interval == nil, h.pointee.isOpen {
                 rt.release(h, L, cause: .handle(h.pointee.site), error: 0)
@@ -525,7 +528,7 @@ final class PipelineRun {
                 _ = rt.mergeErrors(L, primary: status == LUA_OK ? 0 : base + 1, failures: failures)
                 let name = stageIndex.map { stages[$0].definition.name } ?? definition.name
                 if let i = stageIndex { stages[i].errors += 1 }
-                let message = "timer \(rt.describe(h)) of stage '\(name)' failed: \(describeError(L, lua_gettop(L)))"
+                let message = "timer \(rt.describe(h)) of stage '\(name)' failed: \(describeError(L, lua_gettop(L), traceback: traceback))"
                 let policy = stageIndex.map { stages[$0].policy } ?? .abort
                 if policy == .abort {
                     abortMessage = "pipeline '\(definition.name)' aborted: \(message)"
@@ -601,8 +604,8 @@ final class PipelineRun {
     }
 
     /// A dead-letter record: { event, stage, error, traceback, time }.
-    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32) {
-        let traceback = rt.takeError(copyOf: error, L).traceback
+    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32, traceback given: String?) {
+        let traceback = given ?? rt.takeTraceback(L, error)
         lua_createtable(L, 0, 5)
         lua_pushvalue(L, event)
         Lua.setField(L, -2, "event")
@@ -683,8 +686,8 @@ final class PipelineRun {
     }
 
     /// The error's message and, when one was captured for it, its traceback.
-    private func describeError(_ L: LuaState, _ error: Int32) -> String {
-        let e = rt.takeError(copyOf: error, L)
+    private func describeError(_ L: LuaState, _ error: Int32, traceback: String? = nil) -> String {
+        let e = rt.takeError(copyOf: error, L, traceback: traceback)
         return e.traceback.map { "\(e.message)\n\($0)" } ?? e.message
     }
 

@@ -244,10 +244,11 @@ public enum ScriptRunner {
     /// error (rule 4: release errors are attached), then print message and traceback.
     static func reportError(_ rt: Runtime, errorIndex: Int32) -> Int32 {
         let L = rt.L
+        let traceback = rt.takeTraceback(L, errorIndex)  // before the releases run Lua code
         rt.current = rt.root
         let failures = rt.endScope(rt.root, L, error: errorIndex)
         _ = rt.mergeErrors(L, primary: errorIndex, failures: failures)
-        let error = rt.takeError(L)
+        let error = rt.takeError(L, traceback: traceback)
         var text = "scopelua: \(error.message)"
         if let tb = error.traceback { text += "\n" + tb }
         rt.diagnose(text)
