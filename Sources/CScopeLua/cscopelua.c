@@ -17,21 +17,44 @@
 
 /* Why: a memory error raised by lua_pushstring & co. while a Swift function runs would
  * longjmp over Swift frames. While `guarded` is set (always, except inside sl_pcall),
- * a failed allocation aborts with a clear message instead. Inside sl_pcall Lua code
- * runs under a protected call, so memory errors raise there exactly as in stock Lua. */
+ * a failed allocation must not raise; inside sl_pcall Lua code runs under a protected
+ * call, so memory errors raise there exactly as in stock Lua.
+ *
+ * Lua itself answers a failed allocation with an emergency full collection and one
+ * retry of the same request (lmem.c, tryagain), which frees the garbage of a script that
+ * caught "not enough memory" and went on. So a guarded failure first returns NULL, to
+ * give that collection its chance, and aborts (with a clear message) only when the retry
+ * of that same request fails too. Lua skips the retry only while the collector itself
+ * runs a step (its allocations there tolerate NULL) or before the state is complete.
+ * The last failure is per thread: a state is used by one thread at a time, and the
+ * retry comes right after the failure, on the same thread. */
+static _Thread_local struct {
+  const void *ptr;
+  size_t osize, nsize;
+  int pending;
+} lastfailure;
+
 static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   sl_StateInfo *info = (sl_StateInfo *)ud;
-  (void)osize;
   if (nsize == 0) {
     free(ptr);
     return NULL;
   }
   void *p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize);
-  if (p == NULL && info->guarded) {
+  if (p != NULL) {
+    lastfailure.pending = 0;
+    return p;
+  }
+  if (!info->guarded) return NULL;
+  if (lastfailure.pending && lastfailure.ptr == ptr && lastfailure.osize == osize && lastfailure.nsize == nsize) {
     fprintf(stderr, "scopelua: out of memory while the runtime held the Lua state (%zu bytes)\n", nsize);
     abort();
   }
-  return p;
+  lastfailure.ptr = ptr;
+  lastfailure.osize = osize;
+  lastfailure.nsize = nsize;
+  lastfailure.pending = 1;
+  return NULL;
 }
 
 lua_State *sl_newstate(void) {

@@ -56,6 +56,40 @@ import Testing
             """)
     }
 
+    /// Issue 9, item 14: a script that caught "not enough memory" and goes on must not
+    /// take the host down when the runtime next allocates (Lua's emergency collection
+    /// frees the garbage first). The address space is limited with `ulimit -v`.
+    @Test(.timeLimit(.minutes(1))) func aScriptThatCaughtOutOfMemoryGoesOn() throws {
+        let dir = temporaryDirectory()
+        write("""
+            local ok, err = pcall(function()
+              local head
+              while true do head = {head, "some text"} end
+            end)
+            print(ok, err)
+            defer(function() print("deferred") end)
+            local f = fs.open("out.txt", "w")
+            f:write("written\\n")
+            local db = sql.open(":memory:")
+            db:exec("create table t(x)")
+            db:exec("insert into t values (?)", 42)
+            print(db:first("select x from t").x, json.encode({a = 1}))
+            do local t <close> = timer.measure("x") end
+            print("survived", scope.current():path())
+            """, to: "mem.lua", in: dir)
+        func limited(_ arguments: [String]) throws -> ProcessResult {
+            try runProcess("/bin/sh", ["-c", "ulimit -v 150000 && exec \"$@\"", "sh", scopeluaPath] + arguments, directory: dir)
+        }
+        let probe = try limited(["run", "-e", "print('ok')"])
+        // Sanitizer builds reserve terabytes of address space: they cannot run limited.
+        if probe.stdout != "ok\n", probe.stderr.contains("Sanitizer") { return }
+        #expect(probe.stdout == "ok\n", "\(probe.stderr)")
+        let r = try limited(["run", "mem.lua"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "false\tnot enough memory\n42\t{\"a\":1}\nsurvived\trun\ndeferred\n")
+        #expect(read("\(dir)/out.txt") == "written\n")
+    }
+
     @Test func missingOrUnreadableScriptIsAUsageError() throws {
         let dir = temporaryDirectory()
         let missing = try scopelua(["run", "\(dir)/nope.lua"])

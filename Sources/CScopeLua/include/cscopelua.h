@@ -237,8 +237,9 @@ static inline sl_StateInfo *sl_info(lua_State *L) {
 }
 
 /* Creates a state like luaL_newstate, but with scopelua's allocator: an allocation
- * failure while Swift code is on the stack aborts with a message instead of raising
- * a memory error through Swift frames (see sl_pcall for where failures may raise). */
+ * failure while Swift code is on the stack never raises a memory error through Swift
+ * frames; it gets Lua's emergency collection and retry, and aborts with a message if
+ * the retry fails too (see sl_alloc; sl_pcall for where failures may raise). */
 lua_State *sl_newstate(void);
 
 /* lua_close. The per-state data outlives the state (the runtime reads its counts after
