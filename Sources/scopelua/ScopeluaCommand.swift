@@ -38,9 +38,15 @@ struct Run: ParsableCommand {
             With --input, the script's pipeline then runs over JSON-lines events (one JSON \
             object per line); events leaving the last stage are written as JSON lines to \
             --output. Lines that are not JSON objects are rejected (with their line number) \
-            to --dead-letter or stderr, and the run goes on. SIGINT/SIGTERM stop gracefully: \
-            input stops, the current event finishes, stages close, the report is printed, \
-            exit 130/143; a second signal or --grace running out forces the release.
+            to --dead-letter or stderr, and the run goes on.
+
+            SIGINT/SIGTERM stop the run in every mode: the script gets the error \
+            "stopped by SIGTERM" at its next instruction, so its scopes unwind with it (a \
+            pipeline stops between events: input stops, the current event finishes, stages \
+            close, the report is printed); exit 130/143. A second signal or --grace running \
+            out forces the stop: every Lua instruction raises, nothing can catch it, what the \
+            runtime owns is released; one more grace period later a run stuck outside Lua \
+            flushes its output and exits at once.
 
             Exit status: 0 success; 1 script error or aborted pipeline; 2 usage error; \
             130/143 after a graceful stop.
@@ -77,7 +83,7 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("dead-letter"), help: ArgumentHelp("Write dead letters and rejected input lines to FILE as JSON lines (default: stderr).", valueName: "FILE"))
     var deadLetter: String?
 
-    @Option(help: ArgumentHelp("Seconds a graceful stop (SIGINT/SIGTERM) may take before everything is released by force.", valueName: "SECONDS"))
+    @Option(help: ArgumentHelp("Seconds a stop (SIGINT/SIGTERM) may take before it is forced (and releases then get as long again).", valueName: "SECONDS"))
     var grace: Double = 10
 
     @Argument(help: ArgumentHelp("The Lua script to run; '-' reads it from stdin.", valueName: "script"))
@@ -145,9 +151,9 @@ struct Run: ParsableCommand {
             p.name = pipeline
             p.output = output ?? "-"
             p.deadLetter = deadLetter
-            p.grace = grace
             request.pipeline = p
         }
+        request.grace = grace
         request.scriptArguments = scriptArguments
         request.report = report
         let raw = CommandLine.arguments

@@ -311,14 +311,18 @@ FILE *sl_iofile(lua_State *L, int idx);
 void sl_pushclosure(lua_State *L, sl_SwiftFunction fn, int nup);
 
 /* ---- stopping a run (SIGINT / SIGTERM) ---------------------------------------------
- * Why C: a signal handler may only touch async-signal-safe state. The handlers record
- * the signal, wake the runner through a pipe, and on a second signal (or when the grace
- * period set with sl_arm_grace runs out) set lua.c's interrupt hook on the state. */
+ * Why C: a signal handler may only touch async-signal-safe state. The stop has three
+ * steps (see signals.c): graceful (the run's Lua code gets the error "stopped by SIGTERM"
+ * at its next instruction, a pipeline stops between events), forced after a second
+ * signal or the grace period (every Lua instruction raises, nothing can catch or remove
+ * it), and a last resort one more grace period later (output flushed, _exit). */
 
-/* Installs the handlers for SIGINT and SIGTERM (and SIGALRM for the grace period: the
- * first stop signal starts it; when it runs out, the stop is forced). */
-void sl_stop_install(lua_State *L, unsigned grace);
-/* Restores the default handlers. */
+/* Installs the handlers for SIGINT, SIGTERM and SIGALRM (the grace period and the forced
+ * stop's tick) for a run of the state `L`, with `grace` seconds; also makes `L`'s
+ * coroutine.resume / coroutine.wrap record the coroutine they run (a stop must reach
+ * it) and its debug.sethook unable to lift a forced stop. */
+void sl_stop_install(lua_State *L, double grace);
+/* Restores the default handlers and removes a stop hook still set. */
 void sl_stop_uninstall(void);
 /* The first stop signal received (0 if none). */
 int sl_stop_signal(void);
@@ -326,8 +330,16 @@ int sl_stop_signal(void);
 int sl_stop_forced(void);
 /* A file descriptor that becomes readable when a stop signal arrives (for poll). */
 int sl_stop_fd(void);
-/* Forgets a previous stop (tests, REPL). */
+/* Forgets a previous stop (tests). */
 void sl_stop_reset(void);
+/* Pushes the stop's message: "stopped by SIGTERM", "... (forced)". */
+void sl_stop_pusherror(lua_State *L);
+/* A pipeline's event loop is in control from `entering` 1 to 0: a graceful stop does
+ * not interrupt its Lua code, the loop polls sl_stop_signal and stops between events. */
+void sl_stop_pipeline(lua_State *L, int entering);
+/* Release code (a deferred function) runs from `entering` 1 to 0: a graceful stop waits
+ * for its end; after a forced stop it may run Lua for one more grace period. */
+void sl_stop_release(lua_State *L, int entering);
 
 /* lua_CFunction running luaL_tolstring on argument 1 (it may call __tostring, which
  * may raise): Swift runs it under sl_pcall. */

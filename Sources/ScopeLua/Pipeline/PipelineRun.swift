@@ -19,12 +19,8 @@ final class PipelineRun {
         var input: Input = .stdin
         var output: Output = .stdout
         var deadLetter: String?
-        /// Seconds a stop may take before everything is released by force.
-        var grace: Double = 10
         /// A live progress line on stderr (when it is a terminal).
         var progress = false
-        /// React to SIGINT / SIGTERM with a graceful stop.
-        var handleSignals = false
     }
 
     enum Outcome: Equatable {
@@ -123,32 +119,24 @@ final class PipelineRun {
             output?.close()
             deadLetter?.close()
         }
-        if options.handleSignals { sl_stop_install(L, UInt32(max(1, options.grace.rounded(.up)))) }
-        defer {
-            if options.handleSignals {
-                sl_stop_uninstall()
-                sl_clearinterrupt(L)
-            }
-        }
+        // A stop (SIGINT / SIGTERM, see ScriptRunner) ends the run between events.
+        sl_stop_pipeline(L, 1)
+        defer { sl_stop_pipeline(L, 0) }
 
         // Open: stages in order, nested pipelines as nested lifecycles.
         let saved = rt.current
         defer { rt.current = saved }
         if let failure = open(L, definition, parent: parent, inherited: nil) {
             let closeFailures = closeAll(L, error: failure.errorIndex)
+            if sl_stop_signal() != 0 { return .stopped(signal: sl_stop_signal()) }  // open was interrupted
             var message = failure.message
             for f in closeFailures { message += "\n\trelease error: \(f)" }
             return .failed(message)
         }
 
         // Events.
-        var outcome = Outcome.finished
-        let continued = feedInput(L)
+        _ = feedInput(L)
         inputEnded = true
-        if !continued, abortMessage == nil || sl_stop_forced() != 0, sl_stop_signal() != 0 {
-            outcome = .stopped(signal: sl_stop_signal())
-        }
-        if continued, sl_stop_signal() != 0 { outcome = .stopped(signal: sl_stop_signal()) }
         clearProgress()
 
         // Close, in reverse; the error that ended the run (if any) goes to close(ctx, err).
@@ -158,9 +146,10 @@ final class PipelineRun {
             errIndex = lua_gettop(L)
         }
         let failures = closeAll(L, error: errIndex)
-        if sl_stop_forced() != 0 {
-            let stage = forcedStage.map { " while stage '\($0)' was still running" } ?? ""
-            rt.diagnose("scopelua: stop forced\(stage): everything still open was released")
+        // A forced stop wins over the errors it caused (the interrupted stage's, say).
+        let signal = sl_stop_signal()
+        if signal != 0, abortMessage == nil || sl_stop_forced() != 0, failures.isEmpty || sl_stop_forced() != 0 {
+            return .stopped(signal: signal)
         }
         if let abortMessage {
             var message = abortMessage
@@ -170,10 +159,11 @@ final class PipelineRun {
         if !failures.isEmpty {
             return .failed(failures.joined(separator: "\n\trelease error: "))
         }
-        return outcome
+        return signal != 0 ? .stopped(signal: signal) : .finished
     }
 
-    private var forcedStage: String?
+    /// The stage a forced stop interrupted, if one was running.
+    private(set) var forcedStage: String?
 
     private struct OpenFailure {
         var message: String

@@ -24,6 +24,8 @@ public struct RunRequest: Sendable {
     public var actions: [Action] = []
     /// Print the run report (resources, timers) to stderr at exit.
     public var report = false
+    /// Seconds a stop (SIGINT / SIGTERM) may take before it is forced.
+    public var grace: Double = 10
 
     /// Drive a registered pipeline over JSON-lines events after the script ran.
     public struct PipelineOptions: Sendable {
@@ -34,7 +36,6 @@ public struct RunRequest: Sendable {
         /// A path, `-` (the default) for stdout, or `none` to count events without writing them.
         public var output: String = "-"
         public var deadLetter: String?
-        public var grace: Double = 10
 
         public init(input: String) {
             self.input = input
@@ -69,6 +70,11 @@ public enum ScriptRunner {
         defer { rt.close() }
         let L = rt.L
         setArgTable(L, request)
+        // SIGINT / SIGTERM stop the run in every mode: the script gets the stop as an
+        // error at its next instruction (a pipeline stops between events), so every
+        // scope unwinds with it; then exit 130 / 143.
+        sl_stop_install(L, request.grace)
+        defer { sl_stop_uninstall() }
 
         var status = success
         for action in request.actions where status == success {
@@ -86,16 +92,33 @@ public enum ScriptRunner {
                 script == "-" ? luaL_loadfilex(L, nil, nil) : luaL_loadfilex(L, script, nil)
             }
         }
+        var forcedReported = false
         if status == success, let pipelineOptions = request.pipeline {
             status = runPipeline(rt, pipelineOptions, report: request.report)
+            forcedReported = sl_stop_forced() != 0
         }
-        if status == success {
-            // Everything still open is released now; a failing release fails the run.
-            let failures = rt.releaseAll()
+        let stop = sl_stop_signal()
+        if status == success || stop != 0 && status == stopped(stop) {
+            // Everything still open is released now; a failing release fails the run. A
+            // script or pipeline that ended normally (a graceful stop of a pipeline is
+            // one) releases without error; a forced stop releases with its error.
+            var forcedError: String?
+            if sl_stop_forced() != 0 {
+                sl_stop_pusherror(L)
+                forcedError = Lua.string(L, -1)
+                sl_pop(L, 1)
+            }
+            let failures = rt.releaseAll(error: forcedError)
             if let first = failures.first {
                 rt.diagnose("scopelua: " + ([first] + failures.dropFirst().map { "\trelease error: \($0)" }).joined(separator: "\n"))
-                status = scriptError
+                if status == success { status = scriptError }
             }
+        }
+        if stop != 0, status != usageError {
+            if sl_stop_forced() != 0, !forcedReported {
+                rt.diagnose("scopelua: stop forced: everything still open was released")
+            }
+            status = stopped(stop)
         }
         if request.report {
             rt.diagnose(Report.text(rt))
@@ -143,12 +166,14 @@ public enum ScriptRunner {
         default: options.output = .path(p.output)
         }
         options.deadLetter = p.deadLetter
-        options.grace = p.grace
-        options.handleSignals = true
         options.progress = sl_stderr_isatty() != 0
         let run = PipelineRun(rt, definition, options: options)
         let outcome = run.execute(rt.L, parent: rt.root)
         run.releaseReferences(rt.L)
+        if sl_stop_forced() != 0 {
+            let stage = run.forcedStage.map { " while stage '\($0)' was still running" } ?? ""
+            rt.diagnose("scopelua: stop forced\(stage): everything still open was released")
+        }
         if report { rt.diagnose(Report.pipelineText(run)) }
         switch outcome {
         case .finished:
