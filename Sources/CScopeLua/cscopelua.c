@@ -525,6 +525,34 @@ void sl_eprogress(const char *line) {
   fflush(stderr);
 }
 
+/* ---- os.exit ----------------------------------------------------------------------- */
+
+/* Why: os.exit must leave at once, as in stock Lua (no pcall may catch it), and the
+ * runtime promises that everything a script acquired is released. So the exit happens
+ * right here: stock os.exit's arguments, then Swift releases every scope (as an error
+ * when the status is a failure) and returns the status to exit with, then the state is
+ * closed if asked (as stock os.exit does) and the process exits. Upvalues: the Swift
+ * function, then a flag the runner sets to have the report printed. */
+static int osexit(lua_State *L) {
+  int status;
+  if (lua_isboolean(L, 1))
+    status = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    status = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  int close = lua_toboolean(L, 2);
+  lua_settop(L, 0);
+  lua_pushinteger(L, status);
+  status = callswift(L, (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1)));
+  if (close) lua_close(L);
+  exit(status);
+}
+
+void sl_pushosexit(lua_State *L, sl_SwiftFunction release) {
+  lua_pushlightuserdata(L, (void *)release);
+  lua_pushboolean(L, 0);
+  lua_pushcclosure(L, osexit, 2);
+}
+
 /* ---- misc ------------------------------------------------------------------------ */
 
 int sl_loadbuffer(lua_State *L, const char *buf, size_t len, const char *name) {

@@ -355,6 +355,12 @@ int sl_closeiofile(lua_State *L, int idx);
  * `after` (Swift) with the new io file on top; `after` leaves one value on top. */
 void sl_pushopendelegate(lua_State *L, lua_CFunction ioopen, sl_SwiftFunction after);
 
+/* Pushes scopelua's os.exit: stock os.exit's arguments; then `release` (Swift) is called
+ * with the status (an integer) at index 1 and returns the status to exit with, having
+ * released every scope; then the state is closed if the second argument is true, and the
+ * process exits. Upvalue 2 (false) is a flag for `release` (the runner's --report). */
+void sl_pushosexit(lua_State *L, sl_SwiftFunction release);
+
 /* Pops a value and pushes a function returning it (package.preload loaders for the
  * built-in modules). */
 void sl_pushconstant(lua_State *L);

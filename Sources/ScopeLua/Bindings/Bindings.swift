@@ -14,6 +14,7 @@ enum Bindings {
         SQLBindings.install(rt, L)
         JSONBindings.install(rt, L)
         PipelineBindings.install(rt, L)
+        ExitBindings.install(rt, L)
         installPackagePath(rt, L)
     }
 

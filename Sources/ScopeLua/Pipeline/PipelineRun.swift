@@ -21,6 +21,8 @@ final class PipelineRun {
         var deadLetter: String?
         /// A live progress line on stderr (when it is a terminal).
         var progress = false
+        /// Run by `scopelua run --input`, which prints its report.
+        var commandLine = false
     }
 
     enum Outcome: Equatable {
@@ -248,6 +250,29 @@ final class PipelineRun {
             lua_settop(L, base)
         }
         return failures
+    }
+
+    /// Whether `scope` is one this run opened and has not closed yet.
+    func owns(_ scope: Scope) -> Bool {
+        opened.contains { item in
+            switch item {
+            case .scope(let s): return s === scope
+            case .stage(let stage): return stage.scope === scope || stage.task === scope
+            }
+        }
+    }
+
+    /// The pipeline's own scope (the outermost this run opened), while open.
+    var outerScope: Scope? {
+        if case .scope(let s)? = opened.first { return s }
+        return nil
+    }
+
+    /// os.exit: closes everything still opened, newest first, as the end of a run does
+    /// (stage closes run with the exit's error, or nil). Returns the failures.
+    func closeForExit(_ L: LuaState, error errIndex: Int32) -> [String] {
+        inputEnded = true  // no more timers
+        return closeAll(L, error: errIndex)
     }
 
     /// Feeds the input through the stages. False when the run must stop (abort or stop).

@@ -75,6 +75,7 @@ public enum ScriptRunner {
         // scope unwinds with it; then exit 130 / 143.
         sl_stop_install(L, request.grace)
         defer { sl_stop_uninstall() }
+        if request.report { ExitBindings.reportAtExit(L) }
 
         var status = success
         for action in request.actions where status == success {
@@ -167,6 +168,7 @@ public enum ScriptRunner {
         }
         options.deadLetter = p.deadLetter
         options.progress = sl_stderr_isatty() != 0
+        options.commandLine = true
         let run = PipelineRun(rt, definition, options: options)
         let outcome = run.execute(rt.L, parent: rt.root)
         run.releaseReferences(rt.L)
