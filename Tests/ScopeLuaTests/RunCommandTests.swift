@@ -58,15 +58,20 @@ import Testing
 
     /// Issue 9, item 14: a script that caught "not enough memory" and goes on must not
     /// take the host down when the runtime next allocates (Lua's emergency collection
-    /// frees the garbage first). The address space is limited with `ulimit -v`.
+    /// frees the garbage first). The address space is limited with `ulimit -v`; the
+    /// script fills it so that the allocation of `scope.current()` (40 bytes, made
+    /// while Swift holds the state) cannot succeed before a collection.
     @Test(.timeLimit(.minutes(1))) func aScriptThatCaughtOutOfMemoryGoesOn() throws {
         let dir = temporaryDirectory()
         write("""
             local ok, err = pcall(function()
-              local head
-              while true do head = {head, "some text"} end
+              local head, keep
+              pcall(function() while true do head = {head, "some text"} end end)
+              -- What is left, 48 bytes at a time: the next such request fails for sure.
+              while true do local k = keep; keep = function() return k end end
             end)
             print(ok, err)
+            local here = scope.current():path()  -- a Swift function's first allocation
             defer(function() print("deferred") end)
             local f = fs.open("out.txt", "w")
             f:write("written\\n")
@@ -75,7 +80,7 @@ import Testing
             db:exec("insert into t values (?)", 42)
             print(db:first("select x from t").x, json.encode({a = 1}))
             do local t <close> = timer.measure("x") end
-            print("survived", scope.current():path())
+            print("survived", here)
             """, to: "mem.lua", in: dir)
         func limited(_ arguments: [String]) throws -> ProcessResult {
             try runProcess("/bin/sh", ["-c", "ulimit -v 150000 && exec \"$@\"", "sh", scopeluaPath] + arguments, directory: dir)
