@@ -68,6 +68,9 @@ static uint64_t now_ns(void) {  /* clock_gettime is async-signal-safe */
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* ITIMER_REAL (SIGALRM) after `first_ns`, then every `every_ns` (0: once); 0, 0 stops
+ * it. Why not alarm(): the grace period may be a fraction of a second, and the forced
+ * stop needs a tick. */
 static void settimer(uint64_t first_ns, uint64_t every_ns) {
   struct itimerval t;
   t.it_value.tv_sec = (time_t)(first_ns / 1000000000u);
@@ -78,6 +81,7 @@ static void settimer(uint64_t first_ns, uint64_t every_ns) {
   setitimer(ITIMER_REAL, &t, NULL);
 }
 
+/* The signal's name for messages (only stop signals are ever recorded). */
 static const char *signame(int sig) {
   return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal";
 }
@@ -124,6 +128,7 @@ static void arm(lua_Hook hook) {
   if (co != NULL && co != L) lua_sethook(co, hook, hookmask, 1);
 }
 
+/* Removes a stop hook from `L`, and only a stop hook (a script may have its own). */
 static void disarm(lua_State *L) {
   lua_Hook h = lua_gethook(L);
   if (h == interrupthook || h == forcedhook) lua_sethook(L, NULL, 0, 0);
@@ -145,6 +150,8 @@ static void *lastresort_main(void *arg) {
   _exit(128 + stop_signal);
 }
 
+/* From the handler: wakes the helper thread; if it is still not done a second later (a
+ * stream's lock held for good by the stuck main thread), exits without it. */
 static void lastresort(void) {
   if (!lastresort_posted) {
     lastresort_posted = 1;
@@ -155,10 +162,12 @@ static void lastresort(void) {
   }
 }
 
+/* Makes the stop pipe readable: an event loop waiting in poll() sees the stop at once. */
 static void wake(void) {
   if (stop_pipe[1] >= 0) { char c = 1; (void)!write(stop_pipe[1], &c, 1); }
 }
 
+/* The second step: every Lua instruction raises from now on (see forcedhook). */
 static void force(void) {
   stop_forced = 1;
   owed = 0;
@@ -168,6 +177,9 @@ static void force(void) {
   wake();
 }
 
+/* SIGINT / SIGTERM: the first starts the graceful stop and its grace period, the second
+ * forces it, a third is the last resort. SIGALRM: the grace period ran out (force), or
+ * the forced stop's tick (re-arm the hook; the last resort when its time has come). */
 static void on_stop_signal(int sig) {
   int saved = errno;
   if (sig == SIGALRM) {
@@ -343,7 +355,8 @@ void sl_stop_uninstall(void) {
   stop_running = NULL;
 }
 
-/* Whether `L` is a thread of the run's state (in-process runtimes ignore stops). */
+/* Whether `L` is a thread of the run's state: runtimes created in the same process
+ * (tests run many, on other threads) neither hold nor see a run's stop. */
 static int ours(lua_State *L) {
   return stop_info != NULL && sl_info(L) == stop_info;
 }
