@@ -18,7 +18,7 @@ struct ScopeluaCommand: ParsableCommand {
             `scopelua` alone on a terminal starts the REPL.
 
             Exit status: 0 success; 1 script error or aborted pipeline; 2 usage error (bad \
-            option, unreadable script); 130/143 after a graceful stop on SIGINT/SIGTERM.
+            option, unreadable script); 130/143 after a stop by SIGINT/SIGTERM.
             """,
         subcommands: [Run.self, ReplCommand.self]
     )
@@ -48,8 +48,10 @@ struct Run: ParsableCommand {
             runtime owns is released; one more grace period later a run stuck outside Lua \
             flushes its output and exits at once.
 
+            os.exit releases every scope before leaving (as an error for a failure status).
+
             Exit status: 0 success; 1 script error or aborted pipeline; 2 usage error; \
-            130/143 after a graceful stop.
+            130/143 after a stop by SIGINT/SIGTERM.
 
             Examples:
               scopelua run scripts/tour.lua

@@ -36,7 +36,7 @@ import Testing
 
     /// Issue 9, item 5: the traceback printed is the one of the error printed, not the
     /// one of an earlier error that scope() re-raised and the script caught.
-    @Test func anUncaughtErrorPrintsItsOwnTraceback() throws {
+    @Test(.timeLimit(.minutes(1))) func anUncaughtErrorPrintsItsOwnTraceback() throws {
         let dir = temporaryDirectory()
         write("""
             print(pcall(scope, function() error("", 0) end))
