@@ -495,6 +495,7 @@ public final class Runtime {
     /// Pops the error object on top and turns it into a `LuaError` with the traceback
     /// captured for that very object (see `takeTraceback`), or the one given.
     func takeError(_ L: LuaState, traceback given: String? = nil) -> LuaError {
+        let traceback = given ?? takeTraceback(L, -1)  // before __tostring runs Lua code
         var message = Lua.describe(L, -1)
         let t = lua_type(L, -1)
         if t != LUA_TSTRING, t != LUA_TNUMBER {
@@ -505,7 +506,6 @@ public final class Runtime {
                 sl_pop(L, 1)
             }
         }
-        let traceback = given ?? takeTraceback(L, -1)
         sl_pop(L, 1)
         return LuaError(kind: .runtime, message: message, traceback: traceback)
     }
