@@ -42,7 +42,7 @@ static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   void *p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize);
   if (p != NULL) {
-    lastfailure.pending = 0;
+    if (lastfailure.pending) lastfailure.pending = 0;  /* a read, not a write, per allocation */
     return p;
   }
   if (!info->guarded) return NULL;
