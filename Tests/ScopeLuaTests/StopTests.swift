@@ -92,11 +92,11 @@ final class WatchedChild {
     }
 }
 
-/// The rows of table `t` in the SQLite database at `path` (nil if it cannot be read).
+/// The rows of table `t` in the SQLite database at `path` (nil if it cannot be read),
+/// counted by a scopelua child (nothing of it stays in the test process).
 func rowCount(_ path: String) -> Int64? {
-    let run = runLua("local db <close> = sql.open('\(path)'); return db:first('SELECT count(*) AS n FROM t').n")
-    if case .integer(let n)? = run.values.first { return n }
-    return nil
+    let r = try? scopelua(["run", "-e", "local db <close> = sql.open([[\(path)]]); print(db:first('SELECT count(*) AS n FROM t').n)"])
+    return r.flatMap { Int64($0.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) }
 }
 
 /// SIGINT / SIGTERM in every run mode (issue 9, items 11 and 12).
