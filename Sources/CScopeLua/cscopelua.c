@@ -17,21 +17,44 @@
 
 /* Why: a memory error raised by lua_pushstring & co. while a Swift function runs would
  * longjmp over Swift frames. While `guarded` is set (always, except inside sl_pcall),
- * a failed allocation aborts with a clear message instead. Inside sl_pcall Lua code
- * runs under a protected call, so memory errors raise there exactly as in stock Lua. */
+ * a failed allocation must not raise; inside sl_pcall Lua code runs under a protected
+ * call, so memory errors raise there exactly as in stock Lua.
+ *
+ * Lua itself answers a failed allocation with an emergency full collection and one
+ * retry of the same request (lmem.c, tryagain), which frees the garbage of a script that
+ * caught "not enough memory" and went on. So a guarded failure first returns NULL, to
+ * give that collection its chance, and aborts (with a clear message) only when the retry
+ * of that same request fails too. Lua skips the retry only while the collector itself
+ * runs a step (its allocations there tolerate NULL) or before the state is complete.
+ * The last failure is per thread: a state is used by one thread at a time, and the
+ * retry comes right after the failure, on the same thread. */
+static _Thread_local struct {
+  const void *ptr;
+  size_t osize, nsize;
+  int pending;
+} lastfailure;
+
 static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   sl_StateInfo *info = (sl_StateInfo *)ud;
-  (void)osize;
   if (nsize == 0) {
     free(ptr);
     return NULL;
   }
   void *p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize);
-  if (p == NULL && info->guarded) {
+  if (p != NULL) {
+    if (lastfailure.pending) lastfailure.pending = 0;  /* a read, not a write, per allocation */
+    return p;
+  }
+  if (!info->guarded) return NULL;
+  if (lastfailure.pending && lastfailure.ptr == ptr && lastfailure.osize == osize && lastfailure.nsize == nsize) {
     fprintf(stderr, "scopelua: out of memory while the runtime held the Lua state (%zu bytes)\n", nsize);
     abort();
   }
-  return p;
+  lastfailure.ptr = ptr;
+  lastfailure.osize = osize;
+  lastfailure.nsize = nsize;
+  lastfailure.pending = 1;
+  return NULL;
 }
 
 lua_State *sl_newstate(void) {
@@ -244,39 +267,101 @@ void sl_pushtypeerror(lua_State *L, int arg, const char *tname) {
 
 /* ---- tracebacks ------------------------------------------------------------------ */
 
-#define TB_KEY "scopelua.traceback"
-#define TB_ERR_KEY "scopelua.traceback.error"
+/* Why: scope() and with_resource() catch an error, release, then re-raise it from their
+ * trampoline; a traceback taken at the re-raise would lose the frames where the error
+ * really happened. So the message handler of the runtime's protected calls takes the
+ * traceback where the error happens and keeps it next to the error object, and a
+ * re-raise hands it on explicitly. Errors are matched by identity (lua_rawequal), never
+ * by their text, and every slot is cleared once used. The slots live in one weak-valued
+ * table, so an error caught by a Lua pcall (which tells nobody) is not kept alive. */
+enum {
+  TB_LASTERR = 1, TB_LAST,                   /* the last error the handler saw, its traceback */
+  TB_PENDINGERR, TB_PENDING, TB_PENDINGBY,   /* an error being re-raised, its traceback, by whom */
+  TB_SLOTS = TB_PENDINGBY
+};
+static const char tbkey = 0;  /* registry key (its address) of the slot table */
 
-/* True when `err` is the remembered error, or a string that extends it (an error that
- * scope() re-raised with release errors appended). */
-static int samerror(lua_State *L, int err, int saved) {
-  if (lua_rawequal(L, err, saved)) return 1;
-  if (lua_type(L, err) == LUA_TSTRING && lua_type(L, saved) == LUA_TSTRING) {
-    size_t le, ls;
-    const char *e = lua_tolstring(L, err, &le);
-    const char *s = lua_tolstring(L, saved, &ls);
-    return ls <= le && memcmp(e, s, ls) == 0;
-  }
-  return 0;
+/* Pushes the slot table, creating it if asked; returns 0 (nothing pushed) if absent. */
+static int tbslots(lua_State *L, int create) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &tbkey) == LUA_TTABLE) return 1;
+  lua_pop(L, 1);
+  if (!create) return 0;
+  lua_createtable(L, TB_SLOTS, 0);  /* array slots: setting them never allocates */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &tbkey);
+  return 1;
 }
 
-/* Why: scope() and with_resource() catch an error, release, then re-raise it from the
- * trampoline; a traceback taken at the re-raise would lose the frames where the error
- * really happened. This message handler runs at the point of error (stack intact) and
- * keeps the deepest traceback for that error object. */
+static void tbclear(lua_State *L, int slots, int from, int to) {
+  for (int i = from; i <= to; i++) {
+    lua_pushnil(L);
+    lua_rawseti(L, slots, i);
+  }
+}
+
 int sl_capturetraceback(lua_State *L) {
   int err = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, TB_ERR_KEY);
-  int keep = samerror(L, err, err + 1);
-  lua_pop(L, 1);
-  if (!keep) {
-    luaL_traceback(L, L, NULL, 1);
-    lua_setfield(L, LUA_REGISTRYINDEX, TB_KEY);
+  tbslots(L, 1);
+  int slots = err + 1;
+  /* A re-raise: the function raising (level 1; level 0 is this handler) is the one
+   * that announced it, and the error is the very object it announced. */
+  int reraise = 0;
+  lua_Debug ar;
+  if (lua_rawgeti(L, slots, TB_PENDINGBY) != LUA_TNIL && lua_getstack(L, 1, &ar)) {
+    lua_getinfo(L, "f", &ar);
+    lua_rawgeti(L, slots, TB_PENDINGERR);
+    reraise = lua_rawequal(L, -2, -3) && lua_rawequal(L, -1, err);
   }
+  lua_settop(L, slots);
+  if (reraise)
+    lua_rawgeti(L, slots, TB_PENDING);
+  else
+    luaL_traceback(L, L, NULL, 1);
+  lua_rawseti(L, slots, TB_LAST);
   lua_pushvalue(L, err);
-  lua_setfield(L, LUA_REGISTRYINDEX, TB_ERR_KEY);
+  lua_rawseti(L, slots, TB_LASTERR);
+  tbclear(L, slots, TB_PENDINGERR, TB_PENDINGBY);
   lua_settop(L, err);
   return 1;
+}
+
+int sl_taketraceback(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (!tbslots(L, 0)) return 0;
+  int slots = lua_gettop(L);
+  lua_rawgeti(L, slots, TB_LASTERR);
+  int same = lua_rawequal(L, -1, idx) && lua_rawgeti(L, slots, TB_LAST) == LUA_TSTRING;
+  if (!same) {
+    lua_settop(L, slots - 1);
+    return 0;
+  }
+  tbclear(L, slots, TB_LASTERR, TB_LAST);
+  lua_replace(L, slots);  /* the traceback, in place of the table */
+  lua_settop(L, slots);
+  return 1;
+}
+
+void sl_tracebackreraise(lua_State *L, int err, int tb) {
+  err = lua_absindex(L, err);
+  tb = tb == 0 ? 0 : lua_absindex(L, tb);
+  if (!tbslots(L, 0)) return;
+  int slots = lua_gettop(L);
+  lua_Debug ar;
+  if (tb != 0 && lua_type(L, tb) == LUA_TSTRING && lua_getstack(L, 0, &ar)) {
+    lua_pushvalue(L, err);
+    lua_rawseti(L, slots, TB_PENDINGERR);
+    lua_pushvalue(L, tb);
+    lua_rawseti(L, slots, TB_PENDING);
+    lua_getinfo(L, "f", &ar);  /* the function raising: the running one */
+    lua_rawseti(L, slots, TB_PENDINGBY);
+  } else {
+    tbclear(L, slots, TB_PENDINGERR, TB_PENDINGBY);
+  }
+  lua_settop(L, slots - 1);
 }
 
 /* ---- io delegation --------------------------------------------------------------- */
@@ -434,6 +519,34 @@ void sl_eprogress(const char *line) {
   if (!isatty(2)) return;
   fprintf(stderr, "\r\033[K%s", line);
   fflush(stderr);
+}
+
+/* ---- os.exit ----------------------------------------------------------------------- */
+
+/* Why: os.exit must leave at once, as in stock Lua (no pcall may catch it), and the
+ * runtime promises that everything a script acquired is released. So the exit happens
+ * right here: stock os.exit's arguments, then Swift releases every scope (as an error
+ * when the status is a failure) and returns the status to exit with, then the state is
+ * closed if asked (as stock os.exit does) and the process exits. Upvalues: the Swift
+ * function, then a flag the runner sets to have the report printed. */
+static int osexit(lua_State *L) {
+  int status;
+  if (lua_isboolean(L, 1))
+    status = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    status = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  int close = lua_toboolean(L, 2);
+  lua_settop(L, 0);
+  lua_pushinteger(L, status);
+  status = callswift(L, (sl_SwiftFunction)lua_touserdata(L, lua_upvalueindex(1)));
+  if (close) lua_close(L);
+  exit(status);
+}
+
+void sl_pushosexit(lua_State *L, sl_SwiftFunction release) {
+  lua_pushlightuserdata(L, (void *)release);
+  lua_pushboolean(L, 0);
+  lua_pushcclosure(L, osexit, 2);
 }
 
 /* ---- misc ------------------------------------------------------------------------ */

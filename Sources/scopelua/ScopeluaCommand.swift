@@ -19,7 +19,7 @@ struct ScopeluaCommand: ParsableCommand {
 
             Exit status: 0 success; 1 script error, aborted pipeline or failed write of its \
             output; 2 usage error (bad option, unreadable script or input, --output or \
-            --dead-letter naming the input file); 130/143 after a graceful stop on \
+            --dead-letter naming the input file); 130/143 after a stop by \
             SIGINT/SIGTERM; 141 when the reader of the pipeline's output went away (EPIPE: the \
             run stopped gracefully, like `cmd | head`).
             """,
@@ -41,9 +41,17 @@ struct Run: ParsableCommand {
             With --input, the script's pipeline then runs over JSON-lines events (one JSON \
             object per line); events leaving the last stage are written as JSON lines to \
             --output. Lines that are not JSON objects are rejected (with their line number) \
-            to --dead-letter or stderr, and the run goes on. SIGINT/SIGTERM stop gracefully: \
-            input stops, the current event finishes, stages close, the report is printed, \
-            exit 130/143; a second signal or --grace running out forces the release.
+            to --dead-letter or stderr, and the run goes on.
+
+            SIGINT/SIGTERM stop the run in every mode: the script gets the error \
+            "stopped by SIGTERM" at its next instruction, so its scopes unwind with it (a \
+            pipeline stops between events: input stops, the current event finishes, stages \
+            close, the report is printed); exit 130/143. A second signal or --grace running \
+            out forces the stop: every Lua instruction raises, nothing can catch it, what the \
+            runtime owns is released; one more grace period later a run stuck outside Lua \
+            flushes its output and exits at once.
+
+            os.exit releases every scope before leaving (as an error for a failure status).
 
             A write to --output or --dead-letter that fails (a full disk, /dev/full) stops \
             the run gracefully (no more input, stages close, report) and exits 1 naming the \
@@ -54,7 +62,7 @@ struct Run: ParsableCommand {
             input file (exit 2, nothing truncated).
 
             Exit status: 0 success; 1 script error, aborted pipeline or failed write of its \
-            output; 2 usage error; 130/143 after a graceful stop; 141 when the reader of the \
+            output; 2 usage error; 130/143 after a stop by SIGINT/SIGTERM; 141 when the reader of the \
             output went away.
 
             Examples:
@@ -89,7 +97,7 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("dead-letter"), help: ArgumentHelp("Write dead letters and rejected input lines to FILE as JSON lines (default: stderr).", valueName: "FILE"))
     var deadLetter: String?
 
-    @Option(help: ArgumentHelp("Seconds a graceful stop (SIGINT/SIGTERM) may take before everything is released by force (more than 0, at most 86400).", valueName: "SECONDS"))
+    @Option(help: ArgumentHelp("Seconds a stop (SIGINT/SIGTERM) may take before it is forced (and releases then get as long again); more than 0, at most 86400.", valueName: "SECONDS"))
     var grace: Double = 10
 
     @Argument(help: ArgumentHelp("The Lua script to run; '-' reads it from stdin.", valueName: "script"))
@@ -169,9 +177,9 @@ struct Run: ParsableCommand {
             p.name = pipeline
             p.output = output ?? "-"
             p.deadLetter = deadLetter
-            p.grace = grace
             request.pipeline = p
         }
+        request.grace = grace
         request.scriptArguments = scriptArguments
         request.report = report
         let raw = CommandLine.arguments

@@ -63,6 +63,52 @@ import Testing
         }
     }
 
+    /// Issue 9, item 5: a traceback belongs to one error object. An error that scope()
+    /// re-raised and a Lua pcall caught must lend its traceback to no later error
+    /// (not even one with the same text), and must not be kept alive for it.
+    @Test func aTracebackBelongsToItsErrorAlone() {
+        let rt = Runtime()
+        defer { rt.close() }
+        for later in ["error('later')", "error('', 0)"] {
+            do {
+                try rt.execute("""
+                    pcall(scope, function() error("", 0) end)
+                    local function unrelated() \(later) end
+                    unrelated()
+                    """, name: "=tb")
+                Issue.record("no error")
+            } catch {
+                #expect(error.traceback?.contains("tb:2: in local 'unrelated'") == true, "\(error.traceback ?? "nil")")
+            }
+        }
+        // Re-raised through nested scopes with a release error appended, the error keeps
+        // the traceback of where it happened.
+        do {
+            try rt.execute("""
+                local function inner() error("deep") end
+                scope(function()
+                  scope(function() defer(function() error("defer failed", 0) end); inner() end)
+                end)
+                """, name: "=tb")
+            Issue.record("no error")
+        } catch {
+            #expect(error.message == "tb:1: deep\n\trelease error: defer failed")
+            #expect(error.traceback?.contains("tb:1: in upvalue 'inner'") == true, "\(error.traceback ?? "nil")")
+        }
+        let collected = try? rt.execute("""
+            local weak = setmetatable({}, { __mode = "k" })
+            do
+              local e = {}
+              weak[e] = true
+              pcall(scope, function() error(e) end)
+              pcall(with_resource, function() error(e) end)
+            end
+            collectgarbage(); collectgarbage()
+            return next(weak) == nil
+            """, name: "=gc")
+        #expect(collected == [.boolean(true)])
+    }
+
     @Test func stockBehaviourIsUnchanged() {
         let run = runLua("""
             local ok, e = pcall(error, {x = 1})

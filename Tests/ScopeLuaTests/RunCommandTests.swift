@@ -34,6 +34,67 @@ import Testing
         #expect(read("\(dir)/out.txt") == "complete before the crash\n")
     }
 
+    /// Issue 9, item 5: the traceback printed is the one of the error printed, not the
+    /// one of an earlier error that scope() re-raised and the script caught.
+    @Test(.timeLimit(.minutes(1))) func anUncaughtErrorPrintsItsOwnTraceback() throws {
+        let dir = temporaryDirectory()
+        write("""
+            print(pcall(scope, function() error("", 0) end))
+            local function later() error("unrelated") end
+            later()
+            """, to: "tb.lua", in: dir)
+        let r = try scopelua(["run", "tb.lua"], directory: dir)
+        #expect(r.status == 1)
+        #expect(r.stdout == "false\t\n")
+        #expect(r.stderr == """
+            scopelua: tb.lua:2: unrelated
+            stack traceback:
+            \t[C]: in function 'error'
+            \ttb.lua:2: in local 'later'
+            \ttb.lua:3: in main chunk
+
+            """)
+    }
+
+    /// Issue 9, item 14: a script that caught "not enough memory" and goes on must not
+    /// take the host down when the runtime next allocates (Lua's emergency collection
+    /// frees the garbage first). The address space is limited with `ulimit -v`; the
+    /// script fills it so that the allocation of `scope.current()` (40 bytes, made
+    /// while Swift holds the state) cannot succeed before a collection.
+    @Test(.timeLimit(.minutes(1))) func aScriptThatCaughtOutOfMemoryGoesOn() throws {
+        let dir = temporaryDirectory()
+        write("""
+            local ok, err = pcall(function()
+              local head, keep
+              pcall(function() while true do head = {head, "some text"} end end)
+              -- What is left, 48 bytes at a time: the next such request fails for sure.
+              while true do local k = keep; keep = function() return k end end
+            end)
+            print(ok, err)
+            local here = scope.current():path()  -- a Swift function's first allocation
+            defer(function() print("deferred") end)
+            local f = fs.open("out.txt", "w")
+            f:write("written\\n")
+            local db = sql.open(":memory:")
+            db:exec("create table t(x)")
+            db:exec("insert into t values (?)", 42)
+            print(db:first("select x from t").x, json.encode({a = 1}))
+            do local t <close> = timer.measure("x") end
+            print("survived", here)
+            """, to: "mem.lua", in: dir)
+        func limited(_ arguments: [String]) throws -> ProcessResult {
+            try runProcess("/bin/sh", ["-c", "ulimit -v 150000 && exec \"$@\"", "sh", scopeluaPath] + arguments, directory: dir)
+        }
+        let probe = try limited(["run", "-e", "print('ok')"])
+        // Sanitizer builds reserve terabytes of address space: they cannot run limited.
+        if probe.stdout != "ok\n", probe.stderr.contains("Sanitizer") { return }
+        #expect(probe.stdout == "ok\n", "\(probe.stderr)")
+        let r = try limited(["run", "mem.lua"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "false\tnot enough memory\n42\t{\"a\":1}\nsurvived\trun\ndeferred\n")
+        #expect(read("\(dir)/out.txt") == "written\n")
+    }
+
     @Test func missingOrUnreadableScriptIsAUsageError() throws {
         let dir = temporaryDirectory()
         let missing = try scopelua(["run", "\(dir)/nope.lua"])

@@ -345,8 +345,9 @@ static inline sl_StateInfo *sl_info(lua_State *L) {
 }
 
 /* Creates a state like luaL_newstate, but with scopelua's allocator: an allocation
- * failure while Swift code is on the stack aborts with a message instead of raising
- * a memory error through Swift frames (see sl_pcall for where failures may raise). */
+ * failure while Swift code is on the stack never raises a memory error through Swift
+ * frames; it gets Lua's emergency collection and retry, and aborts with a message if
+ * the retry fails too (see sl_alloc; sl_pcall for where failures may raise). */
 lua_State *sl_newstate(void);
 
 /* lua_close. The per-state data outlives the state (the runtime reads its counts after
@@ -366,14 +367,22 @@ void sl_pushfunction(lua_State *L, sl_SwiftFunction fn);
  * memory error is an ordinary Lua error caught by this very call. */
 int sl_pcall(lua_State *L, int nargs, int nresults, int msgh);
 
-/* Message handler for top-level calls: replaces a message by message + traceback,
- * reusing the traceback saved by sl_capturetraceback when the error was re-raised by
- * scope() or with_resource() (so the user sees where it really happened). */
-int sl_traceback(lua_State *L);
-
-/* Message handler for scopelua's internal protected calls (scope, with_resource): leaves
- * the error object unchanged, remembers it and the traceback at the point of error. */
+/* Message handler for scopelua's protected calls (scope, with_resource, the runner, the
+ * pipeline): leaves the error object unchanged and remembers, for that very object, the
+ * traceback at the point of error (or, for an error announced with
+ * sl_tracebackreraise, the traceback that came with it). */
 int sl_capturetraceback(lua_State *L);
+
+/* After a protected call with sl_capturetraceback failed with the error at `idx`: pushes
+ * the traceback captured for that object and returns 1, or returns 0 (nothing pushed)
+ * if none was. Either way the runtime forgets it. Never raises or allocates. */
+int sl_taketraceback(lua_State *L, int idx);
+
+/* Announces that the running C function (scope, with_resource) is about to raise the
+ * error at `err` again, whose traceback is the string at `tb` (0 or a non-string: none,
+ * which also cancels an earlier announcement). The next message handler keeps that
+ * traceback instead of taking one at the re-raise. Never raises or allocates. */
+void sl_tracebackreraise(lua_State *L, int err, int tb);
 
 /* Pushes "bad argument #arg to 'name' (extramsg)" with the caller's position, exactly
  * as luaL_argerror words it, without raising. */
@@ -410,14 +419,18 @@ FILE *sl_iofile(lua_State *L, int idx);
 void sl_pushclosure(lua_State *L, sl_SwiftFunction fn, int nup);
 
 /* ---- stopping a run (SIGINT / SIGTERM) ---------------------------------------------
- * Why C: a signal handler may only touch async-signal-safe state. The handlers record
- * the signal, wake the runner through a pipe, and on a second signal (or when the grace
- * period set with sl_arm_grace runs out) set lua.c's interrupt hook on the state. */
+ * Why C: a signal handler may only touch async-signal-safe state. The stop has three
+ * steps (see signals.c): graceful (the run's Lua code gets the error "stopped by SIGTERM"
+ * at its next instruction, a pipeline stops between events), forced after a second
+ * signal or the grace period (every Lua instruction raises, nothing can catch or remove
+ * it), and a last resort one more grace period later (output flushed, _exit). */
 
-/* Installs the handlers for SIGINT and SIGTERM (and SIGALRM for the grace period: the
- * first stop signal starts it; when it runs out, the stop is forced). */
-void sl_stop_install(lua_State *L, unsigned grace);
-/* Restores the default handlers. */
+/* Installs the handlers for SIGINT, SIGTERM and SIGALRM (the grace period and the forced
+ * stop's tick) for a run of the state `L`, with `grace` seconds; also makes `L`'s
+ * coroutine.resume / coroutine.wrap record the coroutine they run (a stop must reach
+ * it) and its debug.sethook unable to lift a forced stop. */
+void sl_stop_install(lua_State *L, double grace);
+/* Restores the default handlers and removes a stop hook still set. */
 void sl_stop_uninstall(void);
 /* The first stop signal received (0 if none). */
 int sl_stop_signal(void);
@@ -425,8 +438,16 @@ int sl_stop_signal(void);
 int sl_stop_forced(void);
 /* A file descriptor that becomes readable when a stop signal arrives (for poll). */
 int sl_stop_fd(void);
-/* Forgets a previous stop (tests, REPL). */
+/* Forgets a previous stop (tests). */
 void sl_stop_reset(void);
+/* Pushes the stop's message: "stopped by SIGTERM", "... (forced)". */
+void sl_stop_pusherror(lua_State *L);
+/* A pipeline's event loop is in control from `entering` 1 to 0: a graceful stop does
+ * not interrupt its Lua code, the loop polls sl_stop_signal and stops between events. */
+void sl_stop_pipeline(lua_State *L, int entering);
+/* Release code (a deferred function) runs from `entering` 1 to 0: a graceful stop waits
+ * for its end; after a forced stop it may run Lua for one more grace period. */
+void sl_stop_release(lua_State *L, int entering);
 
 /* lua_CFunction running luaL_tolstring on argument 1 (it may call __tostring, which
  * may raise): Swift runs it under sl_pcall. */
@@ -446,6 +467,11 @@ void sl_pushopendelegate(lua_State *L, lua_CFunction ioopen, sl_SwiftFunction af
  * `with_resource(fs.open(path), fn)` receives only the nil (a call's results are cut to
  * one value unless they come last), and should still say why. */
 #define SL_LASTFAILURE "scopelua.lastfailure"
+/* Pushes scopelua's os.exit: stock os.exit's arguments; then `release` (Swift) is called
+ * with the status (an integer) at index 1 and returns the status to exit with, having
+ * released every scope; then the state is closed if the second argument is true, and the
+ * process exits. Upvalue 2 (false) is a flag for `release` (the runner's --report). */
+void sl_pushosexit(lua_State *L, sl_SwiftFunction release);
 
 /* Pops a value and pushes a function returning it (package.preload loaders for the
  * built-in modules). */

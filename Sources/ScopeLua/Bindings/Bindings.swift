@@ -17,6 +17,7 @@ enum Bindings {
         JSONBindings.install(rt, L)
         LogBindings.install(rt, L)
         PipelineBindings.install(rt, L)
+        ExitBindings.install(rt, L)
         installPackagePath(rt, L)
     }
 

@@ -434,9 +434,17 @@ enum PipelineBindings {
         let outcome = run.execute(L, parent: rt.current)
         run.releaseReferences(L)
         switch outcome {
-        case .finished, .stopped:
+        case .finished:
             run.pushReport(L)
             return 1
+        case .stopped:
+            // The run stopped between events (or by force): the script stops too, its
+            // scopes unwinding with the stop as their error.
+            sl_stop_pusherror(L)
+            let stop = Lua.string(L, -1) ?? "stopped"
+            sl_pop(L, 1)
+            Lua.pushError(L, stop + (run.forcedStage.map { " while stage '\($0)' was still running" } ?? ""))
+            return raise
         case .failed(let message), .readerGone(let message), .refused(let message):
             Lua.pushError(L, message)
             return raise

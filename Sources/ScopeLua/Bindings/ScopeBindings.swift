@@ -40,9 +40,18 @@ enum ScopeBindings {
         let (rt, L) = Runtime.from(L)
         guard lua_type(L, 2) == LUA_TFUNCTION else {
             Lua.pushError(L, "bad argument #1 to 'scope' (function expected, got \(Lua.typeName(L, 2)))")
-            return raise
+            return raising(L)
         }
         return runInScope(rt, L, Scope(name: "scope", parent: rt.current), functionIndex: 2)
+    }
+
+    /// Raises the error on top, announcing the traceback at `traceback` (a stack index,
+    /// 0 for none) as the one it came with: a re-raise keeps the traceback from where
+    /// the error happened, any other raise cancels an earlier announcement (see
+    /// sl_tracebackreraise). Every raise of scope() and with_resource() goes through it.
+    static func raising(_ L: LuaState, traceback: Int32 = 0) -> Int32 {
+        sl_tracebackreraise(L, -1, traceback)
+        return raise
     }
 
     /// Calls the function at `functionIndex` with everything above it as arguments, in
@@ -64,12 +73,15 @@ enum ScopeBindings {
             }
             let nres = lua_gettop(L) - functionIndex
             let failures = rt.endScope(scope, L, error: 0)
-            if rt.mergeErrors(L, primary: 0, failures: failures) { return raise }
+            if rt.mergeErrors(L, primary: 0, failures: failures) { return raising(L) }
             return nres
         }
+        // Its traceback, taken before the releases run Lua code that may fail too.
+        if sl_taketraceback(L, first) == 0 { lua_pushnil(L) }
+        let traceback = first + 1
         let failures = rt.endScope(scope, L, error: first)
         _ = rt.mergeErrors(L, primary: first, failures: failures)
-        return raise
+        return raising(L, traceback: traceback)
     }
 
     /// After a body's results (any number, above `base`): room for the releases that
@@ -106,7 +118,7 @@ enum ScopeBindings {
         let n = lua_gettop(L)
         guard n >= 1, lua_type(L, n) == LUA_TFUNCTION else {
             Lua.pushTypeError(L, max(n, 1), "function")
-            return raise
+            return raising(L)
         }
         // The call below copies the handles (the originals stay below it, pinned until
         // they are released) and adds the message handler: more than the LUA_MINSTACK
@@ -135,7 +147,7 @@ enum ScopeBindings {
                     return raise
                 }
             }
-            guard let h = HandleBindings.checkOpen(rt, L, i) else { return raise }
+            guard let h = HandleBindings.checkOpen(rt, L, i) else { return raising(L) }
             held.append(h)
         }
         let site = rt.currentSite(L)
@@ -148,16 +160,18 @@ enum ScopeBindings {
         let first = msgh + 1
         if status == LUA_OK, !roomAfterResults(L, above: msgh, "with_resource") { status = LUA_ERRRUN }
         let errIndex: Int32 = status == LUA_OK ? 0 : first
+        if status != LUA_OK, sl_taketraceback(L, first) == 0 { lua_pushnil(L) }
+        let traceback = first + 1
         var failures: Int32 = 0
         for h in held.reversed() {
             failures += rt.release(h, L, cause: .handle(site), error: errIndex)
         }
         if status == LUA_OK {
-            if rt.mergeErrors(L, primary: 0, failures: failures) { return raise }
+            if rt.mergeErrors(L, primary: 0, failures: failures) { return raising(L) }
             return lua_gettop(L) - msgh
         }
         _ = rt.mergeErrors(L, primary: errIndex, failures: failures)
-        return raise
+        return raising(L, traceback: traceback)
     }
 
     // MARK: scope.current() and scope objects

@@ -116,14 +116,24 @@ enum TimerBindings {
             return raise
         }
         let deadline = sl_monotonic_ns() &+ UInt64(seconds * 1e9)
-        return rt.runTimers(L, until: deadline) ? 0 : raise
+        return raiseFiring(rt.runTimers(L, until: deadline), L)
     }
 
     /// timer.loop(): fires timers as they fall due until none is pending (every timer
     /// released, the last `after` fired) or a stop signal arrives.
     static let loop: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
-        return rt.runTimers(L, until: nil) ? 0 : raise
+        return raiseFiring(rt.runTimers(L, until: nil), L)
+    }
+
+    /// 0 results, or the failed callback's error raised with the traceback from where it
+    /// happened.
+    static func raiseFiring(_ firing: Runtime.Firing, _ L: LuaState) -> Int32 {
+        guard case .failed(let traceback) = firing else { return 0 }
+        guard let traceback else { return ScopeBindings.raising(L) }
+        Lua.push(L, traceback)
+        lua_rotate(L, -2, 1)  // the error stays on top
+        return ScopeBindings.raising(L, traceback: lua_gettop(L) - 1)
     }
 
     static let now: SwiftLuaFunction = { L in

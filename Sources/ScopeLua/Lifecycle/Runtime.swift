@@ -566,14 +566,15 @@ public final class Runtime {
     }
 
     /// The error object at `idx` as a `LuaError`, leaving the stack as it was.
-    func takeError(copyOf idx: Int32, _ L: LuaState) -> LuaError {
+    func takeError(copyOf idx: Int32, _ L: LuaState, traceback: String? = nil) -> LuaError {
         lua_pushvalue(L, idx)
-        return takeError(L)
+        return takeError(L, traceback: traceback)
     }
 
     /// Pops the error object on top and turns it into a `LuaError` with the traceback
-    /// captured for it, if any.
-    func takeError(_ L: LuaState) -> LuaError {
+    /// captured for that very object (see `takeTraceback`), or the one given.
+    func takeError(_ L: LuaState, traceback given: String? = nil) -> LuaError {
+        let traceback = given ?? takeTraceback(L, -1)  // before __tostring runs Lua code
         var message = Lua.describe(L, -1)
         let t = lua_type(L, -1)
         if t != LUA_TSTRING, t != LUA_TNUMBER {
@@ -584,19 +585,17 @@ public final class Runtime {
                 sl_pop(L, 1)
             }
         }
-        var traceback: String?
-        Lua.getRegistryField(L, "scopelua.traceback.error")
-        let same = lua_rawequal(L, -1, -2) != 0
-            || (lua_type(L, -1) == LUA_TSTRING && lua_type(L, -2) == LUA_TSTRING
-                && message.hasPrefix(Lua.describe(L, -1)))
-        sl_pop(L, 1)
-        if same {
-            Lua.getRegistryField(L, "scopelua.traceback")
-            traceback = Lua.string(L, -1)
-            sl_pop(L, 1)
-        }
         sl_pop(L, 1)
         return LuaError(kind: .runtime, message: message, traceback: traceback)
+    }
+
+    /// The traceback the message handler captured for the error object at `idx` (by
+    /// identity), or nil; the runtime forgets it either way. Take it right after the
+    /// protected call failed: releases run Lua code that may fail and capture its own.
+    func takeTraceback(_ L: LuaState, _ idx: Int32) -> String? {
+        guard sl_taketraceback(L, idx) != 0 else { return nil }
+        defer { sl_pop(L, 1) }
+        return Lua.string(L, -1)
     }
 
     /// Runs `source` in the current scope and returns its results, converted.

@@ -22,12 +22,10 @@ final class PipelineRun {
         var input: Input = .stdin
         var output: Output = .stdout
         var deadLetter: String?
-        /// Seconds a stop may take before everything is released by force.
-        var grace: Double = 10
         /// A live progress line on stderr (when it is a terminal).
         var progress = false
-        /// React to SIGINT / SIGTERM with a graceful stop.
-        var handleSignals = false
+        /// Run by `scopelua run --input`, which prints its report.
+        var commandLine = false
     }
 
     enum Outcome: Equatable {
@@ -221,33 +219,25 @@ final class PipelineRun {
             lua_createtable(L, 0, 0)
             collected = luaL_ref(L, Lua.registry)
         }
-        if options.handleSignals { sl_stop_install(L, Self.alarmSeconds(options.grace)) }
-        defer {
-            if options.handleSignals {
-                sl_stop_uninstall()
-                sl_clearinterrupt(L)
-            }
-        }
+        // A stop (SIGINT / SIGTERM, see ScriptRunner) ends the run between events.
+        sl_stop_pipeline(L, 1)
+        defer { sl_stop_pipeline(L, 0) }
 
         // Open: stages in order, nested pipelines as nested lifecycles.
         let saved = rt.current
         defer { rt.current = saved }
         if let failure = open(L, definition, parent: parent, inherited: nil) {
             let closeFailures = closeAll(L, error: failure.errorIndex)
+            if sl_stop_signal() != 0 { return .stopped(signal: sl_stop_signal()) }  // open was interrupted
             var message = failure.message
             for f in closeFailures { message += "\n\trelease error: \(f)" }
             return .failed(message)
         }
 
         // Events.
-        var outcome = Outcome.finished
-        let continued = feedInput(L)
+        _ = feedInput(L)
         inputEnded = true
         eventLine = 0
-        if !continued, abortMessage == nil || sl_stop_forced() != 0, sl_stop_signal() != 0 {
-            outcome = .stopped(signal: sl_stop_signal())
-        }
-        if continued, sl_stop_signal() != 0 { outcome = .stopped(signal: sl_stop_signal()) }
         clearProgress()
         // What was written must be on its way before the stages close: a failure here
         // is known (and reported) while the report can still say so.
@@ -262,12 +252,13 @@ final class PipelineRun {
         }
         let failures = closeAll(L, error: errIndex)
         closeSinks()
-        if sl_stop_forced() != 0 {
-            let stage = forcedStage.map { " while stage '\($0)' was still running" } ?? ""
-            rt.diagnose("scopelua: stop forced\(stage): everything still open was released")
-        }
         finishedAt = sl_monotonic_ns()
-        summarize(ended: abortMessage != nil || sinkFailure != nil || !failures.isEmpty || sl_stop_signal() != 0)
+        let signal = sl_stop_signal()
+        summarize(ended: abortMessage != nil || sinkFailure != nil || !failures.isEmpty || signal != 0)
+        // A forced stop wins over the errors it caused (the interrupted stage's, say).
+        if signal != 0, abortMessage == nil || sl_stop_forced() != 0, failures.isEmpty || sl_stop_forced() != 0 {
+            return .stopped(signal: signal)
+        }
         let releaseErrors = failures.map { "\n\trelease error: \($0)" }.joined()
         if let abortMessage {
             let sink = sinkFailure.map { "\n\tand: \($0.message)" } ?? ""
@@ -280,20 +271,14 @@ final class PipelineRun {
         if !failures.isEmpty {
             return .failed(failures.joined(separator: "\n\trelease error: "))
         }
-        return outcome
-    }
-
-    /// The grace period as whole seconds for alarm(): at least 1, at most a day; NaN
-    /// (which callers refuse) counts as the default.
-    static func alarmSeconds(_ grace: Double) -> UInt32 {
-        guard grace.isFinite else { return grace > 0 ? maxGrace : 10 }
-        return UInt32(min(Double(maxGrace), max(1, grace.rounded(.up))))
+        return signal != 0 ? .stopped(signal: signal) : .finished
     }
 
     /// The longest grace period (seconds) a run accepts.
-    static let maxGrace: UInt32 = 86_400
+    static let maxGrace: Double = 86_400
 
-    private var forcedStage: String?
+    /// The stage a forced stop interrupted, if one was running.
+    private(set) var forcedStage: String?
 
     private struct OpenFailure {
         var message: String
@@ -382,6 +367,29 @@ final class PipelineRun {
             lua_settop(L, base)
         }
         return failures
+    }
+
+    /// Whether `scope` is one this run opened and has not closed yet.
+    func owns(_ scope: Scope) -> Bool {
+        opened.contains { item in
+            switch item {
+            case .scope(let s): return s === scope
+            case .stage(let stage): return stage.scope === scope || stage.task === scope
+            }
+        }
+    }
+
+    /// The pipeline's own scope (the outermost this run opened), while open.
+    var outerScope: Scope? {
+        if case .scope(let s)? = opened.first { return s }
+        return nil
+    }
+
+    /// os.exit: closes everything still opened, newest first, as the end of a run does
+    /// (stage closes run with the exit's error, or nil). Returns the failures.
+    func closeForExit(_ L: LuaState, error errIndex: Int32) -> [String] {
+        inputEnded = true  // no more timers
+        return closeAll(L, error: errIndex)
     }
 
     /// Feeds the input through the stages. False when the run must stop (abort or stop).
@@ -505,6 +513,8 @@ final class PipelineRun {
             stage.calls += 1
             runningStage = nil
             let result = lua_gettop(L)  // the result, or the error object
+            // The error's traceback, taken before the releases run Lua code that may fail too.
+            let traceback = status == LUA_OK ? nil : rt.takeTraceback(L, result)
             var failures: Int32 = 0
             if stage.task.openCount > 0 {
                 failures = rt.endScope(stage.task, L, error: status == LUA_OK ? 0 : result)
@@ -577,13 +587,13 @@ final class PipelineRun {
                 notice(L, stage, event: event, extra: extra, error: Lua.describe(L, error), outcome: "skipped")
                 return true
             case .deadLetter:
-                guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: error, extra: extra) else { return false }
+                guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: error, extra: extra, traceback: traceback) else { return false }
                 if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
                 stage.deadLettered += 1
                 notice(L, stage, event: event, extra: extra, error: Lua.describe(L, error), outcome: "dead-lettered")
                 return true
             case .abort, .retry:
-                abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(describeError(L, error))"
+                abortMessage = "pipeline '\(definition.name)' aborted: stage '\(stage.definition.name)' failed on \(describeEvent(L, event, extra: extra)): \(describeError(L, error, traceback: traceback))"
                 return false
             }
         }
@@ -697,11 +707,11 @@ final class PipelineRun {
             defer { sl_rec_unpin(rt.arena.pool, h) }
             let stageIndex = stages.firstIndex { $0.scope === t.owner || $0.task === t.owner }
             runningStage = stageIndex
-            let ok = rt.fireTimer(t, L, now: now)
+            let firing = rt.fireTimer(t, L, now: now)
             runningStage = nil
-            if !ok {
+            if case .failed(let traceback) = firing {
                 let name = stageIndex.map { stages[$0].definition.name } ?? definition.name
-                let message = "timer \(rt.describe(h)) of stage '\(name)' failed: \(describeError(L, lua_gettop(L)))"
+                let message = "timer \(rt.describe(h)) of stage '\(name)' failed: \(describeError(L, lua_gettop(L), traceback: traceback))"
                 let policy = stageIndex.map { stages[$0].policy } ?? .abort
                 dropEmitted(L, from: queueBase)  // what the failed call emitted never existed
                 if policy == .abort {
@@ -882,7 +892,7 @@ final class PipelineRun {
         case .deadLetter:
             Lua.push(L, message)
             defer { sl_pop(L, 1) }
-            guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: lua_gettop(L), extra: extra) else { return false }
+            guard writeDeadLetter(L, event: event, stage: stage.definition.name, error: lua_gettop(L), extra: extra, traceback: nil) else { return false }
             if extra { fanout.deadLettered += 1 } else { original.deadLettered += 1 }
             stage.deadLettered += 1
             notice(L, stage, event: event, extra: extra, error: message, outcome: "dead-lettered")
@@ -897,8 +907,8 @@ final class PipelineRun {
     /// `line` is the input line (list position) of the event, or of the event being
     /// processed when a stage emitted it (then `emitted` is true); none for an event a
     /// timer emitted. False when it could not be written (the run then stops).
-    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32, extra: Bool) -> Bool {
-        let traceback = rt.takeError(copyOf: error, L).traceback
+    private func writeDeadLetter(_ L: LuaState, event: Int32, stage: String, error: Int32, extra: Bool, traceback given: String?) -> Bool {
+        let traceback = given ?? rt.takeTraceback(L, error)
         lua_createtable(L, 0, 5)
         lua_pushvalue(L, event)
         Lua.setField(L, -2, "event")
@@ -1113,8 +1123,8 @@ final class PipelineRun {
     }
 
     /// The error's message and, when one was captured for it, its traceback.
-    private func describeError(_ L: LuaState, _ error: Int32) -> String {
-        let e = rt.takeError(copyOf: error, L)
+    private func describeError(_ L: LuaState, _ error: Int32, traceback: String? = nil) -> String {
+        let e = rt.takeError(copyOf: error, L, traceback: traceback)
         return e.traceback.map { "\(e.message)\n\($0)" } ?? e.message
     }
 

@@ -22,6 +22,9 @@ final class DeferredCall: Resource {
         luaL_unref(L, Lua.registry, function)
         function = LUA_NOREF
         if errIndex != 0 { lua_pushvalue(L, errIndex) } else { lua_pushnil(L) }
+        // Release code: a graceful stop waits for it, a forced one bounds it.
+        sl_stop_release(L, 1)
+        defer { sl_stop_release(L, 0) }
         return sl_pcall(L, 1, 0, 0) == LUA_OK
     }
 }

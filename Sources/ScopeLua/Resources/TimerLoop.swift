@@ -19,11 +19,18 @@ extension Runtime {
         return due
     }
 
+    /// How a timer's firing went: a failure leaves one error object on top (the
+    /// callback's error with release failures attached) and carries the traceback taken
+    /// where the callback failed.
+    enum Firing {
+        case ok
+        case failed(traceback: String?)
+    }
+
     /// Runs `t`'s callback in a `timer` scope under the scope that created it; a one-shot
-    /// timer is released afterwards. Returns false with one error object on top (the
-    /// callback's error with release failures attached) when it failed. Stack: 0 / +1.
-    func fireTimer(_ t: ScheduledTimer, _ L: LuaState, now: UInt64) -> Bool {
-        guard let h = t.handle, h.pointee.isOpen else { return true }
+    /// timer is released afterwards. Stack: 0, or +1 when it failed.
+    func fireTimer(_ t: ScheduledTimer, _ L: LuaState, now: UInt64) -> Firing {
+        guard let h = t.handle, h.pointee.isOpen else { return .ok }
         // The callback may release this very timer and collect its box: keep the record
         // until the firing is done.
         sl_rec_pin(h)
@@ -42,51 +49,51 @@ extension Runtime {
         let status = sl_pcall(L, 0, 0, base + 1)
         current = saved
         let errIndex: Int32 = status == LUA_OK ? 0 : base + 2
+        // The traceback, taken before the releases run Lua code that may fail too.
+        let traceback = status == LUA_OK ? nil : takeTraceback(L, errIndex)
         var failures = endScope(callScope, L, error: errIndex)
         if t.interval == nil, h.pointee.isOpen {
             failures += release(h, L, cause: .handle(h.pointee.site), error: errIndex)
         }
         if status == LUA_OK, failures == 0 {
             lua_settop(L, base)
-            return true
+            return .ok
         }
         _ = mergeErrors(L, primary: errIndex, failures: failures)
         lua_copy(L, -1, base + 1)
         lua_settop(L, base + 1)
-        return false
+        return .failed(traceback: traceback)
     }
 
     /// Fires every due timer once, in creation order. Stops at the first failing one
-    /// (false, its error on top). Stack: 0 / +1.
-    func fireDueTimers(_ L: LuaState) -> Bool {
+    /// (its error on top). Stack: 0 / +1.
+    func fireDueTimers(_ L: LuaState) -> Firing {
         let now = sl_monotonic_ns()
         for t in scheduled where t.due <= now && t.handle != nil {
-            if !fireTimer(t, L, now: now) { return false }
+            if case .failed(let traceback) = fireTimer(t, L, now: now) { return .failed(traceback: traceback) }
         }
-        return true
+        return .ok
     }
 
-    /// Waits until `deadline` (monotonic ns; nil: until no timer is pending), firing due
-    /// timers meanwhile. Returns false with an error on top when a callback failed or a
-    /// stop signal arrived (the stop becomes an error, so scopes unwind with it).
-    /// Stack: 0 / +1.
-    func runTimers(_ L: LuaState, until deadline: UInt64?) -> Bool {
-        while true {
-            if !fireDueTimers(L) { return false }
+    /// Waits until `deadline` (monotonic ns; nil: until no timer is pending) or a stop
+    /// signal, firing due timers meanwhile. A failing callback ends it (its error on
+    /// top). Stack: 0 / +1.
+    func runTimers(_ L: LuaState, until deadline: UInt64?) -> Firing {
+        while sl_stop_signal() == 0 {
+            if case .failed(let traceback) = fireDueTimers(L) { return .failed(traceback: traceback) }
             let now = sl_monotonic_ns()
-            if let deadline, now >= deadline { return true }
-            guard let next = [deadline, nextTimerDue].compactMap({ $0 }).min() else { return true }
+            if let deadline, now >= deadline { return .ok }
+            guard let next = [deadline, nextTimerDue].compactMap({ $0 }).min() else { return .ok }
             let waitNanos = next > now ? next - now : 0
             let stopFD = sl_stop_fd()
             var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
             // Round up so a wait never ends just before the timer is due.
             let ms = Int32(clamping: (waitNanos + 999_999) / 1_000_000)
             _ = poll(&fds, stopFD >= 0 ? 1 : 0, ms)
-            let signal = sl_stop_signal()
-            if signal != 0 {
-                Lua.pushError(L, "interrupted by \(signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "signal \(signal)")", level: 0)
-                return false
-            }
+            // A stop signal ends the wait at once (the loop's condition); the stop itself
+            // is raised by the runner's hook at the script's next instruction (or, in a
+            // pipeline, between events), as everywhere else.
         }
+        return .ok
     }
 }

@@ -24,6 +24,8 @@ public struct RunRequest: Sendable {
     public var actions: [Action] = []
     /// Print the run report (resources, timers) to stderr at exit.
     public var report = false
+    /// Seconds a stop (SIGINT / SIGTERM) may take before it is forced.
+    public var grace: Double = 10
 
     /// Drive a registered pipeline over JSON-lines events after the script ran.
     public struct PipelineOptions: Sendable {
@@ -34,7 +36,6 @@ public struct RunRequest: Sendable {
         /// A path, `-` (the default) for stdout, or `none` to count events without writing them.
         public var output: String = "-"
         public var deadLetter: String?
-        public var grace: Double = 10
 
         public init(input: String) {
             self.input = input
@@ -86,6 +87,12 @@ public enum ScriptRunner {
         defer { rt.close() }
         let L = rt.L
         setArgTable(L, request)
+        // SIGINT / SIGTERM stop the run in every mode: the script gets the stop as an
+        // error at its next instruction (a pipeline stops between events), so every
+        // scope unwinds with it; then exit 130 / 143.
+        sl_stop_install(L, request.grace)
+        defer { sl_stop_uninstall() }
+        if request.report { ExitBindings.reportAtExit(L) }
 
         var status = success
         for action in request.actions where status == success {
@@ -106,16 +113,33 @@ public enum ScriptRunner {
                 return sl_loadfd(L, fd, script)
             }
         }
+        var forcedReported = false
         if status == success, let pipelineOptions = request.pipeline {
             status = runPipeline(rt, pipelineOptions, report: request.report)
+            forcedReported = sl_stop_forced() != 0
         }
-        if status == success {
-            // Everything still open is released now; a failing release fails the run.
-            let failures = rt.releaseAll()
+        let stop = sl_stop_signal()
+        if status == success || stop != 0 && status == stopped(stop) {
+            // Everything still open is released now; a failing release fails the run. A
+            // script or pipeline that ended normally (a graceful stop of a pipeline is
+            // one) releases without error; a forced stop releases with its error.
+            var forcedError: String?
+            if sl_stop_forced() != 0 {
+                sl_stop_pusherror(L)
+                forcedError = Lua.string(L, -1)
+                sl_pop(L, 1)
+            }
+            let failures = rt.releaseAll(error: forcedError)
             if let first = failures.first {
                 rt.diagnose("scopelua: " + ([first] + failures.dropFirst().map { "\trelease error: \($0)" }).joined(separator: "\n"))
-                status = scriptError
+                if status == success { status = scriptError }
             }
+        }
+        if stop != 0, status != usageError {
+            if sl_stop_forced() != 0, !forcedReported {
+                rt.diagnose("scopelua: stop forced: everything still open was released")
+            }
+            status = stopped(stop)
         }
         if request.report {
             rt.diagnose(Report.text(rt))
@@ -173,16 +197,19 @@ public enum ScriptRunner {
         default: options.output = .path(p.output)
         }
         options.deadLetter = p.deadLetter
-        options.grace = p.grace
-        options.handleSignals = true
         options.progress = sl_stderr_isatty() != 0
         // From here on a write to a pipe nobody reads fails with EPIPE (the run stops
         // gracefully) instead of killing the process: also for what is left in stdout's
         // buffer when the process exits.
         _ = sl_sigpipe_ignore()
+        options.commandLine = true
         let run = PipelineRun(rt, definition, options: options)
         let outcome = run.execute(rt.L, parent: rt.root)
         run.releaseReferences(rt.L)
+        if sl_stop_forced() != 0 {
+            let stage = run.forcedStage.map { " while stage '\($0)' was still running" } ?? ""
+            rt.diagnose("scopelua: stop forced\(stage): everything still open was released")
+        }
         if report {
             if case .refused = outcome {} else { rt.diagnose(Report.pipelineText(run)) }  // nothing ran
         }
@@ -297,10 +324,11 @@ public enum ScriptRunner {
     /// error (rule 4: release errors are attached), then print message and traceback.
     static func reportError(_ rt: Runtime, errorIndex: Int32) -> Int32 {
         let L = rt.L
+        let traceback = rt.takeTraceback(L, errorIndex)  // before the releases run Lua code
         rt.current = rt.root
         let failures = rt.endScope(rt.root, L, error: errorIndex)
         _ = rt.mergeErrors(L, primary: errorIndex, failures: failures)
-        let error = rt.takeError(L)
+        let error = rt.takeError(L, traceback: traceback)
         var text = "scopelua: \(error.message)"
         if let tb = error.traceback { text += "\n" + tb }
         rt.diagnose(text)
