@@ -15,7 +15,8 @@ struct ScopeluaCommand: ParsableCommand {
             by a tree of scopes in the runtime and released exactly once, newest first, however \
             the script ends: normal exit, break, an error, an abandoned coroutine.
 
-            `scopelua` alone on a terminal starts the REPL.
+            `scopelua` alone on a terminal starts the REPL; `scopelua job.lua [args]` runs \
+            the script as `scopelua run job.lua [args]` does (as `lua job.lua` would).
 
             Exit status: 0 success; 1 script error, aborted pipeline or failed write of its \
             output; 2 usage error (bad option, unreadable script or input, --output or \
@@ -23,6 +24,7 @@ struct ScopeluaCommand: ParsableCommand {
             SIGINT/SIGTERM; 141 when the reader of the pipeline's output went away (EPIPE: the \
             run stopped gracefully, like `cmd | head`).
             """,
+        version: "scopelua \(ScriptRunner.version)",
         subcommands: [Run.self, ReplCommand.self]
     )
 }
@@ -97,6 +99,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("dead-letter"), help: ArgumentHelp("Write dead letters and rejected input lines to FILE as JSON lines (default: stderr).", valueName: "FILE"))
     var deadLetter: String?
 
+    @Flag(help: "Run the script's top level (where stages and pipelines are registered) and check its pipelines, then stop: no stage opens, no input is read. Exit 0 or 1.")
+    var check = false
+
     @Option(help: ArgumentHelp("Seconds a stop (SIGINT/SIGTERM) may take before it is forced (and releases then get as long again); more than 0, at most 86400.", valueName: "SECONDS"))
     var grace: Double = 10
 
@@ -124,7 +129,37 @@ struct Run: ParsableCommand {
 
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
-    static let runnerOptions: Set<String> = ["--input", "--pipeline", "--output", "--dead-letter", "--grace", "--report", "--trace"]
+    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--grace", "--report", "--trace", "--check"]
+
+    /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
+    /// at most two edits away, the closest first.
+    static func suggestion(for option: String) -> String? {
+        guard option.hasPrefix("--"), !runnerOptions.contains(option) else { return nil }
+        let scored = runnerOptions.map { ($0, editDistance(option, $0)) }.filter { $0.1 <= 2 }
+        return scored.min { $0.1 < $1.1 }?.0
+    }
+
+    /// Levenshtein distance (options are short).
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        var row = Array(0...b.count)
+        for i in 1...max(1, a.count) where !a.isEmpty {
+            var previous = row[0]
+            row[0] = i
+            for j in stride(from: 1, through: b.count, by: 1) {
+                let current = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                previous = current
+            }
+        }
+        return a.isEmpty ? b.count : row[b.count]
+    }
+
+    /// `--input` may be given once, before or after the script.
+    func checkSingleInput(_ raw: [String]) throws {
+        let given = raw.filter { $0 == "--input" || $0.hasPrefix("--input=") }.count
+        if given > 1 { throw ValidationError("--input given \(given) times: a run reads one input") }
+    }
 
     mutating func takeRunnerOptions() throws {
         var rest: [String] = []
@@ -135,6 +170,11 @@ struct Run: ParsableCommand {
             i += 1
             return args[i]
         }
+        // Options given twice: ArgumentParser keeps the last silently; count them among
+        // what precedes the script and what follows it (up to `--`).
+        let beforeScript = Array(CommandLine.arguments.dropFirst().prefix(while: { $0 != script }))
+        let afterScript = Array(args.prefix(while: { $0 != "--" }))
+        try checkSingleInput(beforeScript + afterScript)
         while i < args.count {
             let a = args[i]
             let (name, inline): (String, String?) = {
@@ -159,7 +199,12 @@ struct Run: ParsableCommand {
                 grace = g
             case "--report": report = true
             case "--trace": trace = true
-            default: rest.append(a)
+            case "--check": check = true
+            default:
+                if let meant = Self.suggestion(for: name) {
+                    StandardError.write(line: "scopelua: note: '\(a)' goes to the script (arg[\(rest.count + 1)]); did you mean '\(meant)'?")
+                }
+                rest.append(a)
             }
             i += 1
         }
@@ -180,6 +225,7 @@ struct Run: ParsableCommand {
             request.pipeline = p
         }
         request.grace = grace
+        request.check = check
         request.scriptArguments = scriptArguments
         request.report = report
         let raw = CommandLine.arguments
@@ -217,22 +263,48 @@ struct Run: ParsableCommand {
 
 @main
 enum Main {
+    /// What follows `scopelua` that is not a subcommand or a top-level option runs as
+    /// `scopelua run ...` (`scopelua job.lua args`, `scopelua -e 'print(1)'`), as lua does.
+    static func arguments() -> [String] {
+        let args = Array(CommandLine.arguments.dropFirst())
+        guard let first = args.first else { return args }
+        let own: Set<String> = ["run", "repl", "help", "-h", "--help", "--version"]
+        return own.contains(first) ? args : ["run"] + args
+    }
+
     static func main() {
         if CommandLine.arguments.count == 1, isatty(0) != 0 {
             do { try ReplCommand.start(trace: false) } catch { exit(1) }
             return
         }
+        var command: ParsableCommand
         do {
-            var command = try ScopeluaCommand.parseAsRoot()
+            command = try ScopeluaCommand.parseAsRoot(arguments())
+        } catch {
+            fail(error, usage: ScopeluaCommand.self)
+        }
+        do {
             try command.run()
         } catch {
-            // Usage errors exit with 2 (ArgumentParser's default is 64).
-            if ScopeluaCommand.exitCode(for: error) == .validationFailure {
-                let message = ScopeluaCommand.fullMessage(for: error)
-                StandardError.write(line: message)
-                exit(ScriptRunner.usageError)
-            }
-            ScopeluaCommand.exit(withError: error)
+            // An error found while running (an option after the script, say) shows the
+            // usage of the command that was running, not the top-level one.
+            fail(error, usage: command is Run ? Run.self : ScopeluaCommand.self)
         }
+    }
+
+    static func fail(_ error: Error, usage: ParsableCommand.Type) -> Never {
+        // Usage errors exit with 2 (ArgumentParser's default is 64).
+        if usage.exitCode(for: error) == .validationFailure {
+            StandardError.write(line: usage == Run.self ? runUsage(for: error) : usage.fullMessage(for: error))
+            exit(ScriptRunner.usageError)
+        }
+        usage.exit(withError: error)
+    }
+
+    /// Run's own usage message, named as it is typed (`scopelua run`).
+    static func runUsage(for error: Error) -> String {
+        Run.fullMessage(for: error)
+            .replacing("Usage: run ", with: "Usage: scopelua run ")
+            .replacing("See 'run --help'", with: "See 'scopelua run --help'")
     }
 }

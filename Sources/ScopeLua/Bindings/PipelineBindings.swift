@@ -431,6 +431,7 @@ enum PipelineBindings {
         if Lua.rawField(L, 2, "dead_letter") == LUA_TSTRING { options.deadLetter = Lua.string(L, -1) }
         lua_settop(L, 2)
         let run = PipelineRun(rt, def, options: options)
+        rt.pipelineRuns += 1
         let outcome = run.execute(L, parent: rt.current)
         run.releaseReferences(L)
         switch outcome {

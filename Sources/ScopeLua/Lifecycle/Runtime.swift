@@ -76,6 +76,8 @@ public final class Runtime {
     /// Registered stages and pipelines, and the pipeline running now (if any).
     let pipelines = PipelineRegistry()
     var activeRun: PipelineRun?
+    /// Pipelines run from Lua (`p:run{}`) so far.
+    var pipelineRuns = 0
     var stageMetatable: UnsafeRawPointer?
     var pipelineMetatable: UnsafeRawPointer?
     /// Timers from timer.every / timer.after, fired by a running pipeline.

@@ -26,6 +26,9 @@ public struct RunRequest: Sendable {
     public var report = false
     /// Seconds a stop (SIGINT / SIGTERM) may take before it is forced.
     public var grace: Double = 10
+    /// `--check`: run the script's top level (where stages and pipelines are registered)
+    /// and check the pipelines, then stop: no stage opens, no input is read.
+    public var check = false
 
     /// Drive a registered pipeline over JSON-lines events after the script ran.
     public struct PipelineOptions: Sendable {
@@ -56,6 +59,8 @@ public enum ScriptRunner {
     public static let success: Int32 = 0
     public static let scriptError: Int32 = 1
     public static let usageError: Int32 = 2
+    /// `scopelua --version`.
+    public static let version = "0.4.0 (Lua \(LUA_VERSION_MAJOR).\(LUA_VERSION_MINOR).\(LUA_VERSION_RELEASE))"
     /// The reader of the pipeline's output went away (EPIPE): the run stopped
     /// gracefully and exits as a shell reports a process that SIGPIPE ended.
     public static let readerGone: Int32 = 128 + SIGPIPE
@@ -79,7 +84,7 @@ public enum ScriptRunner {
         defer { if scriptFD >= 0 { close(scriptFD) } }
         // An output over the input is refused before the script runs (the run checks
         // again on the descriptors it opens).
-        if let p = request.pipeline, let problem = outputOverInput(p) {
+        if let p = request.pipeline, let problem = outputOverInput(p) ?? unwritableOutput(p) {
             options.diagnostics("scopelua: \(problem)")
             return usageError
         }
@@ -111,6 +116,17 @@ public enum ScriptRunner {
                 let fd = scriptFD
                 scriptFD = -1  // sl_loadfd closes it
                 return sl_loadfd(L, fd, script)
+            }
+        }
+        if status == success, request.check {
+            return checkPipelines(rt, request.pipeline)
+        }
+        if status == success, request.pipeline == nil, rt.pipelineRuns == 0 {
+            // Runner options mistyped after the script go to its `arg`: say what did not run.
+            let roots = rt.pipelines.outermostPipelines
+            if !roots.isEmpty {
+                let names = roots.map { "'\($0)'" }.joined(separator: ", ")
+                rt.diagnose("scopelua: pipeline\(roots.count == 1 ? "" : "s") \(names) registered but no --input given: nothing ran")
             }
         }
         var forcedReported = false
@@ -150,30 +166,67 @@ public enum ScriptRunner {
     /// Exit statuses after a graceful stop: 128 + the signal, as shells report it.
     public static func stopped(_ signal: Int32) -> Int32 { 128 + signal }
 
-    /// Runs the selected pipeline over the input; prints its report when asked.
-    static func runPipeline(_ rt: Runtime, _ p: RunRequest.PipelineOptions, report: Bool) -> Int32 {
+    /// The pipeline `--input` would drive: the one named by --pipeline, or the only one
+    /// no other pipeline contains. Reports why not and returns nil.
+    static func selectPipeline(_ rt: Runtime, named name: String?) -> PipelineDefinition? {
         let registry = rt.pipelines
-        let definition: PipelineDefinition
-        if let name = p.name {
+        if let name {
             guard let found = registry.pipelines[name] else {
                 let known = registry.pipelineOrder.isEmpty ? "none" : registry.pipelineOrder.joined(separator: ", ")
                 rt.diagnose("scopelua: no pipeline named '\(name)' (registered: \(known))")
-                return usageError
+                return nil
             }
-            definition = found
-        } else {
-            // The pipeline to run is the one no other pipeline contains.
-            let roots = registry.outermostPipelines
-            guard roots.count == 1, let only = registry.pipelines[roots[0]] else {
-                if registry.pipelineOrder.isEmpty {
-                    rt.diagnose("scopelua: --input given, but the script registered no pipeline")
-                } else {
-                    rt.diagnose("scopelua: the script registered several pipelines (\(roots.joined(separator: ", "))): choose one with --pipeline NAME")
-                }
-                return usageError
-            }
-            definition = only
+            return found
         }
+        let roots = registry.outermostPipelines
+        guard roots.count == 1, let only = registry.pipelines[roots[0]] else {
+            if registry.pipelineOrder.isEmpty {
+                rt.diagnose("scopelua: --input given, but the script registered no pipeline")
+            } else {
+                rt.diagnose("scopelua: the script registered several pipelines (\(roots.joined(separator: ", "))): choose one with --pipeline NAME")
+            }
+            return nil
+        }
+        return only
+    }
+
+    /// `--check`: the script ran its top level without error (stages and pipelines are
+    /// checked as they are registered); with --input, the pipeline to drive must be
+    /// found. Says what it found on stderr; nothing is opened.
+    static func checkPipelines(_ rt: Runtime, _ p: RunRequest.PipelineOptions?) -> Int32 {
+        if let p, selectPipeline(rt, named: p.name) == nil { return scriptError }
+        let names = rt.pipelines.pipelineOrder
+        let stages = rt.pipelines.stages.count
+        let what = names.isEmpty ? "no pipelines" : "pipeline\(names.count == 1 ? "" : "s") \(names.joined(separator: ", "))"
+        rt.diagnose("scopelua: check passed: \(what), \(stages) stage\(stages == 1 ? "" : "s")")
+        return success
+    }
+
+    /// Why `--output` or `--dead-letter` cannot be written (checked before the script runs,
+    /// so a typo in a path is a usage error, not a failure after the stages opened).
+    static func unwritableOutput(_ p: RunRequest.PipelineOptions) -> String? {
+        var targets: [(String, String)] = []
+        if p.output != "-", p.output != "none" { targets.append(("output", p.output)) }
+        if let d = p.deadLetter { targets.append(("dead-letter file", d)) }
+        for (what, path) in targets {
+            var st = stat()
+            if stat(path, &st) == 0 {
+                if (st.st_mode & S_IFMT) == S_IFDIR { return "cannot write \(what) \(path): Is a directory" }
+                if access(path, W_OK) != 0 { return "cannot write \(what) \(path): \(String(cString: strerror(errno)))" }
+                continue
+            }
+            let slash = path.lastIndex(of: "/")
+            let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+            if access(directory, W_OK | X_OK) != 0 {
+                return "cannot write \(what) \(path): \(String(cString: strerror(errno))) (in directory \(directory))"
+            }
+        }
+        return nil
+    }
+
+    /// Runs the selected pipeline over the input; prints its report when asked.
+    static func runPipeline(_ rt: Runtime, _ p: RunRequest.PipelineOptions, report: Bool) -> Int32 {
+        guard let definition = selectPipeline(rt, named: p.name) else { return usageError }
         // An input that cannot be read is a usage error, like an unreadable script. It is
         // opened once: the reader gets this descriptor (a FIFO or a pipe loses nothing).
         var options = PipelineRun.Options()
