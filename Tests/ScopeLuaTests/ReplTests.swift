@@ -138,6 +138,43 @@ import CScopeLua
         #expect(out.lines.last == "alive")
     }
 
+    /// Each interrupt prints its own traceback: after a first Ctrl-C, a second one in
+    /// another function used to print the first one's traceback again.
+    @Test func everyInterruptHasItsOwnTraceback() {
+        let dir = temporaryDirectory()
+        let (repl, out) = session()
+        defer { repl.quit() }
+        repl.handle("""
+            function spin(name)
+              scope(function()
+                local f = fs.open('\(dir)/' .. name, 'w')
+                local stop, n = os.time() + 40, 0
+                while n % (1 << 24) ~= 0 or os.time() < stop do n = n + 1 end
+              end)
+            end
+            function first_spin() spin('a') end
+            function second_spin() spin('b') end
+            """)
+        for name in ["first_spin", "second_spin"] {
+            final class Flag: @unchecked Sendable { var ready = false }
+            let running = Flag()
+            let done = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {
+                running.ready = waitUntil { openDescriptors(under: dir) == 1 }
+                sl_repl_interrupt_now()
+                done.signal()
+            }
+            repl.handle("\(name)()")
+            done.wait()
+            #expect(running.ready)
+        }
+        #expect(out.lines.count == 2)
+        let second = out.lines.last ?? ""
+        #expect(second.contains("interrupted!"))
+        #expect(second.contains("second_spin"), "\(second)")
+        #expect(!second.contains("first_spin"), "\(second)")
+    }
+
     @Test func metaCommands() {
         let dir = temporaryDirectory()
         write("""
