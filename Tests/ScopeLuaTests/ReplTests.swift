@@ -107,14 +107,10 @@ import CScopeLua
         #expect(openDescriptors(under: dir) == 0)
     }
 
-    @Test func interruptStopsAnEndlessChunkAndReleasesItsScopes() {
-        let dir = temporaryDirectory()
-        let (repl, out) = session()
-        defer { repl.quit() }
-        // Simulate Ctrl-C from another thread once the chunk runs (the hook is signal-safe):
-        // once it holds held.txt open, it is in its loop. The loop gives up after 40 s, so
-        // a broken interrupt fails the test instead of hanging it (it reads the clock
-        // rarely: the interrupt lands in Lua code, as in an endless loop).
+    /// Runs `chunk`, simulating Ctrl-C from another thread (the hook is signal-safe) once
+    /// the chunk holds a file open under `dir`: then it is in its loop. Whether that was
+    /// seen before the interrupt.
+    func interruptOnceRunning(_ repl: Repl, holdingFileUnder dir: String, _ chunk: String) -> Bool {
         final class Flag: @unchecked Sendable { var ready = false }  // read after done.wait()
         let running = Flag()
         let done = DispatchSemaphore(value: 0)
@@ -123,15 +119,25 @@ import CScopeLua
             sl_repl_interrupt_now()
             done.signal()
         }
-        repl.handle("""
+        repl.handle(chunk)
+        done.wait()
+        return running.ready
+    }
+
+    @Test func interruptStopsAnEndlessChunkAndReleasesItsScopes() {
+        let dir = temporaryDirectory()
+        let (repl, out) = session()
+        defer { repl.quit() }
+        // The loop gives up after 40 s, so a broken interrupt fails the test instead of
+        // hanging it (it reads the clock rarely: the interrupt lands in Lua code, as in an
+        // endless loop).
+        #expect(interruptOnceRunning(repl, holdingFileUnder: dir, """
             scope(function()
               local f = fs.open('\(dir)/held.txt', 'w')
               local stop, n = os.time() + 40, 0
               while n % (1 << 24) ~= 0 or os.time() < stop do n = n + 1 end
             end)
-            """)
-        done.wait()
-        #expect(running.ready)
+            """))
         #expect(out.lines.first?.hasPrefix("interrupted!") == true, "\(out.lines)")
         #expect(openDescriptors(under: dir) == 0)
         repl.handle("'alive'")
@@ -156,17 +162,7 @@ import CScopeLua
             function second_spin() spin('b') end
             """)
         for name in ["first_spin", "second_spin"] {
-            final class Flag: @unchecked Sendable { var ready = false }
-            let running = Flag()
-            let done = DispatchSemaphore(value: 0)
-            Thread.detachNewThread {
-                running.ready = waitUntil { openDescriptors(under: dir) == 1 }
-                sl_repl_interrupt_now()
-                done.signal()
-            }
-            repl.handle("\(name)()")
-            done.wait()
-            #expect(running.ready)
+            #expect(interruptOnceRunning(repl, holdingFileUnder: dir, "\(name)()"))
         }
         #expect(out.lines.count == 2)
         let second = out.lines.last ?? ""
