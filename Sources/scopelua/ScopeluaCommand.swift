@@ -45,6 +45,16 @@ struct Run: ParsableCommand {
             --output. Lines that are not JSON objects are rejected (with their line number) \
             to --dead-letter or stderr, and the run goes on.
 
+            With --replay, --input is a dead-letter file an earlier run wrote: each record's \
+            event goes back into the stage that failed, by name (the stages before it already \
+            ran and do not run again), and a rejected line is read again from its raw text \
+            (through the whole pipeline, or rejected again). Fix the bug, then replay: \
+            `scopelua run job.lua --input dead.jsonl --replay --dead-letter dead2.jsonl`. An \
+            event that fails again is dead-lettered with "attempt": 2 (one more than the \
+            record's) and its original line; a line that is no dead-letter record, or names \
+            a stage the pipeline no longer has, is rejected with its line number and why. \
+            The report counts the replayed records.
+
             SIGINT/SIGTERM stop the run in every mode: the script gets the error \
             "stopped by SIGTERM" at its next instruction, so its scopes unwind with it (a \
             pipeline stops between events: input stops, the current event finishes, stages \
@@ -71,6 +81,7 @@ struct Run: ParsableCommand {
               scopelua run scripts/tour.lua
               scopelua run --trace --report job.lua input.txt
               scopelua run scripts/analytics.lua --input events.jsonl --output out.jsonl --report
+              scopelua run job.lua --input dead.jsonl --replay --output out.jsonl --dead-letter dead2.jsonl
               scopelua run -e 'print(timer.now())'
             """
     )
@@ -98,6 +109,9 @@ struct Run: ParsableCommand {
 
     @Option(name: .customLong("dead-letter"), help: ArgumentHelp("Write dead letters and rejected input lines to FILE as JSON lines (default: stderr).", valueName: "FILE"))
     var deadLetter: String?
+
+    @Flag(help: "Treat --input as a dead-letter file: put each record's event back into the stage that failed (the stages before it do not run again); re-read rejected lines from their raw text.")
+    var replay = false
 
     @Flag(help: "Run the script's top level (where stages and pipelines are registered) and check its pipelines, then stop: no stage opens, no input is read. Exit 0 or 1.")
     var check = false
@@ -129,7 +143,7 @@ struct Run: ParsableCommand {
 
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
-    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--grace", "--report", "--trace", "--check"]
+    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--replay", "--grace", "--report", "--trace", "--check"]
 
     /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
     /// at most two edits away, the closest first.
@@ -200,6 +214,7 @@ struct Run: ParsableCommand {
             case "--report": report = true
             case "--trace": trace = true
             case "--check": check = true
+            case "--replay": replay = true
             default:
                 if let meant = Self.suggestion(for: name) {
                     StandardError.write(line: "scopelua: note: '\(a)' goes to the script (arg[\(rest.count + 1)]); did you mean '\(meant)'?")
@@ -216,12 +231,16 @@ struct Run: ParsableCommand {
         if input == nil, pipeline != nil || output != nil || deadLetter != nil {
             throw ValidationError("--pipeline, --output and --dead-letter need --input FILE")
         }
+        if input == nil, replay {
+            throw ValidationError("--replay needs --input FILE (the dead-letter file to replay)")
+        }
         var request = RunRequest(script: script)
         if let input {
             var p = RunRequest.PipelineOptions(input: input)
             p.name = pipeline
             p.output = output ?? "-"
             p.deadLetter = deadLetter
+            p.replay = replay
             request.pipeline = p
         }
         request.grace = grace

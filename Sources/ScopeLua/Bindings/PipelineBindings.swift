@@ -393,7 +393,7 @@ enum PipelineBindings {
 
     // MARK: - p:run{...}
 
-    /// p:run{ input = path | list, output = path | fn, dead_letter = path } → report.
+    /// p:run{ input = path | list, output = path | fn, dead_letter = path, replay = bool } → report.
     static let run: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard lua_type(L, 1) == LUA_TTABLE, let def = rt.pipelines.pipelinesByTable[lua_topointer(L, 1)] else {
@@ -429,6 +429,8 @@ enum PipelineBindings {
             return raise
         }
         if Lua.rawField(L, 2, "dead_letter") == LUA_TSTRING { options.deadLetter = Lua.string(L, -1) }
+        // Each input line (list item) is a dead-letter record to replay (Replay.swift).
+        options.replay = Lua.rawField(L, 2, "replay") != LUA_TNIL && lua_toboolean(L, -1) != 0
         lua_settop(L, 2)
         let run = PipelineRun(rt, def, options: options)
         rt.pipelineRuns += 1

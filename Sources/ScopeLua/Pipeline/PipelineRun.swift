@@ -26,6 +26,8 @@ final class PipelineRun {
         var progress = false
         /// Run by `scopelua run --input`, which prints its report.
         var commandLine = false
+        /// Each input line (list item) is a dead-letter record to replay (Replay.swift).
+        var replay = false
     }
 
     enum Outcome: Equatable {
@@ -112,6 +114,8 @@ final class PipelineRun {
     var inFlightLines: [Int] = []
     /// The input's rejected lines, as stage errors are.
     private var rejectNotices = Notices()
+    /// Replaying dead-letter records (`Options.replay`): see Replay.swift.
+    var replay = ReplayState()
     /// The input line (the position in a list input) of the event read that is going
     /// through the stages, with what it emitted; 0 while a timer fires and for the
     /// events a timer emitted, and outside the input loop.
@@ -408,7 +412,7 @@ final class PipelineRun {
                 eventLine = number
                 lua_rawgeti(L, list, lua_Integer(i))
                 if lua_type(L, -1) == LUA_TTABLE {
-                    if !deliver(L, 0, extra: false) { return inFlight(line: number) }
+                    if !(options.replay ? replayRecord(L, line: number) : deliver(L, 0, extra: false)) { return inFlight(line: number) }
                 } else {
                     let type = Lua.typeName(L, -1)
                     sl_pop(L, 1)
@@ -480,7 +484,7 @@ final class PipelineRun {
                 }
                 sl_remove(L, text)
                 eventLine = lineNumber
-                if !deliver(L, 0, extra: false) { return inFlight(line: lineNumber) }
+                if !(options.replay ? replayRecord(L, line: lineNumber) : deliver(L, 0, extra: false)) { return inFlight(line: lineNumber) }
             }
         }
     }
@@ -490,7 +494,7 @@ final class PipelineRun {
     /// Takes the event on top of the stack through stages `i`... (pops it). Returns
     /// false when the run must stop: the event is then in no category yet (in flight;
     /// the caller counts it).
-    private func deliver(_ L: LuaState, _ i: Int, extra: Bool) -> Bool {
+    func deliver(_ L: LuaState, _ i: Int, extra: Bool) -> Bool {
         let event = lua_gettop(L)
         defer { lua_settop(L, event - 1) }
         if i == stages.count {
@@ -930,16 +934,17 @@ final class PipelineRun {
             lua_pushboolean(L, 1)
             Lua.setField(L, -2, "emitted")
         }
+        if options.replay { annotateReplayed(L, deadLetter: true) }
         defer { sl_pop(L, 1) }
         return writeRecord(L, lua_gettop(L))
     }
 
     /// Rejects an input line (counted as rejected once its record is written). False
     /// when the record could not be written (the run then stops; the line is in flight).
-    private func reject(_ L: LuaState, line: Int, reason: String, raw: String?) -> Bool {
+    func reject(_ L: LuaState, line: Int, reason: String, raw: String?) -> Bool {
         // The first few are shown as they happen (also when the dead-letter file has
         // them), the rest summed up at the end.
-        let place = "\(options.input.isList ? "event" : "line") \(line)"
+        let place = replayPlace ?? "\(options.input.isList ? "event" : "line") \(line)"
         rejectNotices.count += 1
         if rejectNotices.first == nil { rejectNotices.first = "on \(place): \(reason)" }
         if rejectNotices.shown < Notices.shownAtMost {
@@ -961,6 +966,7 @@ final class PipelineRun {
         Lua.setField(L, -2, "error")
         lua_pushnumber(L, wallClock())
         Lua.setField(L, -2, "time")
+        if options.replay { annotateReplayed(L, deadLetter: false) }
         defer { sl_pop(L, 1) }
         guard writeRecord(L, lua_gettop(L)) else { return false }
         rejected += 1
@@ -1027,6 +1033,7 @@ final class PipelineRun {
         var parts = ["read \(read)", "emitted \(original.emitted)", "filtered \(original.filtered)",
                      "skipped \(original.skipped)", "dead-lettered \(original.deadLettered)", "rejected \(rejected)"]
         if retried > 0 { parts.append("retried \(retried)") }
+        if options.replay { parts.append("replayed \(replay.count)") }
         if original.inFlight > 0 {
             let what = options.input.isList ? "event" : "line"
             parts.append("in flight \(original.inFlight) (\(what)\(inFlightLines.count == 1 ? "" : "s") \(inFlightLines.map(String.init).joined(separator: ", ")))")
@@ -1085,7 +1092,7 @@ final class PipelineRun {
             if let id { return "an event emitted by a timer (id \(id))" }
             return "an event emitted by a timer (\(eventJSON(L, event)))"
         }
-        let place = "\(options.input.isList ? "event" : "line") \(eventLine)"
+        let place = replayPlace ?? "\(options.input.isList ? "event" : "line") \(eventLine)"
         let described = extra ? "an event emitted for \(place)" : place
         return id.map { "\(described) (id \($0))" } ?? described
     }

@@ -71,6 +71,7 @@ public enum StandardError {
 extension Report {
     /// Pushes the pipeline report table: read, emitted, filtered, skipped,
     /// dead_lettered, rejected, in_flight, in_flight_lines = { line, ... }, retried,
+    /// replayed (dead-letter records put back into the pipeline, see Replay.swift),
     /// fanout = { created, emitted, filtered, skipped, dead_lettered, in_flight },
     /// elapsed (seconds), events_per_second (events read),
     /// stages[name] = { calls, errors, skipped, dead_lettered, retried, backoff (seconds
@@ -100,6 +101,7 @@ extension Report {
         }
         Lua.setField(L, -2, "in_flight_lines")
         set("retried", run.retried)
+        set("replayed", run.replay.count)
         lua_createtable(L, 0, 6)
         set("created", run.fanoutCreated)
         set("emitted", run.fanout.emitted)
@@ -157,7 +159,8 @@ extension Report {
             let what = run.options.input.isList ? "event" : "line"
             inFlight = "  in-flight \(run.original.inFlight) (\(what)\(run.inFlightLines.count == 1 ? "" : "s") \(lines))"
         }
-        lines.append("  events     read \(run.read)  emitted \(run.original.emitted)  filtered \(run.original.filtered)  skipped \(run.original.skipped)  dead-lettered \(run.original.deadLettered)  rejected \(run.rejected)  retried \(run.retried)" + inFlight)
+        lines.append("  events     read \(run.read)  emitted \(run.original.emitted)  filtered \(run.original.filtered)  skipped \(run.original.skipped)  dead-lettered \(run.original.deadLettered)  rejected \(run.rejected)  retried \(run.retried)"
+            + (run.options.replay ? "  replayed \(run.replay.count)" : "") + inFlight)
         if run.fanoutCreated > 0 {
             lines.append("  fan-out    created \(run.fanoutCreated)  emitted \(run.fanout.emitted)  filtered \(run.fanout.filtered)  skipped \(run.fanout.skipped)  dead-lettered \(run.fanout.deadLettered)"
                 + (run.fanout.inFlight > 0 ? "  in-flight \(run.fanout.inFlight)" : ""))

@@ -39,6 +39,9 @@ public struct RunRequest: Sendable {
         /// A path, `-` (the default) for stdout, or `none` to count events without writing them.
         public var output: String = "-"
         public var deadLetter: String?
+        /// `--replay`: the input is a dead-letter file; its records' events go back into
+        /// the stages that failed (see Replay.swift).
+        public var replay = false
 
         public init(input: String) {
             self.input = input
@@ -250,6 +253,7 @@ public enum ScriptRunner {
         default: options.output = .path(p.output)
         }
         options.deadLetter = p.deadLetter
+        options.replay = p.replay
         options.progress = sl_stderr_isatty() != 0
         // From here on a write to a pipe nobody reads fails with EPIPE (the run stops
         // gracefully) instead of killing the process: also for what is left in stdout's
