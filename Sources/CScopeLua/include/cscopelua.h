@@ -355,6 +355,11 @@ lua_State *sl_newstate(void);
 void sl_closestate(lua_State *L);
 void sl_freeinfo(sl_StateInfo *info);
 
+/* Calls `fn` with the allocator guarded (Swift is on the stack) and returns what it
+ * returned, without raising; an entry straight from Lua code is a safe point where
+ * queued leaks are released first. For C functions that raise themselves afterwards. */
+int sl_callswift(lua_State *L, sl_SwiftFunction fn);
+
 /* Calls `fn` with the allocator guarded and returns its result count, or raises the
  * error it left when it returned SL_RAISE: every C function that hands over to Swift
  * ends with this (rule 1). */
