@@ -15,7 +15,7 @@ final class LineReader {
         case tooLong(prefix: [UInt8], length: Int)
         /// Nothing arrived before the deadline.
         case idle
-        /// A stop signal arrived.
+        /// A stop signal arrived, or `onIdle` asked to stop.
         case stopped
         case end
         case failed(String)
@@ -23,6 +23,9 @@ final class LineReader {
 
     let fd: Int32
     let limit: Int
+    /// Called when the reader is about to wait with nothing to read (the run flushes
+    /// its output then); false stops the reading (`.stopped`).
+    var onIdle: (() -> Bool)?
     private var buffer: UnsafeMutablePointer<UInt8>
     private var capacity: Int
     private var start = 0
@@ -46,6 +49,8 @@ final class LineReader {
 
     /// The next line, waiting at most until `deadline` (monotonic ns; nil: forever).
     func next(deadline: UInt64?) -> Next {
+        // A stop ends the reading also while lines read earlier wait in the buffer.
+        if sl_stop_signal() != 0 { return .stopped }
         while true {
             // A complete line in the buffer?
             if end > start, let nl = memchr(buffer + start, 10, end - start) {
@@ -122,12 +127,17 @@ final class LineReader {
 
     private func waitReadable(deadline: UInt64?) -> Wait {
         let stopFD = sl_stop_fd()
+        // First a look without waiting: only when nothing is there does `onIdle` run,
+        // so a busy input costs no extra call.
+        var idleCalled = onIdle == nil
         while true {
             if sl_stop_signal() != 0 { return .stopped }
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
             var timeout: Int32 = -1
-            if let deadline {
+            if !idleCalled {
+                timeout = 0
+            } else if let deadline {
                 let now = sl_monotonic_ns()
                 // Rounded up to whole milliseconds; a deadline however far away (a timer
                 // of 1e300 seconds) waits at most Int32.max ms at a time.
@@ -140,6 +150,11 @@ final class LineReader {
                 return .ready  // let read() report the problem
             }
             if sl_stop_signal() != 0 { return .stopped }
+            if n == 0, !idleCalled {
+                idleCalled = true
+                if let onIdle, !onIdle() { return .stopped }
+                continue
+            }
             if n == 0 { return .idle }
             if fds[0].revents != 0 { return .ready }
         }

@@ -421,7 +421,10 @@ final class PipelineRun {
             }
             return true
         case .path, .descriptor, .stdin:
-            return feedLines(L, LineReader(fd: inputFD))
+            let reader = LineReader(fd: inputFD)
+            // Output latency: what was written leaves before the reader waits.
+            reader.onIdle = { [unowned self] in self.flushBeforeWaiting() }
+            return feedLines(L, reader)
         }
     }
 
@@ -438,6 +441,7 @@ final class PipelineRun {
         var lineNumber = 0
         while true {
             if !fireTimers(L) { return false }
+            if !flushIfDue() { return false }
             showProgress()
             switch reader.next(deadline: nextWakeUp()) {
             case .idle:
@@ -827,6 +831,34 @@ final class PipelineRun {
         }
     }
 
+    /// How long an event written out may wait in a sink's buffer while events flow
+    /// (checked between events): the sinks are flushed at most this often, never per
+    /// event. When the input goes idle they are flushed at once.
+    static let flushInterval: UInt64 = 100_000_000
+    private var nextFlush: UInt64 = 0
+
+    /// Flushes the sinks when `flushInterval` has passed since the last flush. False
+    /// when a sink failed (the run stops).
+    private func flushIfDue() -> Bool {
+        guard output != nil || deadLetter != nil else { return true }
+        let now = sl_monotonic_ns()
+        guard now >= nextFlush else { return true }
+        return flush(now: now)
+    }
+
+    /// Before the run waits (for input, a retry's backoff): what was written leaves now.
+    /// False when a sink failed (the run stops).
+    private func flushBeforeWaiting() -> Bool {
+        guard output != nil || deadLetter != nil else { return true }
+        return flush(now: sl_monotonic_ns())
+    }
+
+    private func flush(now: UInt64) -> Bool {
+        nextFlush = now &+ Self.flushInterval
+        flushSinks()
+        return sinkFailure == nil
+    }
+
     /// Closes both sinks; a failure is recorded unless one already was.
     private func closeSinks() {
         for sink in [output, deadLetter].compactMap({ $0 }) {
@@ -1151,6 +1183,7 @@ final class PipelineRun {
         defer { stage.backoffNanos &+= sl_monotonic_ns() &- start }
         let end = Self.later(start, by: Self.nanoseconds(seconds))
         let stopFD = sl_stop_fd()
+        guard flushBeforeWaiting() else { return .failed }
         while sl_stop_signal() == 0 {
             if !firingTimers, !fireTimers(L) { return .failed }
             let now = sl_monotonic_ns()
@@ -1291,6 +1324,9 @@ extension PipelineRun.Options.Input {
 
 /// A buffered output file (or stdout) written line by line. Every write, flush and
 /// close says whether it failed (the errno, or 0): nothing written is lost silently.
+/// Every write(2) ends at the end of a line (`sl_writeline`), so a reader of the file
+/// never sees half a line; the run flushes it before it waits for input and every
+/// `PipelineRun.flushInterval` while events flow (ARCHITECTURE.md, "Output latency").
 final class FileSink {
     private var file: UnsafeMutablePointer<FILE>?
     private let owned: Bool
@@ -1318,11 +1354,7 @@ final class FileSink {
 
     func writeLine(_ p: UnsafePointer<CChar>, _ len: Int) -> Int32 {
         guard let file else { return EBADF }
-        errno = 0
-        if fwrite(p, 1, len, file) != len || fputc(10, file) == EOF {
-            return errno != 0 ? errno : EIO
-        }
-        return 0
+        return sl_writeline(file, p, len)
     }
 
     func flush() -> Int32 {
