@@ -43,7 +43,16 @@ struct Run: ParsableCommand {
             With --input, the script's pipeline then runs over JSON-lines events (one JSON \
             object per line); events leaving the last stage are written as JSON lines to \
             --output. Lines that are not JSON objects are rejected (with their line number) \
-            to --dead-letter or stderr, and the run goes on.
+            to --dead-letter or stderr, and the run goes on. What is written to --output \
+            and --dead-letter reaches its reader (a file, a pipe) in whole lines, at once \
+            when the input has nothing more to read and within about 100 ms while events \
+            flow.
+
+            With --follow, the end of the --input file is not the end of the input: the \
+            file is followed by its name as it grows (rotation, truncation, a file that \
+            does not exist yet; notes on stderr say what happened), timers keep firing, \
+            and SIGINT/SIGTERM end the run gracefully (stages close, report, exit \
+            130/143).
 
             SIGINT/SIGTERM stop the run in every mode: the script gets the error \
             "stopped by SIGTERM" at its next instruction, so its scopes unwind with it (a \
@@ -99,6 +108,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("dead-letter"), help: ArgumentHelp("Write dead letters and rejected input lines to FILE as JSON lines (default: stderr).", valueName: "FILE"))
     var deadLetter: String?
 
+    @Flag(help: "Keep reading the --input file as it grows, like `tail -F`, until SIGINT/SIGTERM: a rotated file (the path names a new file) is read to its end, then the new one from its start; a truncated file is read again from its start; a file that does not exist yet is waited for. Not with stdin ('-').")
+    var follow = false
+
     @Flag(help: "Run the script's top level (where stages and pipelines are registered) and check its pipelines, then stop: no stage opens, no input is read. Exit 0 or 1.")
     var check = false
 
@@ -129,7 +141,7 @@ struct Run: ParsableCommand {
 
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
-    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--grace", "--report", "--trace", "--check"]
+    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--follow", "--grace", "--report", "--trace", "--check"]
 
     /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
     /// at most two edits away, the closest first.
@@ -197,6 +209,7 @@ struct Run: ParsableCommand {
                 }
                 try Self.checkGrace(g, text: text)
                 grace = g
+            case "--follow": follow = true
             case "--report": report = true
             case "--trace": trace = true
             case "--check": check = true
@@ -216,12 +229,19 @@ struct Run: ParsableCommand {
         if input == nil, pipeline != nil || output != nil || deadLetter != nil {
             throw ValidationError("--pipeline, --output and --dead-letter need --input FILE")
         }
+        if input == nil, follow {
+            throw ValidationError("--follow needs --input FILE (the file to follow)")
+        }
+        if follow, input == "-" {
+            throw ValidationError("--follow follows a file by its name: stdin ('-') is read until its writer closes it (a pipe streams without --follow)")
+        }
         var request = RunRequest(script: script)
         if let input {
             var p = RunRequest.PipelineOptions(input: input)
             p.name = pipeline
             p.output = output ?? "-"
             p.deadLetter = deadLetter
+            p.follow = follow
             request.pipeline = p
         }
         request.grace = grace

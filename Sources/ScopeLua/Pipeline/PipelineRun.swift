@@ -22,6 +22,10 @@ final class PipelineRun {
         var input: Input = .stdin
         var output: Output = .stdout
         var deadLetter: String?
+        /// `--follow`: the input file (`.path`, or `.descriptor` with its path as name;
+        /// descriptor -1 while it does not exist) is followed by name as it grows, and
+        /// only a stop ends the input (see `FollowedFile`).
+        var follow = false
         /// A live progress line on stderr (when it is a terminal).
         var progress = false
         /// Run by `scopelua run --input`, which prints its report.
@@ -110,6 +114,11 @@ final class PipelineRun {
     /// Input line numbers (event numbers of a list) of the events read that were in
     /// flight when the run ended.
     var inFlightLines: [Int] = []
+    /// The reader of a file or stream input, while the input is read.
+    private(set) var lineReader: LineReader?
+    /// Where the input stands: the file read and the byte offset after the last line
+    /// read (nil for a list input, and before the input is read).
+    var inputPosition: InputPosition? { lineReader?.position }
     /// The input's rejected lines, as stage errors are.
     private var rejectNotices = Notices()
     /// The input line (the position in a list input) of the event read that is going
@@ -174,7 +183,7 @@ final class PipelineRun {
         defer { if ownedInput >= 0 { Glibc.close(ownedInput) } }
         switch options.input {
         case .path(let path):
-            switch InputFile.open(path) {
+            switch options.follow ? FollowedFile.openBeforeRun(path) : InputFile.open(path) {
             case .success(let fd): ownedInput = fd; inputFD = fd
             case .failure(let problem): return .failed("cannot open input \(path): \(problem)")
             }
@@ -420,12 +429,19 @@ final class PipelineRun {
                 i += 1
             }
             return true
-        case .path, .descriptor, .stdin:
-            let reader = LineReader(fd: inputFD)
-            // Output latency: what was written leaves before the reader waits.
-            reader.onIdle = { [unowned self] in self.flushBeforeWaiting() }
+        case .path(let name), .descriptor(_, let name):
+            let reader = options.follow ? followingReader(name) : LineReader(fd: inputFD)
             return feedLines(L, reader)
+        case .stdin:
+            return feedLines(L, LineReader(fd: inputFD))
         }
+    }
+
+    /// The reader for `--follow` over the file at `path`: never the run's own output or
+    /// dead-letter file.
+    private func followingReader(_ path: String) -> LineReader {
+        let sinks = [output, deadLetter].compactMap { $0?.identity }
+        return LineReader(following: path, fd: inputFD, sinks: sinks) { [unowned self] in self.rt.diagnose($0) }
     }
 
     /// The event read at `line` did not reach a category: it is in flight. Returns false
@@ -437,6 +453,9 @@ final class PipelineRun {
     }
 
     private func feedLines(_ L: LuaState, _ reader: LineReader) -> Bool {
+        // Output latency: what was written leaves before the reader waits.
+        reader.onIdle = { [unowned self] in self.flushBeforeWaiting() }
+        lineReader = reader
         let codec = rt.json
         var lineNumber = 0
         while true {
@@ -1350,6 +1369,11 @@ final class FileSink {
         owned = false
         name = "stdout"
         what = "output"
+    }
+
+    /// The regular file written (nil for a pipe, a terminal, a device).
+    var identity: InputFile.Identity? {
+        file.flatMap { InputFile.identity(fileno($0)) }
     }
 
     func writeLine(_ p: UnsafePointer<CChar>, _ len: Int) -> Int32 {
