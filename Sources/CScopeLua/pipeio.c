@@ -6,7 +6,10 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdio_ext.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -106,4 +109,60 @@ void sl_sigpipe_restore(int token) {
   if (token < 0 || token != saved_depth - 1) return;
   saved_depth--;
   sigaction(SIGPIPE, &saved_sigpipe[token], NULL);
+}
+
+/* ---- output in whole lines ------------------------------------------------------------ */
+
+/* The line and its newline in as few writev calls as the kernel allows (one for a
+ * regular file), bypassing the (empty) buffer. */
+static int writewhole(int fd, const char *p, size_t len) {
+  char nl[1] = {'\n'};
+  struct iovec iov[2] = {{(void *)p, len}, {nl, 1}};
+  struct iovec *v = iov;
+  int n = 2;
+  while (n > 0) {
+    ssize_t w = writev(fd, v, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    size_t done = (size_t)w;
+    while (n > 0 && done >= v->iov_len) {
+      done -= v->iov_len;
+      v++;
+      n--;
+    }
+    if (n > 0) {
+      v->iov_base = (char *)v->iov_base + done;
+      v->iov_len -= done;
+    }
+  }
+  return 0;
+}
+
+/* The size of f's buffer. stdio allocates it at the first write, and until then says
+ * 0: a stream that is not a terminal gets its (default) buffer now, so that lines are
+ * buffered from the first one on. A terminal is left alone (stdio makes it
+ * line-buffered at its first write; until then, each line is written whole). */
+static size_t buffersize(FILE *f) {
+  size_t capacity = __fbufsize(f);
+  if (capacity == 0 && !isatty(fileno(f)) && setvbuf(f, NULL, _IOFBF, 0) == 0) capacity = __fbufsize(f);
+  return capacity;
+}
+
+int sl_writeline(FILE *f, const char *p, size_t len) {
+  errno = 0;
+  size_t need = len + 1;
+  if (!__flbf(f)) {
+    size_t capacity = buffersize(f);
+    size_t pending = __fpending(f);
+    /* With at least one byte left after the line's text, the newline fits too: stdio
+     * writes the buffer only when a byte finds it full. */
+    if (pending + need > capacity) {
+      if (pending > 0 && fflush(f) != 0) return errno ? errno : EIO;
+      if (need > capacity) return writewhole(fileno(f), p, len);
+    }
+  }
+  if (fwrite(p, 1, len, f) != len || putc('\n', f) == EOF) return errno ? errno : EIO;
+  return 0;
 }

@@ -43,7 +43,16 @@ struct Run: ParsableCommand {
             With --input, the script's pipeline then runs over JSON-lines events (one JSON \
             object per line); events leaving the last stage are written as JSON lines to \
             --output. Lines that are not JSON objects are rejected (with their line number) \
-            to --dead-letter or stderr, and the run goes on.
+            to --dead-letter or stderr, and the run goes on. What is written to --output \
+            and --dead-letter reaches its reader (a file, a pipe) in whole lines, at once \
+            when the input has nothing more to read and within about 100 ms while events \
+            flow.
+
+            With --follow, the end of the --input file is not the end of the input: the \
+            file is followed by its name as it grows (rotation, truncation, a file that \
+            does not exist yet; notes on stderr say what happened), timers keep firing, \
+            and SIGINT/SIGTERM end the run gracefully (stages close, report, exit \
+            130/143).
 
             With --replay, --input is a dead-letter file an earlier run wrote: each record's \
             event goes back into the stage that failed, by name (the stages before it already \
@@ -112,6 +121,8 @@ struct Run: ParsableCommand {
 
     @Flag(help: "Treat --input as a dead-letter file: put each record's event back into the stage that failed (the stages before it do not run again); re-read rejected lines from their raw text.")
     var replay = false
+    @Flag(help: "Keep reading the --input file as it grows, like `tail -F`, until SIGINT/SIGTERM: a rotated file (the path names a new file) is read to its end, then the new one from its start; a truncated file is read again from its start; a file that does not exist yet is waited for. Not with stdin ('-').")
+    var follow = false
 
     @Flag(help: "Run the script's top level (where stages and pipelines are registered) and check its pipelines, then stop: no stage opens, no input is read. Exit 0 or 1.")
     var check = false
@@ -143,7 +154,7 @@ struct Run: ParsableCommand {
 
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
-    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--replay", "--grace", "--report", "--trace", "--check"]
+    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--replay", "--follow", "--grace", "--report", "--trace", "--check"]
 
     /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
     /// at most two edits away, the closest first.
@@ -211,6 +222,7 @@ struct Run: ParsableCommand {
                 }
                 try Self.checkGrace(g, text: text)
                 grace = g
+            case "--follow": follow = true
             case "--report": report = true
             case "--trace": trace = true
             case "--check": check = true
@@ -234,6 +246,12 @@ struct Run: ParsableCommand {
         if input == nil, replay {
             throw ValidationError("--replay needs --input FILE (the dead-letter file to replay)")
         }
+        if input == nil, follow {
+            throw ValidationError("--follow needs --input FILE (the file to follow)")
+        }
+        if follow, input == "-" {
+            throw ValidationError("--follow follows a file by its name: stdin ('-') is read until its writer closes it (a pipe streams without --follow)")
+        }
         var request = RunRequest(script: script)
         if let input {
             var p = RunRequest.PipelineOptions(input: input)
@@ -241,6 +259,7 @@ struct Run: ParsableCommand {
             p.output = output ?? "-"
             p.deadLetter = deadLetter
             p.replay = replay
+            p.follow = follow
             request.pipeline = p
         }
         request.grace = grace

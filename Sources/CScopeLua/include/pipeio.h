@@ -1,9 +1,12 @@
 /*
  * The runner's I/O helpers (pipeio.c): loading a script from a descriptor that was
- * already opened (and checked) once, and SIGPIPE while a pipeline writes.
+ * already opened (and checked) once, SIGPIPE while a pipeline writes, and writing the
+ * pipeline's output in whole lines.
  */
 #ifndef SCOPELUA_PIPEIO_H
 #define SCOPELUA_PIPEIO_H
+
+#include <stdio.h>
 
 #include <lua.h>
 
@@ -19,5 +22,16 @@ int sl_loadfd(lua_State *L, int fd, const char *name);
 int sl_sigpipe_ignore(void);
 /* Puts back the SIGPIPE disposition that sl_sigpipe_ignore replaced. */
 void sl_sigpipe_restore(int token);
+
+/* ---- output in whole lines ---------------------------------------------------------
+ * A reader of the output (`tail -f out.jsonl`, the next process in a pipe) never sees
+ * half a line: stdio's own buffering writes a full buffer wherever it ends, mid-line.
+ * sl_writeline writes `p[0..len)` and a newline to `f` so that every write(2) the stream
+ * makes ends at the end of a line: what is buffered is flushed first when the line
+ * would not fit, and a line longer than the whole buffer goes out in one writev of its
+ * own. A line-buffered stream (a terminal) is left to stdio. A stream that is not a
+ * terminal and has no buffer yet gets stdio's default one at the first call (until its
+ * first write stdio reports a size of 0). Returns 0 or the errno. */
+int sl_writeline(FILE *f, const char *p, size_t len);
 
 #endif

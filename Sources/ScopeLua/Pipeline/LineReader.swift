@@ -4,9 +4,19 @@ import CScopeLua
 import Glibc
 #endif
 
+/// Where the reader is in its input: the file (device and inode; nil for a pipe or a
+/// terminal) and the byte offset just after the last line delivered (for a checkpoint:
+/// reading again from `offset` in that file delivers the next line).
+struct InputPosition: Equatable {
+    var identity: InputFile.Identity?
+    var offset: Int64
+}
+
 /// Reads newline-terminated lines from a file descriptor without blocking past a
 /// deadline, so timers can fire while the input is idle and a stop signal is noticed at
 /// once. Lines longer than `limit` are skipped whole (and reported), never buffered.
+/// With `follow` (`--follow`), the end of the file is not the end of the input: see
+/// `FollowedFile`.
 final class LineReader {
     enum Next {
         /// A line (without its newline), valid until the next call.
@@ -15,14 +25,20 @@ final class LineReader {
         case tooLong(prefix: [UInt8], length: Int)
         /// Nothing arrived before the deadline.
         case idle
-        /// A stop signal arrived.
+        /// A stop signal arrived, or `onIdle` asked to stop.
         case stopped
         case end
         case failed(String)
     }
 
-    let fd: Int32
+    /// The descriptor read (-1 while a followed file does not exist yet).
+    private(set) var fd: Int32
+    /// Whether the reader closes `fd` (a followed file's descriptors are its own).
+    private var owned: Bool
     let limit: Int
+    /// Called when the reader is about to wait with nothing to read (the run flushes
+    /// its output then); false stops the reading (`.stopped`).
+    var onIdle: (() -> Bool)?
     private var buffer: UnsafeMutablePointer<UInt8>
     private var capacity: Int
     private var start = 0
@@ -32,20 +48,54 @@ final class LineReader {
     private var skipping = false
     private var skipped = 0
     private var skippedPrefix: [UInt8] = []
+    /// Bytes read from `fd` so far, counted from its offset when the reader got it.
+    private var readOffset: Int64 = 0
+    private var identity: InputFile.Identity?
+    /// The file being followed by its name, if any.
+    var follow: FollowedFile?
+    /// A followed file's replacement, read once the old file is read to its end.
+    private var replacement: FollowedFile.Opened?
 
-    init(fd: Int32, limit: Int = 16 << 20) {
+    /// `owned`: the reader closes `fd` when it is done with it.
+    init(fd: Int32, owned: Bool = false, limit: Int = 16 << 20) {
         self.fd = fd
+        self.owned = owned
         self.limit = limit
         capacity = 1 << 16
         buffer = .allocate(capacity: capacity)
+        adopt(fd: fd, identity: InputFile.identity(fd))
     }
 
     deinit {
         buffer.deallocate()
+        if owned, fd >= 0 { Glibc.close(fd) }
+        if let replacement { Glibc.close(replacement.fd) }
+    }
+
+    /// The file read and the byte offset after the last line delivered (valid after
+    /// each `.line` and `.tooLong`).
+    var position: InputPosition {
+        InputPosition(identity: identity, offset: readOffset - Int64(end - start))
+    }
+
+    /// Starts reading `fd` (nothing of an earlier descriptor stays buffered).
+    private func adopt(fd newFD: Int32, identity newIdentity: InputFile.Identity?) {
+        fd = newFD
+        identity = newIdentity
+        let at = newFD >= 0 ? lseek(newFD, 0, SEEK_CUR) : -1
+        readOffset = at >= 0 ? Int64(at) : 0
+        start = 0
+        end = 0
+        atEOF = false
+        skipping = false
+        skipped = 0
+        skippedPrefix = []
     }
 
     /// The next line, waiting at most until `deadline` (monotonic ns; nil: forever).
     func next(deadline: UInt64?) -> Next {
+        // A stop ends the reading also while lines read earlier wait in the buffer.
+        if sl_stop_signal() != 0 { return .stopped }
         while true {
             // A complete line in the buffer?
             if end > start, let nl = memchr(buffer + start, 10, end - start) {
@@ -76,7 +126,18 @@ final class LineReader {
                 }
                 if skipping {
                     skipping = false
-                    return .tooLong(prefix: skippedPrefix, length: skipped + (end - start))
+                    let length = skipped + (end - start)
+                    start = end
+                    return .tooLong(prefix: skippedPrefix, length: length)
+                }
+                if let next = replacement {
+                    // A rotation: the old file is read to its end (its last line, even
+                    // without a newline, was delivered); the new one is read from its start.
+                    replacement = nil
+                    if owned { Glibc.close(fd) }
+                    owned = true
+                    adopt(fd: next.fd, identity: next.identity)
+                    continue
                 }
                 return .end
             }
@@ -102,6 +163,23 @@ final class LineReader {
                 buffer = grown
                 capacity *= 2
             }
+            if fd < 0, let follow {
+                // Following a file that does not exist yet.
+                switch follow.appear() {
+                case .opened(let opened):
+                    owned = true
+                    adopt(fd: opened.fd, identity: opened.identity)
+                    continue
+                case .missing:
+                    switch waitFollowing(deadline: deadline) {
+                    case .ready: continue
+                    case .idle: return .idle
+                    case .stopped: return .stopped
+                    }
+                case .failed(let message):
+                    return .failed(message)
+                }
+            }
             switch waitReadable(deadline: deadline) {
             case .ready: break
             case .idle: return .idle
@@ -110,8 +188,29 @@ final class LineReader {
             let n = read(fd, buffer + end, capacity - end)
             if n > 0 {
                 end += n
+                readOffset += Int64(n)
             } else if n == 0 {
-                atEOF = true
+                guard let follow, replacement == nil else {
+                    atEOF = true  // the end (or, after a rotation, the old file's end)
+                    continue
+                }
+                switch follow.atEnd(fd: fd, identity: identity, offset: readOffset) {
+                case .unchanged:
+                    switch waitFollowing(deadline: deadline) {
+                    case .ready: continue
+                    case .idle: return .idle
+                    case .stopped: return .stopped
+                    }
+                case .truncated:
+                    // Read again from the start; an unfinished line read before is gone.
+                    _ = lseek(fd, 0, SEEK_SET)
+                    adopt(fd: fd, identity: identity)
+                case .replaced(let opened):
+                    // What was written to the old file before the rename is read first.
+                    replacement = opened
+                case .failed(let message):
+                    return .failed(message)
+                }
             } else if errno != EINTR, errno != EAGAIN {
                 return .failed(String(cString: strerror(errno)))
             }
@@ -120,14 +219,45 @@ final class LineReader {
 
     private enum Wait { case ready, idle, stopped }
 
+    /// Waits while a followed file has nothing new: `FollowedFile.interval` (then
+    /// `.ready`: look again), or until `deadline` (`.idle`) or a stop. What was written
+    /// out is flushed first (`onIdle`).
+    private func waitFollowing(deadline: UInt64?) -> Wait {
+        if let onIdle, !onIdle() { return .stopped }
+        let stopFD = sl_stop_fd()
+        let now = sl_monotonic_ns()
+        var wake = now &+ FollowedFile.interval
+        var idle = false
+        if let deadline, deadline <= wake {
+            wake = deadline
+            idle = true
+        }
+        while true {
+            if sl_stop_signal() != 0 { return .stopped }
+            let now = sl_monotonic_ns()
+            if now >= wake { return idle ? .idle : .ready }
+            let ns = wake - now
+            let ms = Int32(min(UInt64(Int32.max), ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1)))
+            var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, stopFD >= 0 ? 1 : 0, ms)
+            if n < 0, errno != EINTR { return .ready }
+            if n > 0, sl_stop_signal() == 0 { return .ready }  // the stop pipe, but no stop: look again
+        }
+    }
+
     private func waitReadable(deadline: UInt64?) -> Wait {
         let stopFD = sl_stop_fd()
+        // First a look without waiting: only when nothing is there does `onIdle` run,
+        // so a busy input costs no extra call.
+        var idleCalled = onIdle == nil
         while true {
             if sl_stop_signal() != 0 { return .stopped }
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
             var timeout: Int32 = -1
-            if let deadline {
+            if !idleCalled {
+                timeout = 0
+            } else if let deadline {
                 let now = sl_monotonic_ns()
                 // Rounded up to whole milliseconds; a deadline however far away (a timer
                 // of 1e300 seconds) waits at most Int32.max ms at a time.
@@ -140,6 +270,11 @@ final class LineReader {
                 return .ready  // let read() report the problem
             }
             if sl_stop_signal() != 0 { return .stopped }
+            if n == 0, !idleCalled {
+                idleCalled = true
+                if let onIdle, !onIdle() { return .stopped }
+                continue
+            }
             if n == 0 { return .idle }
             if fds[0].revents != 0 { return .ready }
         }
@@ -179,8 +314,13 @@ enum InputFile {
 
     struct Problem: Error, CustomStringConvertible {
         let code: Int32
-        init(_ code: Int32) { self.code = code }
-        var description: String { String(cString: strerror(code)) }
+        /// Said instead of the system's message for `code`.
+        let detail: String?
+        init(_ code: Int32, detail: String? = nil) {
+            self.code = code
+            self.detail = detail
+        }
+        var description: String { detail ?? String(cString: strerror(code)) }
     }
 }
 

@@ -22,6 +22,10 @@ final class PipelineRun {
         var input: Input = .stdin
         var output: Output = .stdout
         var deadLetter: String?
+        /// `--follow`: the input file (`.path`, or `.descriptor` with its path as name;
+        /// descriptor -1 while it does not exist) is followed by name as it grows, and
+        /// only a stop ends the input (see `FollowedFile`).
+        var follow = false
         /// A live progress line on stderr (when it is a terminal).
         var progress = false
         /// Run by `scopelua run --input`, which prints its report.
@@ -112,6 +116,11 @@ final class PipelineRun {
     /// Input line numbers (event numbers of a list) of the events read that were in
     /// flight when the run ended.
     var inFlightLines: [Int] = []
+    /// The reader of a file or stream input, while the input is read.
+    private(set) var lineReader: LineReader?
+    /// Where the input stands: the file read and the byte offset after the last line
+    /// read (nil for a list input, and before the input is read).
+    var inputPosition: InputPosition? { lineReader?.position }
     /// The input's rejected lines, as stage errors are.
     private var rejectNotices = Notices()
     /// Replaying dead-letter records (`Options.replay`): see Replay.swift.
@@ -178,7 +187,7 @@ final class PipelineRun {
         defer { if ownedInput >= 0 { Glibc.close(ownedInput) } }
         switch options.input {
         case .path(let path):
-            switch InputFile.open(path) {
+            switch options.follow ? FollowedFile.openBeforeRun(path) : InputFile.open(path) {
             case .success(let fd): ownedInput = fd; inputFD = fd
             case .failure(let problem): return .failed("cannot open input \(path): \(problem)")
             }
@@ -424,9 +433,19 @@ final class PipelineRun {
                 i += 1
             }
             return true
-        case .path, .descriptor, .stdin:
+        case .path(let name), .descriptor(_, let name):
+            let reader = options.follow ? followingReader(name) : LineReader(fd: inputFD)
+            return feedLines(L, reader)
+        case .stdin:
             return feedLines(L, LineReader(fd: inputFD))
         }
+    }
+
+    /// The reader for `--follow` over the file at `path`: never the run's own output or
+    /// dead-letter file.
+    private func followingReader(_ path: String) -> LineReader {
+        let sinks = [output, deadLetter].compactMap { $0?.identity }
+        return LineReader(following: path, fd: inputFD, sinks: sinks) { [unowned self] in self.rt.diagnose($0) }
     }
 
     /// The event read at `line` did not reach a category: it is in flight. Returns false
@@ -438,10 +457,14 @@ final class PipelineRun {
     }
 
     private func feedLines(_ L: LuaState, _ reader: LineReader) -> Bool {
+        // Output latency: what was written leaves before the reader waits.
+        reader.onIdle = { [unowned self] in self.flushBeforeWaiting() }
+        lineReader = reader
         let codec = rt.json
         var lineNumber = 0
         while true {
             if !fireTimers(L) { return false }
+            if !flushIfDue() { return false }
             showProgress()
             switch reader.next(deadline: nextWakeUp()) {
             case .idle:
@@ -831,6 +854,34 @@ final class PipelineRun {
         }
     }
 
+    /// How long an event written out may wait in a sink's buffer while events flow
+    /// (checked between events): the sinks are flushed at most this often, never per
+    /// event. When the input goes idle they are flushed at once.
+    static let flushInterval: UInt64 = 100_000_000
+    private var nextFlush: UInt64 = 0
+
+    /// Flushes the sinks when `flushInterval` has passed since the last flush. False
+    /// when a sink failed (the run stops).
+    private func flushIfDue() -> Bool {
+        guard output != nil || deadLetter != nil else { return true }
+        let now = sl_monotonic_ns()
+        guard now >= nextFlush else { return true }
+        return flush(now: now)
+    }
+
+    /// Before the run waits (for input, a retry's backoff): what was written leaves now.
+    /// False when a sink failed (the run stops).
+    private func flushBeforeWaiting() -> Bool {
+        guard output != nil || deadLetter != nil else { return true }
+        return flush(now: sl_monotonic_ns())
+    }
+
+    private func flush(now: UInt64) -> Bool {
+        nextFlush = now &+ Self.flushInterval
+        flushSinks()
+        return sinkFailure == nil
+    }
+
     /// Closes both sinks; a failure is recorded unless one already was.
     private func closeSinks() {
         for sink in [output, deadLetter].compactMap({ $0 }) {
@@ -1158,6 +1209,7 @@ final class PipelineRun {
         defer { stage.backoffNanos &+= sl_monotonic_ns() &- start }
         let end = Self.later(start, by: Self.nanoseconds(seconds))
         let stopFD = sl_stop_fd()
+        guard flushBeforeWaiting() else { return .failed }
         while sl_stop_signal() == 0 {
             if !firingTimers, !fireTimers(L) { return .failed }
             let now = sl_monotonic_ns()
@@ -1298,6 +1350,9 @@ extension PipelineRun.Options.Input {
 
 /// A buffered output file (or stdout) written line by line. Every write, flush and
 /// close says whether it failed (the errno, or 0): nothing written is lost silently.
+/// Every write(2) ends at the end of a line (`sl_writeline`), so a reader of the file
+/// never sees half a line; the run flushes it before it waits for input and every
+/// `PipelineRun.flushInterval` while events flow (ARCHITECTURE.md, "Output latency").
 final class FileSink {
     private var file: UnsafeMutablePointer<FILE>?
     private let owned: Bool
@@ -1323,13 +1378,14 @@ final class FileSink {
         what = "output"
     }
 
+    /// The regular file written (nil for a pipe, a terminal, a device).
+    var identity: InputFile.Identity? {
+        file.flatMap { InputFile.identity(fileno($0)) }
+    }
+
     func writeLine(_ p: UnsafePointer<CChar>, _ len: Int) -> Int32 {
         guard let file else { return EBADF }
-        errno = 0
-        if fwrite(p, 1, len, file) != len || fputc(10, file) == EOF {
-            return errno != 0 ? errno : EIO
-        }
-        return 0
+        return sl_writeline(file, p, len)
     }
 
     func flush() -> Int32 {

@@ -42,6 +42,10 @@ public struct RunRequest: Sendable {
         /// `--replay`: the input is a dead-letter file; its records' events go back into
         /// the stages that failed (see Replay.swift).
         public var replay = false
+        /// `--follow`: follow the input file by its name as it grows (rotation,
+        /// truncation, a file that appears later); only a stop ends the run. Not with
+        /// stdin (`-`).
+        public var follow = false
 
         public init(input: String) {
             self.input = input
@@ -235,7 +239,23 @@ public enum ScriptRunner {
         var options = PipelineRun.Options()
         var inputFD: Int32 = -1
         defer { if inputFD >= 0 { close(inputFD) } }
-        if p.input == "-" {
+        if p.follow {
+            // A file followed by its name may not exist yet (the run waits for it);
+            // anything but a regular file is refused.
+            guard p.input != "-" else {
+                rt.diagnose("scopelua: --follow follows a file by its name: stdin ('-') is read until its writer closes it")
+                return usageError
+            }
+            switch FollowedFile.openBeforeRun(p.input) {
+            case .success(let fd):
+                inputFD = fd
+                options.input = .descriptor(fd, name: p.input)
+                options.follow = true
+            case .failure(let problem):
+                rt.diagnose("scopelua: cannot follow input \(p.input): \(problem)")
+                return usageError
+            }
+        } else if p.input == "-" {
             options.input = .stdin
         } else {
             switch InputFile.open(p.input) {
