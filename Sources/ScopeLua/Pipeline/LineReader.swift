@@ -32,10 +32,18 @@ final class LineReader {
     private var skipping = false
     private var skipped = 0
     private var skippedPrefix: [UInt8] = []
+    /// The input offset of `buffer[0]`.
+    private var base: Int64
 
-    init(fd: Int32, limit: Int = 16 << 20) {
+    /// Bytes of the input consumed through the last line returned, its newline included:
+    /// where a resumed run seeks to (Sources.swift).
+    var offset: Int64 { base + Int64(start) }
+
+    /// `offset`: where `fd` is positioned (a resumed run seeks there first).
+    init(fd: Int32, limit: Int = 16 << 20, offset: Int64 = 0) {
         self.fd = fd
         self.limit = limit
+        base = offset
         capacity = 1 << 16
         buffer = .allocate(capacity: capacity)
     }
@@ -87,10 +95,12 @@ final class LineReader {
                     skippedPrefix = Array(UnsafeBufferPointer(start: buffer + start, count: min(256, end - start)))
                 }
                 skipped += end - start
+                base += Int64(end)
                 start = 0
                 end = 0
             }
             if start > 0 {
+                base += Int64(start)
                 memmove(buffer, buffer + start, end - start)
                 end -= start
                 start = 0
