@@ -99,6 +99,15 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("dead-letter"), help: ArgumentHelp("Write dead letters and rejected input lines to FILE as JSON lines (default: stderr).", valueName: "FILE"))
     var deadLetter: String?
 
+    @Option(help: ArgumentHelp("Keep a checkpoint in the SQLite file FILE: a rerun of the same command resumes after the last committed input line, with --output and --dead-letter truncated back to their committed lengths. The input must be a file (not stdin or a pipe).", valueName: "FILE"))
+    var checkpoint: String?
+
+    @Option(name: .customLong("checkpoint-every"), help: ArgumentHelp("How often a barrier runs (each stage's flush, the output synced, the checkpoint committed): events (5000), seconds (2s, 500ms) or both, whichever comes first (5000,2s). Default with --checkpoint: 10000,5s; without it, barriers run only at the end unless this is given.", valueName: "N|Ns"))
+    var checkpointEvery: String?
+
+    @Flag(name: .customLong("checkpoint-reset"), help: "Forget what --checkpoint FILE committed and start over (the output is written from the start).")
+    var checkpointReset = false
+
     @Flag(help: "Run the script's top level (where stages and pipelines are registered) and check its pipelines, then stop: no stage opens, no input is read. Exit 0 or 1.")
     var check = false
 
@@ -127,9 +136,19 @@ struct Run: ParsableCommand {
         }
     }
 
+    /// `--checkpoint-every`: `5000`, `2s`, `500ms` or `5000,2s`, in range; anything else
+    /// is a usage error naming the forms allowed.
+    static func checkpointInterval(_ text: String) throws -> CheckpointInterval {
+        guard let interval = CheckpointInterval.parse(text) else {
+            throw ValidationError("--checkpoint-every must be \(CheckpointInterval.forms) (got '\(text)')")
+        }
+        return interval
+    }
+
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
-    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--grace", "--report", "--trace", "--check"]
+    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--grace", "--report", "--trace", "--check",
+                                          "--checkpoint", "--checkpoint-every", "--checkpoint-reset"]
 
     /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
     /// at most two edits away, the closest first.
@@ -190,6 +209,9 @@ struct Run: ParsableCommand {
             case "--pipeline": pipeline = try inline ?? value(name)
             case "--output": output = try inline ?? value(name)
             case "--dead-letter": deadLetter = try inline ?? value(name)
+            case "--checkpoint": checkpoint = try inline ?? value(name)
+            case "--checkpoint-every": checkpointEvery = try inline ?? value(name)
+            case "--checkpoint-reset": checkpointReset = true
             case "--grace":
                 let text = try inline ?? value(name)
                 guard let g = Double(text) else {
@@ -216,12 +238,22 @@ struct Run: ParsableCommand {
         if input == nil, pipeline != nil || output != nil || deadLetter != nil {
             throw ValidationError("--pipeline, --output and --dead-letter need --input FILE")
         }
+        if input == nil, checkpoint != nil || checkpointEvery != nil || checkpointReset {
+            throw ValidationError("--checkpoint, --checkpoint-every and --checkpoint-reset need --input FILE")
+        }
+        if checkpointReset, checkpoint == nil {
+            throw ValidationError("--checkpoint-reset needs --checkpoint FILE (the checkpoint to start over)")
+        }
+        let every = try checkpointEvery.map(Self.checkpointInterval)
         var request = RunRequest(script: script)
         if let input {
             var p = RunRequest.PipelineOptions(input: input)
             p.name = pipeline
             p.output = output ?? "-"
             p.deadLetter = deadLetter
+            p.checkpoint = checkpoint
+            p.checkpointEvery = every
+            p.checkpointReset = checkpointReset
             request.pipeline = p
         }
         request.grace = grace
