@@ -459,6 +459,8 @@ final class PipelineRun {
         var lineNumber = source.line
         while true {
             source.line = lineNumber  // the line before has left the pipeline
+            // A stop ends the run between events, also while lines wait in the buffer.
+            if sl_stop_signal() != 0 { return false }
             if !fireTimers(L) { return false }
             if barrierDue, !barrier(L, .checkpoint) { return false }
             showProgress()

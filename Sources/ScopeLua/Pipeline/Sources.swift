@@ -77,7 +77,7 @@ struct SourceIdentity: Equatable {
             return "the input \(name) is shorter than when the checkpoint was committed (\(size) bytes, now \(now.size)): it was truncated or rewritten"
         }
         if SourceIdentity.prefixHash(fd, count: hashedBytes) != hash {
-            return "the first \(hashedBytes) bytes of the input \(name) changed since the checkpoint was committed: it was rewritten"
+            return "the input \(name) changed since the checkpoint was committed (its first \(hashedBytes) bytes differ): it was rewritten"
         }
         return nil
     }
