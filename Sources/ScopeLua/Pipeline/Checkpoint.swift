@@ -153,7 +153,7 @@ final class CheckpointStore {
         }
         // Each commit is on disk when COMMIT returns (the WAL is synced), after the
         // output it describes (see PipelineRun.barrier).
-        if let problem = execute("PRAGMA synchronous=FULL") { return problem }
+        if let problem = execute("PRAGMA synchronous=NORMAL") { return problem }
         if reset, let problem = execute("BEGIN IMMEDIATE; DELETE FROM checkpoint; DELETE FROM counters; COMMIT") {
             return problem
         }
