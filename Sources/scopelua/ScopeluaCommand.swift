@@ -20,7 +20,7 @@ struct ScopeluaCommand: ParsableCommand {
 
             Exit status: 0 success; 1 script error, aborted pipeline or failed write of its \
             output; 2 usage error (bad option, unreadable script or input, --output or \
-            --dead-letter naming the input file); 130/143 after a stop by \
+            --dead-letter naming the input file, a checkpoint that cannot be resumed); 130/143 after a stop by \
             SIGINT/SIGTERM; 141 when the reader of the pipeline's output went away (EPIPE: the \
             run stopped gracefully, like `cmd | head`).
             """,
@@ -63,14 +63,25 @@ struct Run: ParsableCommand {
             stage: its on_error policy applies. --output and --dead-letter may not name the \
             input file (exit 2, nothing truncated).
 
+            Stages may define flush(ctx, why): it runs at every barrier, in pipeline order, \
+            before any close: at the end of the input, on a graceful stop, and every \
+            --checkpoint-every. With --checkpoint FILE each barrier then syncs --output and \
+            --dead-letter and commits the input position, their lengths and the counts to FILE \
+            (SQLite); the same command run again resumes after the last committed line, with \
+            those files truncated back (exactly once), while stdout and pipes get the lines after \
+            it again (at-least-once). A checkpoint that does not match the input file (another \
+            file, shorter, rewritten), the pipeline or the outputs is refused (exit 2); \
+            --checkpoint-reset starts over.
+
             Exit status: 0 success; 1 script error, aborted pipeline or failed write of its \
-            output; 2 usage error; 130/143 after a stop by SIGINT/SIGTERM; 141 when the reader of the \
-            output went away.
+            output; 2 usage error, or a checkpoint that cannot be resumed; 130/143 after a stop \
+            by SIGINT/SIGTERM; 141 when the reader of the output went away.
 
             Examples:
               scopelua run scripts/tour.lua
               scopelua run --trace --report job.lua input.txt
               scopelua run scripts/analytics.lua --input events.jsonl --output out.jsonl --report
+              scopelua run scripts/analytics.lua --input events.jsonl --output out.jsonl --checkpoint state.db
               scopelua run -e 'print(timer.now())'
             """
     )
@@ -102,7 +113,7 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Keep a checkpoint in the SQLite file FILE: a rerun of the same command resumes after the last committed input line, with --output and --dead-letter truncated back to their committed lengths. The input must be a file (not stdin or a pipe).", valueName: "FILE"))
     var checkpoint: String?
 
-    @Option(name: .customLong("checkpoint-every"), help: ArgumentHelp("How often a barrier runs (each stage's flush, the output synced, the checkpoint committed): events (5000), seconds (2s, 500ms) or both, whichever comes first (5000,2s). Default with --checkpoint: 10000,5s; without it, barriers run only at the end unless this is given.", valueName: "N|Ns"))
+    @Option(name: .customLong("checkpoint-every"), help: ArgumentHelp("How often a barrier runs (each stage's flush, the output synced, the checkpoint committed): events (5000), seconds (2s, 500ms) or both, whichever comes first (5000,2s). Default with --checkpoint: 10000,5s; without it, barriers run only at the end (and on a stop) unless this is given.", valueName: "N|Ns"))
     var checkpointEvery: String?
 
     @Flag(name: .customLong("checkpoint-reset"), help: "Forget what --checkpoint FILE committed and start over (the output is written from the start).")
