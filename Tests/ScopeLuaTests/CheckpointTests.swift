@@ -279,13 +279,18 @@ import Testing
     }
 
     /// SIGTERM: the event being processed finishes, the barrier runs (flush with "stop")
-    /// and commits, the run exits 143; the same command resumes after that line.
+    /// and commits, the run exits 143; the same command resumes after that line. While a
+    /// run uses a checkpoint, another run with it is refused.
     @Test func aGracefulStopCommitsAndTheRerunResumes() throws {
         let env = ["NO_WINDOW": "1"]
         let (expected, _) = try Self.reference(env)
         let dir = Self.setUp()
         let child = try Self.start(Self.command, in: dir, environment: env.merging(["WAIT_FOR_GO": "1000"]) { $1 })
         #expect(waitUntil { FileManager.default.fileExists(atPath: "\(dir)/reached") })
+        // Meanwhile a second run with the same checkpoint is refused.
+        let second = try runProcess(scopeluaPath, Self.command, directory: dir, environment: env)
+        #expect(second.status == 2)
+        #expect(second.stderr.contains("scopelua: checkpoint state.db: in use by another run"), "\(second.stderr)")
         kill(child.processIdentifier, SIGTERM)
         // Delivered (the stop is noted) before the stage may finish its event.
         #expect(waitUntil {
