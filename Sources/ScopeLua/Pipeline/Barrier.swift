@@ -310,7 +310,7 @@ extension PipelineRun {
         guard let store = checkpointing.store, !checkpointing.finished, abortMessage == nil else { return nil }
         let line = checkpointing.committed?.line ?? 0
         let why = sinkFailure?.message ?? (sl_stop_forced() != 0 ? "stop forced" : "stopped with an event in flight")
-        return "the run ended without its final checkpoint (\(why)): what checkpoint \(store.path) does not cover (after line \(line)) is not committed"
+        return "the run ended before its final checkpoint (\(why)): what came after line \(line), where checkpoint \(store.path) stands, is not committed"
     }
 
     /// Runs stage `i`'s flush(ctx, why) in its task scope (as process runs: what it
