@@ -6,6 +6,7 @@
   Benchmarks/bench.py pipeline [--runs 5] [--n 200000]   analytics-1 (scripts/analytics.lua) vs plain Lua and Python
                                                          (--luajit: also LuaJIT; --wal: baselines in WAL mode like scopelua)
   Benchmarks/bench.py json [--runs 7] [--n 200000]       scopelua's json vs lua-cjson: decode + encode every event
+  Benchmarks/bench.py checkpoint [--runs 5] [--n 200000] analytics-1 with --checkpoint (default interval) vs without
 
 Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
 the medians are compared. Build first: swift build -c release. Everything used lives in
@@ -183,8 +184,10 @@ def pipeline(args):
         events = generate_events(args.n, tmp)
         # name: (label, command, environment); each writes its log and database in tmp/name
         progs = {"scopelua": ("scopelua analytics.lua",
+                              # analytics.lua commits in flush, at each barrier: a barrier every 1500
+                              # events read commits about 1000 rows, as the baselines' transactions do.
                               [SCOPELUA, "run", os.path.join(ROOT, "scripts", "analytics.lua"),
-                               "--input", events, "--output", "none"],
+                               "--input", events, "--output", "none", "--checkpoint-every", "1500"],
                               dict(os.environ, ANALYTICS_OUT=os.path.join(tmp, "scopelua"))),
                  "lua": ("lua5.4 baseline_pipeline.lua",
                          ["lua5.4", here("baseline_pipeline.lua"), os.path.join(tmp, "lua")], None)}
@@ -239,6 +242,54 @@ def json_codec(args):
         print(f"  speed-up over cjson: {mb / ma:.2f}x")
 
 
+def checkpoint(args):
+    """What checkpointing costs: analytics-1 writing its output to a file, with
+    --checkpoint (the default interval: a barrier every 10000 events or 5 s, each one
+    syncing the output and committing the checkpoint) and without, alternating. Each
+    checkpoint run starts from a fresh checkpoint file (else it would resume at the end)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        events = generate_events(args.n, tmp)
+        runs = {}
+        for name in ("plain", "checkpoint"):
+            out = os.path.join(tmp, name)
+            os.mkdir(out)
+            cmd = [SCOPELUA, "run", os.path.join(ROOT, "scripts", "analytics.lua"), "--input", events,
+                   "--output", os.path.join(out, "kept.jsonl")]
+            state = os.path.join(out, "state.db")
+            if name == "checkpoint":
+                cmd += ["--checkpoint", state]
+            runs[name] = (cmd, dict(os.environ, ANALYTICS_OUT=out), state)
+
+        def fresh(state):
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(state + suffix):
+                    os.remove(state + suffix)
+
+        def run(name, capture):
+            cmd, env, state = runs[name]
+            fresh(state)
+            start = time.perf_counter()
+            r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
+                               text=True, check=True, env=env)
+            return time.perf_counter() - start, r
+
+        counts = {name: run(name, True)[1].stderr.strip().splitlines()[-1] for name in runs}
+        if len(set(counts.values())) != 1:
+            sys.exit(f"bench: counts differ: {counts}")
+        print(f"checkpoint: analytics-1 on {args.n} events ({counts['plain']}), output to a file, "
+              f"{args.runs} alternating runs")
+        t = {name: [] for name in runs}
+        for _ in range(args.runs):
+            for name in runs:
+                t[name].append(run(name, False)[0])
+        m = {k: statistics.median(v) for k, v in t.items()}
+        print(f"  {'without --checkpoint':<28} median {m['plain']:7.3f}s   (min {min(t['plain']):.3f}s)")
+        print(f"  {'--checkpoint (10000,5s)':<28} median {m['checkpoint']:7.3f}s   (min {min(t['checkpoint']):.3f}s)")
+        rounds = [c / p for p, c in zip(t["plain"], t["checkpoint"])]
+        print(f"  cost of checkpointing: {(m['checkpoint'] / m['plain'] - 1) * 100:+.1f}%  (target: at most +10%); "
+              f"round by round: median {(statistics.median(rounds) - 1) * 100:+.1f}%")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -263,6 +314,10 @@ def main():
     j.add_argument("--runs", type=int, default=7)
     j.add_argument("--n", type=int, default=200000)
     j.set_defaults(fn=json_codec)
+    c = sub.add_parser("checkpoint", help="analytics-1 with --checkpoint (default interval) vs without")
+    c.add_argument("--runs", type=int, default=5)
+    c.add_argument("--n", type=int, default=200000)
+    c.set_defaults(fn=checkpoint)
     args = p.parse_args()
     if not os.path.exists(SCOPELUA):
         sys.exit("bench: build first: swift build -c release")

@@ -1,6 +1,7 @@
 -- analytics-1 as a scopelua pipeline: drop views, enrich, log every kept event to a
--- file, store it in SQLite (committing every 1000 rows), count.
+-- file, store it in SQLite (committing at each barrier, in flush), count.
 --   scopelua run scripts/analytics.lua --input scripts/data/events.jsonl --output out/kept.jsonl --report
+--   ... --checkpoint out/state.db     (a rerun after a crash resumes where the last checkpoint was)
 -- The log file and the database live as long as their stage; the runtime closes them
 -- (and commits or rolls back the open transaction) however the run ends.
 local outdir = os.getenv("ANALYTICS_OUT") or "out"
@@ -23,7 +24,9 @@ stage "enrich" {
 
 stage "log_events" {
   open = function(ctx)                            -- runs in the stage scope: the file lives as long as the stage
-    ctx.state.log = assert(fs.open(ctx.config.path, "w"))
+    -- A resumed run (--checkpoint) appends. The log is written as events pass, not in
+    -- flush: the events after the last checkpoint are logged again (at-least-once).
+    ctx.state.log = assert(fs.open(ctx.config.path, ctx.resumed and "a" or "w"))
   end,
   process = function(ctx, e)
     ctx.state.log:write(json.encode(e), "\n")
@@ -31,28 +34,32 @@ stage "log_events" {
   end,
 }
 
+-- Crash-safe by construction: rows are committed only in flush, which runs at each
+-- barrier just before the checkpoint is committed (--checkpoint-every, default 10000
+-- events or 5 s; without --checkpoint, once at the end). A run killed between two
+-- barriers rolls its open transaction back, and the rerun inserts those events again.
 stage "db_sink" {
   open = function(ctx)
     local s = ctx.state
     s.db = assert(sql.open(ctx.config.path))
-    s.db:exec("DROP TABLE IF EXISTS events")
-    s.db:exec("CREATE TABLE events(id INTEGER PRIMARY KEY, user TEXT, kind TEXT, amount REAL, bucket INTEGER)")
-    s.insert = s.db:prepare("INSERT INTO events VALUES (?, ?, ?, ?, ?)")
-    s.tx, s.pending = s.db:transaction(), 0
+    if not ctx.resumed then s.db:exec("DROP TABLE IF EXISTS events") end  -- a resumed run keeps what was committed
+    s.db:exec("CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, user TEXT, kind TEXT, amount REAL, bucket INTEGER)")
+    -- OR REPLACE: if the run died after this commit but before the checkpoint's, the
+    -- rerun replays that batch, and each event's row replaces itself.
+    s.insert = s.db:prepare("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?)")
+    s.tx = s.db:transaction()
   end,
   process = function(ctx, e)
-    local s = ctx.state
-    s.insert:exec(e.id, e.user, e.kind, e.amount, e.bucket)
-    s.pending = s.pending + 1
-    if s.pending == ctx.config.batch then
-      s.tx:commit()
-      s.tx = ctx:own(s.db:transaction())          -- acquired in the event's task scope: keep it in the stage
-      s.pending = 0
-    end
+    ctx.state.insert:exec(e.id, e.user, e.kind, e.amount, e.bucket)
     return e
   end,
-  -- no close needed: the stage scope commits the last transaction (or rolls it back if
-  -- the run failed), then finalizes the statement and closes the connection.
+  flush = function(ctx)
+    local s = ctx.state
+    s.tx:commit()
+    s.tx = ctx:own(s.db:transaction())            -- flush runs in a task scope, like process: keep it in the stage
+  end,
+  -- no close needed: the stage scope commits the last (empty) transaction, or rolls it
+  -- back if the run failed, then finalizes the statement and closes the connection.
 }
 
 stage "count" {
@@ -70,6 +77,6 @@ stage "count" {
 pipeline "analytics" {
   "drop_views", "enrich",
   { "log_events", path = outdir .. "/events.log" },
-  { "db_sink", path = outdir .. "/analytics.db", batch = 1000 },
+  { "db_sink", path = outdir .. "/analytics.db" },
   "count",
 }

@@ -20,7 +20,7 @@ struct ScopeluaCommand: ParsableCommand {
 
             Exit status: 0 success; 1 script error, aborted pipeline or failed write of its \
             output; 2 usage error (bad option, unreadable script or input, --output or \
-            --dead-letter naming the input file); 130/143 after a stop by \
+            --dead-letter naming the input file, a checkpoint that cannot be resumed); 130/143 after a stop by \
             SIGINT/SIGTERM; 141 when the reader of the pipeline's output went away (EPIPE: the \
             run stopped gracefully, like `cmd | head`).
             """,
@@ -82,15 +82,26 @@ struct Run: ParsableCommand {
             stage: its on_error policy applies. --output and --dead-letter may not name the \
             input file (exit 2, nothing truncated).
 
+            Stages may define flush(ctx, why): it runs at every barrier, in pipeline order, \
+            before any close: at the end of the input, on a graceful stop, and every \
+            --checkpoint-every. With --checkpoint FILE each barrier then syncs --output and \
+            --dead-letter and commits the input position, their lengths and the counts to FILE \
+            (SQLite); the same command run again resumes after the last committed line, with \
+            those files truncated back (exactly once), while stdout and pipes get the lines after \
+            it again (at-least-once). A checkpoint that does not match the input file (another \
+            file, shorter, rewritten), the pipeline or the outputs is refused (exit 2); \
+            --checkpoint-reset starts over.
+
             Exit status: 0 success; 1 script error, aborted pipeline or failed write of its \
-            output; 2 usage error; 130/143 after a stop by SIGINT/SIGTERM; 141 when the reader of the \
-            output went away.
+            output; 2 usage error, or a checkpoint that cannot be resumed; 130/143 after a stop \
+            by SIGINT/SIGTERM; 141 when the reader of the output went away.
 
             Examples:
               scopelua run scripts/tour.lua
               scopelua run --trace --report job.lua input.txt
               scopelua run scripts/analytics.lua --input events.jsonl --output out.jsonl --report
               scopelua run job.lua --input dead.jsonl --replay --output out.jsonl --dead-letter dead2.jsonl
+              scopelua run scripts/analytics.lua --input events.jsonl --output out.jsonl --checkpoint state.db
               scopelua run -e 'print(timer.now())'
             """
     )
@@ -124,6 +135,15 @@ struct Run: ParsableCommand {
     @Flag(help: "Keep reading the --input file as it grows, like `tail -F`, until SIGINT/SIGTERM: a rotated file (the path names a new file) is read to its end, then the new one from its start; a truncated file is read again from its start; a file that does not exist yet is waited for. Not with stdin ('-').")
     var follow = false
 
+    @Option(help: ArgumentHelp("Keep a checkpoint in the SQLite file FILE: a rerun of the same command resumes after the last committed input line, with --output and --dead-letter truncated back to their committed lengths. The input must be a file (not stdin or a pipe).", valueName: "FILE"))
+    var checkpoint: String?
+
+    @Option(name: .customLong("checkpoint-every"), help: ArgumentHelp("How often a barrier runs (each stage's flush, the output synced, the checkpoint committed): events (5000), seconds (2s, 500ms) or both, whichever comes first (5000,2s). Default with --checkpoint: 10000,5s; without it, barriers run only at the end (and on a stop) unless this is given.", valueName: "N|Ns"))
+    var checkpointEvery: String?
+
+    @Flag(name: .customLong("checkpoint-reset"), help: "Forget what --checkpoint FILE committed and start over (the output is written from the start).")
+    var checkpointReset = false
+
     @Flag(help: "Run the script's top level (where stages and pipelines are registered) and check its pipelines, then stop: no stage opens, no input is read. Exit 0 or 1.")
     var check = false
 
@@ -152,9 +172,19 @@ struct Run: ParsableCommand {
         }
     }
 
+    /// `--checkpoint-every`: `5000`, `2s`, `500ms` or `5000,2s`, in range; anything else
+    /// is a usage error naming the forms allowed.
+    static func checkpointInterval(_ text: String) throws -> CheckpointInterval {
+        guard let interval = CheckpointInterval.parse(text) else {
+            throw ValidationError("--checkpoint-every must be \(CheckpointInterval.forms) (got '\(text)')")
+        }
+        return interval
+    }
+
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
-    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--replay", "--follow", "--grace", "--report", "--trace", "--check"]
+    static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--replay", "--follow", "--grace", "--report", "--trace", "--check",
+                                          "--checkpoint", "--checkpoint-every", "--checkpoint-reset"]
 
     /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
     /// at most two edits away, the closest first.
@@ -215,6 +245,9 @@ struct Run: ParsableCommand {
             case "--pipeline": pipeline = try inline ?? value(name)
             case "--output": output = try inline ?? value(name)
             case "--dead-letter": deadLetter = try inline ?? value(name)
+            case "--checkpoint": checkpoint = try inline ?? value(name)
+            case "--checkpoint-every": checkpointEvery = try inline ?? value(name)
+            case "--checkpoint-reset": checkpointReset = true
             case "--grace":
                 let text = try inline ?? value(name)
                 guard let g = Double(text) else {
@@ -252,6 +285,13 @@ struct Run: ParsableCommand {
         if follow, input == "-" {
             throw ValidationError("--follow follows a file by its name: stdin ('-') is read until its writer closes it (a pipe streams without --follow)")
         }
+        if input == nil, checkpoint != nil || checkpointEvery != nil || checkpointReset {
+            throw ValidationError("--checkpoint, --checkpoint-every and --checkpoint-reset need --input FILE")
+        }
+        if checkpointReset, checkpoint == nil {
+            throw ValidationError("--checkpoint-reset needs --checkpoint FILE (the checkpoint to start over)")
+        }
+        let every = try checkpointEvery.map(Self.checkpointInterval)
         var request = RunRequest(script: script)
         if let input {
             var p = RunRequest.PipelineOptions(input: input)
@@ -260,6 +300,9 @@ struct Run: ParsableCommand {
             p.deadLetter = deadLetter
             p.replay = replay
             p.follow = follow
+            p.checkpoint = checkpoint
+            p.checkpointEvery = every
+            p.checkpointReset = checkpointReset
             request.pipeline = p
         }
         request.grace = grace

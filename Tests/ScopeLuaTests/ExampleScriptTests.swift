@@ -44,6 +44,25 @@ import Testing
         #expect(rows.values == [.integer(1327)])
     }
 
+    /// analytics.lua commits its rows in flush and keeps them when it resumes: a rerun of
+    /// the same command with --checkpoint (after the run ended, so it resumes at the end of
+    /// the input) changes neither the rows nor the output.
+    @Test func analyticsResumesFromItsCheckpoint() throws {
+        let dir = temporaryDirectory()
+        let extra = ["--output", "\(dir)/kept.jsonl", "--checkpoint", "\(dir)/state.db", "--checkpoint-every", "500"]
+        let first = try runPipeline("analytics.lua", extra, env: ["ANALYTICS_OUT": dir])
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(first.stderr.contains("seen=2000 kept=1327 click=618 buy=709"))
+        #expect(first.stderr.contains("committed after line 2000 (byte "), "\(first.stderr)")
+        let again = try runPipeline("analytics.lua", extra, env: ["ANALYTICS_OUT": dir])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(again.stderr.contains("resumed after line 2000"), "\(again.stderr)")
+        #expect(again.stderr.contains("read 2000  emitted 1327  filtered 673  skipped 0  dead-lettered 0  rejected 0"))
+        #expect((read("\(dir)/kept.jsonl") ?? "").split(separator: "\n").count == 1327)
+        let rows = runLua("local db <close> = sql.open('\(dir)/analytics.db'); return db:first('SELECT count(*) AS n FROM events').n")
+        #expect(rows.values == [.integer(1327)])
+    }
+
     @Test func logEvents() throws {
         let dir = temporaryDirectory()
         let r = try runPipeline("log_events.lua", ["--output", "none"], env: ["LOG_PATH": "\(dir)/log.jsonl"])

@@ -127,7 +127,7 @@ enum PipelineBindings {
             return nil
         }
         var refs: [String: Int32] = [:]
-        for field in ["process", "open", "close"] {
+        for field in ["process", "open", "close", "flush"] {
             switch Lua.rawField(L, def, field) {
             case LUA_TFUNCTION:
                 refs[field] = luaL_ref(L, Lua.registry)
@@ -164,7 +164,8 @@ enum PipelineBindings {
         lua_pushvalue(L, def)
         let table = luaL_ref(L, Lua.registry)
         let stage = StageDefinition(name: name, process: refs["process"] ?? LUA_NOREF, open: refs["open"] ?? LUA_NOREF,
-                                    close: refs["close"] ?? LUA_NOREF, policy: policy, table: table, site: site)
+                                    close: refs["close"] ?? LUA_NOREF, flush: refs["flush"] ?? LUA_NOREF, policy: policy,
+                                    table: table, site: site)
         if register { rt.pipelines.stages[name] = stage }
         rt.pipelines.stagesByTable[lua_topointer(L, def)] = stage
         lua_pushvalue(L, def)

@@ -85,17 +85,22 @@ final class StageDefinition {
     let process: Int32
     let open: Int32
     let close: Int32
+    /// `flush(ctx, why)`: runs at every barrier (docs/ARCHITECTURE.md, "Barriers and
+    /// checkpoints"); LUA_NOREF when the stage has none.
+    let flush: Int32
     let policy: ErrorPolicy?
     /// Registry reference of the definition table (returned to the script).
     let table: Int32
     /// Where it was registered (`job.lua:3`), when Lua knows.
     let site: String?
 
-    init(name: String, process: Int32, open: Int32, close: Int32, policy: ErrorPolicy?, table: Int32, site: String? = nil) {
+    init(name: String, process: Int32, open: Int32, close: Int32, flush: Int32 = LUA_NOREF, policy: ErrorPolicy?,
+         table: Int32, site: String? = nil) {
         self.name = name
         self.process = process
         self.open = open
         self.close = close
+        self.flush = flush
         self.policy = policy
         self.table = table
         self.site = site

@@ -56,6 +56,11 @@ final class LineReader {
     /// A followed file's replacement, read once the old file is read to its end.
     private var replacement: FollowedFile.Opened?
 
+    /// Bytes of the input consumed through the last line returned, its newline included:
+    /// where a resumed run seeks to (Sources.swift). The reader starts from where `fd`
+    /// is positioned (a resumed run seeks there first).
+    var offset: Int64 { position.offset }
+
     /// `owned`: the reader closes `fd` when it is done with it.
     init(fd: Int32, owned: Bool = false, limit: Int = 16 << 20) {
         self.fd = fd

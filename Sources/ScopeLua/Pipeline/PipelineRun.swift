@@ -32,6 +32,10 @@ final class PipelineRun {
         var commandLine = false
         /// Each input line (list item) is a dead-letter record to replay (Replay.swift).
         var replay = false
+        /// `--checkpoint FILE`, `--checkpoint-every`, `--checkpoint-reset` (Barrier.swift).
+        var checkpoint: String?
+        var checkpointEvery: CheckpointInterval?
+        var checkpointReset = false
     }
 
     enum Outcome: Equatable {
@@ -128,26 +132,26 @@ final class PipelineRun {
     /// The input line (the position in a list input) of the event read that is going
     /// through the stages, with what it emitted; 0 while a timer fires and for the
     /// events a timer emitted, and outside the input loop.
-    private(set) var eventLine = 0
+    var eventLine = 0
 
     /// The stage whose `process` (or timer) is running, for ctx:emit / ctx:own.
-    private(set) var runningStage: Int?
+    var runningStage: Int?
     /// Whether the running stage is in `open` (where ctx:emit has nowhere to send to).
     private var opening = false
     /// Events emitted by the running stage: a Lua list and its top.
     private var queue: Int32 = LUA_NOREF
-    private var queueTop: lua_Integer = 0
+    var queueTop: lua_Integer = 0
     /// Stack index of the traceback-capturing message handler.
-    private var msgh: Int32 = 0
-    private var output: FileSink?
-    private var deadLetter: FileSink?
+    var msgh: Int32 = 0
+    var output: EventSink?
+    var deadLetter: FileSink?
     private var collected: Int32 = LUA_NOREF
-    private var abortMessage: String?
+    var abortMessage: String?
     /// The first write, flush or close of the output or dead-letter file that failed:
     /// the run stops gracefully (no more input, stages close) and fails.
-    private var sinkFailure: (message: String, brokenPipe: Bool)?
+    var sinkFailure: (message: String, brokenPipe: Bool)?
     /// The descriptor the input is read from (-1 for a list).
-    private var inputFD: Int32 = -1
+    var inputFD: Int32 = -1
     private var inputEnded = false
     private var startedAt = sl_monotonic_ns()
     /// Whether Lua's `print` writes to stderr during this run (the events go to stdout).
@@ -159,10 +163,12 @@ final class PipelineRun {
     /// The stage whose `close` runs, for `log` lines.
     private var closingStage: Int?
     /// Whether timers are firing (a retry's wait inside one does not fire them again).
-    private var firingTimers = false
+    var firingTimers = false
     /// When the run ended (its stages closed), for the elapsed time.
     private var finishedAt: UInt64?
     private var lastProgress: UInt64 = 0
+    /// Barriers and the checkpoint (Barrier.swift).
+    var checkpointing = Checkpointing()
 
     init(_ rt: Runtime, _ definition: PipelineDefinition, options: Options) {
         self.rt = rt
@@ -195,7 +201,10 @@ final class PipelineRun {
         case .stdin: inputFD = 0
         case .list: inputFD = -1
         }
-        if let refused = openSinks() { return refused }
+        if inputFD >= 0 { checkpointing.source = makeLineSource() }
+        if let refused = openCheckpoint() { return refused }
+        defer { checkpointing.store?.close() }
+        if let refused = openSinks(L) { return refused }
         // The events go to stdout: `print` goes to stderr until the run ends, and `log`
         // lines say which stage and input line they come from.
         if case .stdout = options.output { printsToStderr = true }
@@ -231,6 +240,7 @@ final class PipelineRun {
         if case .collect = options.output {
             lua_createtable(L, 0, 0)
             collected = luaL_ref(L, Lua.registry)
+            output = CollectSink(list: collected)
         }
         // A stop (SIGINT / SIGTERM, see ScriptRunner) ends the run between events.
         sl_stop_pipeline(L, 1)
@@ -247,11 +257,15 @@ final class PipelineRun {
             return .failed(message)
         }
 
+        resumeCounters()
+
         // Events.
         _ = feedInput(L)
         inputEnded = true
         eventLine = 0
         clearProgress()
+        // Every stage's flush, before any close (and the final checkpoint).
+        finalBarrier(L)
         // What was written must be on its way before the stages close: a failure here
         // is known (and reported) while the report can still say so.
         flushSinks()
@@ -261,6 +275,10 @@ final class PipelineRun {
         var errIndex: Int32 = 0
         if let abortMessage {
             Lua.push(L, abortMessage)
+            errIndex = lua_gettop(L)
+        } else if let uncommitted = uncommittedEnd {
+            // With --checkpoint, what the last checkpoint does not cover rolls back.
+            Lua.push(L, uncommitted)
             errIndex = lua_gettop(L)
         }
         let failures = closeAll(L, error: errIndex)
@@ -291,7 +309,7 @@ final class PipelineRun {
     static let maxGrace: Double = 86_400
 
     /// The stage a forced stop interrupted, if one was running.
-    private(set) var forcedStage: String?
+    var forcedStage: String?
 
     private struct OpenFailure {
         var message: String
@@ -337,9 +355,11 @@ final class PipelineRun {
 
     /// ctx = { name, config, state } with the ctx metatable. Returns its reference.
     private func makeContext(_ L: LuaState, _ def: StageDefinition, config: Int32) -> Int32 {
-        lua_createtable(L, 0, 3)
+        lua_createtable(L, 0, 4)
         Lua.push(L, def.name)
         Lua.setField(L, -2, "name")
+        lua_pushboolean(L, checkpointing.resumed != nil ? 1 : 0)
+        Lua.setField(L, -2, "resumed")
         lua_rawgeti(L, Lua.registry, lua_Integer(config))
         Lua.setField(L, -2, "config")
         lua_createtable(L, 0, 0)
@@ -433,18 +453,25 @@ final class PipelineRun {
                 i += 1
             }
             return true
-        case .path(let name), .descriptor(_, let name):
-            let reader = options.follow ? followingReader(name) : LineReader(fd: inputFD)
-            return feedLines(L, reader)
-        case .stdin:
-            return feedLines(L, LineReader(fd: inputFD))
+        case .path, .descriptor, .stdin:
+            return feedLines(L, checkpointing.source ?? makeLineSource())
+        }
+    }
+
+    /// The input as a checkpointable source; its reader follows the file by its name
+    /// with `--follow` (made when first read, once the outputs are open).
+    private func makeLineSource() -> LineSource {
+        let follow = options.follow
+        let name = inputName
+        return LineSource(fd: inputFD, name: name) { [unowned self] fd in
+            follow ? self.followingReader(name) : LineReader(fd: fd)
         }
     }
 
     /// The reader for `--follow` over the file at `path`: never the run's own output or
     /// dead-letter file.
     private func followingReader(_ path: String) -> LineReader {
-        let sinks = [output, deadLetter].compactMap { $0?.identity }
+        let sinks = [(output as? FileSink)?.identity, deadLetter?.identity].compactMap { $0 }
         return LineReader(following: path, fd: inputFD, sinks: sinks) { [unowned self] in self.rt.diagnose($0) }
     }
 
@@ -456,15 +483,20 @@ final class PipelineRun {
         return false
     }
 
-    private func feedLines(_ L: LuaState, _ reader: LineReader) -> Bool {
+    private func feedLines(_ L: LuaState, _ source: LineSource) -> Bool {
+        let reader = source.reader
         // Output latency: what was written leaves before the reader waits.
         reader.onIdle = { [unowned self] in self.flushBeforeWaiting() }
         lineReader = reader
         let codec = rt.json
-        var lineNumber = 0
+        var lineNumber = source.line
         while true {
+            source.line = lineNumber  // the line before has left the pipeline
+            // A stop ends the run between events, also while lines wait in the buffer.
+            if sl_stop_signal() != 0 { return false }
             if !fireTimers(L) { return false }
             if !flushIfDue() { return false }
+            if barrierDue, !barrier(L, .checkpoint) { return false }
             showProgress()
             switch reader.next(deadline: nextWakeUp()) {
             case .idle:
@@ -629,7 +661,7 @@ final class PipelineRun {
     /// Delivers the events the call of stage `i` emitted (queue entries above `base`)
     /// to the stages after it, and empties them from the queue. When one of them stops
     /// the run, it and those not delivered yet are in flight.
-    private func deliverEmitted(_ L: LuaState, after i: Int, from base: lua_Integer) -> Bool {
+    func deliverEmitted(_ L: LuaState, after i: Int, from base: lua_Integer) -> Bool {
         let count = queueTop - base
         guard count > 0 else { return true }
         lua_rawgeti(L, Lua.registry, lua_Integer(queue))
@@ -649,7 +681,7 @@ final class PipelineRun {
 
     /// Empties the emit queue above `base`. Events emitted by a call that then failed
     /// are discarded (`uncount`): they never existed.
-    private func dropEmitted(_ L: LuaState, from base: lua_Integer, uncount: Bool = true) {
+    func dropEmitted(_ L: LuaState, from base: lua_Integer, uncount: Bool = true) {
         guard queueTop > base else { return }
         lua_rawgeti(L, Lua.registry, lua_Integer(queue))
         for k in (base + 1)...queueTop {
@@ -707,6 +739,7 @@ final class PipelineRun {
     /// The earliest of the next timer and the next progress update (monotonic ns).
     private func nextWakeUp() -> UInt64? {
         var wake: UInt64? = drawsProgress ? sl_monotonic_ns() &+ 500_000_000 : nil
+        if checkpointing.dueTime != .max { wake = min(wake ?? checkpointing.dueTime, checkpointing.dueTime) }
         for t in rt.scheduled where t.handle != nil {
             wake = min(wake ?? t.due, t.due)
         }
@@ -775,7 +808,7 @@ final class PipelineRun {
     /// Opens the output and dead-letter files. Neither may be the input file (same
     /// device and inode, whatever the name): both are opened without truncating,
     /// compared, and only then truncated, so a refused run destroys nothing.
-    private func openSinks() -> Outcome? {
+    private func openSinks(_ L: LuaState) -> Outcome? {
         let input = InputFile.identity(inputFD)
         let inputName: String = {
             switch options.input {
@@ -815,9 +848,19 @@ final class PipelineRun {
             discard()
             return .refused("the output (stdout) is the input file \(inputName): it would grow while it is read")
         }
+        // A resumed run keeps what its checkpoint covers (Barrier.swift).
+        var kept: [SinkResumption] = []
+        for o in opened {
+            let keep = resumption(of: o.what, fd: o.fd)
+            if case .refused(let message) = keep {
+                discard()
+                return .refused(message)
+            }
+            kept.append(keep)
+        }
         for (i, o) in opened.enumerated() {
             // Truncated only now ("w"); a pipe or a device has nothing to truncate.
-            if identities[i] != nil, ftruncate(o.fd, 0) != 0 {
+            if identities[i] != nil, kept[i] == .fresh, ftruncate(o.fd, 0) != 0 {
                 let reason = String(cString: strerror(errno))
                 discard()
                 return .failed("cannot open \(o.what) \(o.path): \(reason)")
@@ -832,13 +875,26 @@ final class PipelineRun {
                 return .failed("cannot open \(o.what) \(o.path): \(reason)")
             }
             if o.what == "output" { output = sink } else { deadLetter = sink }
+            if let problem = resume(sink, kept[i], L) {
+                for later in opened[(i + 1)...] { Glibc.close(later.fd) }
+                _ = output?.close()
+                _ = deadLetter?.close()
+                output = nil
+                deadLetter = nil
+                return .failed(problem)
+            }
         }
-        if case .stdout = options.output { output = FileSink(stdout: ()) }
+        switch options.output {
+        case .stdout: output = FileSink(stdout: ())
+        case .discard: output = DiscardSink()
+        case .function(let ref): output = FunctionSink(function: ref)
+        case .path, .collect: break
+        }
         return nil
     }
 
     /// Records the first failure of a sink (the run then stops). Returns false.
-    private func sinkFailed(_ sink: FileSink, errno code: Int32) -> Bool {
+    func sinkFailed(_ sink: EventSink, errno code: Int32) -> Bool {
         if sinkFailure == nil {
             sinkFailure = ("cannot write \(sink.what) \(sink.name): \(String(cString: strerror(code)))",
                            code == EPIPE && sink === output)
@@ -848,8 +904,8 @@ final class PipelineRun {
 
     /// Flushes both sinks (end of the input, before the stages close).
     private func flushSinks() {
-        for sink in [output, deadLetter].compactMap({ $0 }) where sinkFailure == nil {
-            let code = sink.flush()
+        for sink in [output, deadLetter as EventSink?].compactMap({ $0 }) where sinkFailure == nil {
+            let code = sink.flush(durable: false)
             if code != 0 { _ = sinkFailed(sink, errno: code) }
         }
     }
@@ -884,7 +940,7 @@ final class PipelineRun {
 
     /// Closes both sinks; a failure is recorded unless one already was.
     private func closeSinks() {
-        for sink in [output, deadLetter].compactMap({ $0 }) {
+        for sink in [output, deadLetter as EventSink?].compactMap({ $0 }) {
             let code = sink.close()
             if code != 0 { _ = sinkFailed(sink, errno: code) }
         }
@@ -895,28 +951,15 @@ final class PipelineRun {
     /// The event at `event` leaves the last stage: written (or collected, or passed to
     /// the output function), then counted as emitted. False when the run must stop.
     private func writeOutput(_ L: LuaState, _ event: Int32, extra: Bool) -> Bool {
-        switch options.output {
-        case .discard:
-            break
-        case .collect:
-            lua_rawgeti(L, Lua.registry, lua_Integer(collected))
-            lua_pushvalue(L, event)
-            lua_rawseti(L, -2, lua_Integer(lua_rawlen(L, -2) + 1))
-            sl_pop(L, 1)
-        case .function(let ref):
-            lua_rawgeti(L, Lua.registry, lua_Integer(ref))
-            lua_pushvalue(L, event)
-            if sl_pcall(L, 1, 0, msgh) != LUA_OK {
+        if let output {
+            switch output.write(L, event, codec: rt.json, msgh: msgh) {
+            case .written: break
+            case .unencodable: return unencodable(L, event, extra: extra)
+            case .failed(let code): return sinkFailed(output, errno: code)
+            case .raised:
                 abortMessage = "pipeline '\(definition.name)' aborted: the output function failed on \(describeEvent(L, event, extra: extra)): \(describeError(L, lua_gettop(L)))"
                 return false
             }
-        case .path, .stdout:
-            guard let output else { break }
-            guard rt.json.encode(L, event) else { return unencodable(L, event, extra: extra) }
-            var len = 0
-            let code = lua_tolstring(L, -1, &len).map { output.writeLine($0, len) } ?? 0
-            sl_pop(L, 1)
-            if code != 0 { return sinkFailed(output, errno: code) }
         }
         if extra { fanout.emitted += 1 } else { original.emitted += 1 }
         return true
@@ -1075,7 +1118,7 @@ final class PipelineRun {
     /// Events read per second of the run.
     var eventsPerSecond: Double {
         let seconds = elapsed
-        return seconds > 0 ? Double(read) / seconds : 0
+        return seconds > 0 ? Double(read - checkpointing.restoredRead) / seconds : 0
     }
 
     /// The counts of the run in one line: `pipeline 'p': read 2104, emitted 0, ...
@@ -1139,6 +1182,10 @@ final class PipelineRun {
     /// without one, its JSON (shortened).
     func describeEvent(_ L: LuaState, _ event: Int32, extra: Bool) -> String {
         let id = eventID(L, event)
+        if eventLine == 0, let i = checkpointing.flushing, i < stages.count {
+            let what = "an event emitted by the flush of stage '\(stages[i].definition.name)'"
+            return id.map { "\(what) (id \($0))" } ?? "\(what) (\(eventJSON(L, event)))"
+        }
         guard eventLine > 0 else {
             if let id { return "an event emitted by a timer (id \(id))" }
             return "an event emitted by a timer (\(eventJSON(L, event)))"
@@ -1181,7 +1228,7 @@ final class PipelineRun {
     }
 
     /// The error's message and, when one was captured for it, its traceback.
-    private func describeError(_ L: LuaState, _ error: Int32, traceback: String? = nil) -> String {
+    func describeError(_ L: LuaState, _ error: Int32, traceback: String? = nil) -> String {
         let e = rt.takeError(copyOf: error, L, traceback: traceback)
         return e.traceback.map { "\(e.message)\n\($0)" } ?? e.message
     }
@@ -1192,7 +1239,7 @@ final class PipelineRun {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
-    private enum Backoff {
+    enum Backoff {
         case waited
         /// A stop signal came (also before the wait).
         case stopped
@@ -1204,7 +1251,7 @@ final class PipelineRun {
     /// Due timers fire meanwhile, as between events (not when the event waiting is one
     /// a timer emitted: timers do not fire inside a timer's firing). The time waited is
     /// the stage's backoff in the report.
-    private func backoff(_ L: LuaState, _ seconds: Double, _ stage: StageRun) -> Backoff {
+    func backoff(_ L: LuaState, _ seconds: Double, _ stage: StageRun) -> Backoff {
         let start = sl_monotonic_ns()
         defer { stage.backoffNanos &+= sl_monotonic_ns() &- start }
         let end = Self.later(start, by: Self.nanoseconds(seconds))
@@ -1354,8 +1401,9 @@ extension PipelineRun.Options.Input {
 /// never sees half a line; the run flushes it before it waits for input and every
 /// `PipelineRun.flushInterval` while events flow (ARCHITECTURE.md, "Output latency").
 final class FileSink {
-    private var file: UnsafeMutablePointer<FILE>?
-    private let owned: Bool
+    private(set) var file: UnsafeMutablePointer<FILE>?
+    /// Opened by this run (not stdout): see `checkpointState` in Sinks.swift.
+    let owned: Bool
     /// The path (or "stdout") and what it is ("output", "dead-letter file"), for messages.
     let name: String
     let what: String

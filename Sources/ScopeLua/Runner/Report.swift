@@ -165,6 +165,19 @@ extension Report {
             lines.append("  fan-out    created \(run.fanoutCreated)  emitted \(run.fanout.emitted)  filtered \(run.fanout.filtered)  skipped \(run.fanout.skipped)  dead-lettered \(run.fanout.deadLettered)"
                 + (run.fanout.inFlight > 0 ? "  in-flight \(run.fanout.inFlight)" : ""))
         }
+        if let store = run.checkpointing.store {
+            // A resumed run says where it started; every run with a checkpoint, where it ended.
+            var text = "  checkpoint \(store.path):"
+            if let from = run.checkpointing.resumed?.position {
+                text += " resumed after line \(from.line) (byte \(from.offset)),"
+            }
+            if let to = run.checkpointing.committed {
+                text += " committed after line \(to.line) (byte \(to.offset)), \(run.checkpointing.barriers) barrier\(run.checkpointing.barriers == 1 ? "" : "s") in all"
+            } else {
+                text += " nothing committed"
+            }
+            lines.append(text)
+        }
         lines.append("  time       elapsed \(seconds(run.elapsed))  \(rate(run.eventsPerSecond)) events/s")
         let width = max(5, run.stages.map(\.definition.name.count).max() ?? 5)
         lines.append("  stages     " + pad("stage", width) + "     calls   errors        p50        p99        max    backoff")

@@ -46,6 +46,14 @@ public struct RunRequest: Sendable {
         /// truncation, a file that appears later); only a stop ends the run. Not with
         /// stdin (`-`).
         public var follow = false
+        /// `--checkpoint FILE`: resume after the last committed position, commit at every
+        /// barrier (docs/ARCHITECTURE.md, "Barriers and checkpoints").
+        public var checkpoint: String?
+        /// `--checkpoint-every`: nil is the default (`CheckpointInterval.standard` with a
+        /// checkpoint, else barriers only at the end).
+        public var checkpointEvery: CheckpointInterval?
+        /// `--checkpoint-reset`: forget the committed checkpoint and start over.
+        public var checkpointReset = false
 
         public init(input: String) {
             self.input = input
@@ -91,7 +99,7 @@ public enum ScriptRunner {
         defer { if scriptFD >= 0 { close(scriptFD) } }
         // An output over the input is refused before the script runs (the run checks
         // again on the descriptors it opens).
-        if let p = request.pipeline, let problem = outputOverInput(p) ?? unwritableOutput(p) {
+        if let p = request.pipeline, let problem = outputOverInput(p) ?? unwritableOutput(p) ?? unresumableInput(p) {
             options.diagnostics("scopelua: \(problem)")
             return usageError
         }
@@ -274,6 +282,9 @@ public enum ScriptRunner {
         }
         options.deadLetter = p.deadLetter
         options.replay = p.replay
+        options.checkpoint = p.checkpoint
+        options.checkpointEvery = p.checkpointEvery
+        options.checkpointReset = p.checkpointReset
         options.progress = sl_stderr_isatty() != 0
         // From here on a write to a pipe nobody reads fails with EPIPE (the run stops
         // gracefully) instead of killing the process: also for what is left in stdout's
@@ -305,6 +316,13 @@ public enum ScriptRunner {
             rt.diagnose("scopelua: \(message)")
             return usageError
         }
+    }
+
+    /// `--checkpoint` over stdin: what was read from a stream cannot be read again, so
+    /// the run could never resume (a pipe given by name is refused when it is opened).
+    static func unresumableInput(_ p: RunRequest.PipelineOptions) -> String? {
+        guard let checkpoint = p.checkpoint, p.input == "-" else { return nil }
+        return "--checkpoint \(checkpoint) needs an input file: stdin is a stream, which cannot be read again after a crash (give --input FILE)"
     }
 
     /// Why `--output` or `--dead-letter` cannot be used with this input: it names the
