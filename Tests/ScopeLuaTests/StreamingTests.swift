@@ -298,6 +298,33 @@ final class StreamingChild {
 
     /// SIGTERM ends a follow run gracefully while it waits for more: the stages close,
     /// the report is printed, exit 143. Timers fire while it waits.
+    /// --follow with --checkpoint: a stopped follow run resumes in the same file after
+    /// the last committed line, and the output holds every event once.
+    @Test func aFollowRunResumesFromItsCheckpoint() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "s" { process = function(ctx, e) return e end }
+            pipeline "p" { "s" }
+            """, to: "p.lua", in: dir)
+        write(Self.lines(1...3), to: "in.jsonl", in: dir)
+        let arguments = ["run", "p.lua", "--input", "in.jsonl", "--follow", "--output", "out.jsonl", "--checkpoint", "state.db"]
+        let first = try StreamingChild(arguments, directory: dir)
+        #expect(waitUntil(seconds: 20) { read("\(dir)/out.jsonl") == Self.lines(1...3) }, "\(first.stderr)")
+        kill(first.pid, SIGTERM)
+        #expect(first.finish().status == 143)
+        let more = FileHandle(forWritingAtPath: "\(dir)/in.jsonl")
+        more?.seekToEndOfFile()
+        more?.write(Data(Self.lines(4...5).utf8))
+        try? more?.close()
+        let second = try StreamingChild(arguments, directory: dir)
+        #expect(waitUntil(seconds: 20) { read("\(dir)/out.jsonl") == Self.lines(1...5) }, "\(second.stderr)")
+        kill(second.pid, SIGTERM)
+        let (status, stderr) = second.finish()
+        #expect(status == 143)
+        #expect(stderr.contains("resuming from checkpoint state.db: in.jsonl after line 3"), "\(stderr)")
+        #expect(read("\(dir)/out.jsonl") == Self.lines(1...5))
+    }
+
     @Test func sigtermEndsAFollowRunGracefully() throws {
         let dir = temporaryDirectory()
         write("""
