@@ -1,12 +1,20 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
+let librarySettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    // The runtime's state is confined to one thread (rule 6) and never accessed
+    // re-entrantly inside an access; dynamic exclusivity checks cost a third of a
+    // handle's acquire/release on the hot path.
+    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+]
+
 let package = Package(
     name: "scopelua",
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "scopelua", targets: ["scopelua"]),
-        .library(name: "ScopeLua", targets: ["ScopeLua"]),
+        .library(name: "ScopeLua", targets: ["ScopeLua", "ScopeLuaRepl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -36,21 +44,38 @@ let package = Package(
         // The only code allowed to raise Lua errors (longjmp): trampolines,
         // protected helpers and the allocator.
         .target(name: "CScopeLua", dependencies: ["CLua"]),
+        // The layers (docs/ARCHITECTURE.md, "Layers"); each may use only the ones below it.
+        // The core: the Lua bridge's Swift half, the runtime, scopes, resources and handles,
+        // the core bindings (scope, defer, with_resource, log) and the module mechanism.
+        .target(
+            name: "ScopeLuaCore",
+            dependencies: ["CLua", "CScopeLua"],
+            swiftSettings: librarySettings
+        ),
+        // One folder per resource kind (files, timers, SQLite) and JSON, each a module
+        // that installs itself into a runtime.
+        .target(
+            name: "ScopeLuaResources",
+            dependencies: ["ScopeLuaCore", "CLua", "CScopeLua", "CSQLite"],
+            swiftSettings: librarySettings
+        ),
+        // The pipeline engine, the script runner, and what a standard runtime installs.
         .target(
             name: "ScopeLua",
-            dependencies: ["CLua", "CScopeLua", "CSQLite"],
-            swiftSettings: [
-                .swiftLanguageMode(.v6),
-                // The runtime's state is confined to one thread (rule 6) and never
-                // accessed re-entrantly inside an access; dynamic exclusivity checks
-                // cost a third of a handle's acquire/release on the hot path.
-                .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
-            ]
+            dependencies: ["ScopeLuaCore", "ScopeLuaResources", "CLua", "CScopeLua"],
+            swiftSettings: librarySettings
+        ),
+        // The REPL's logic (no terminal).
+        .target(
+            name: "ScopeLuaRepl",
+            dependencies: ["ScopeLua", "CLua", "CScopeLua"],
+            swiftSettings: librarySettings
         ),
         .executableTarget(
             name: "scopelua",
             dependencies: [
                 "ScopeLua",
+                "ScopeLuaRepl",
                 "CLineEdit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -59,7 +84,7 @@ let package = Package(
         .testTarget(
             name: "ScopeLuaTests",
             // The executable is a dependency so that end-to-end tests can run it.
-            dependencies: ["ScopeLua", "CLua", "scopelua"],
+            dependencies: ["ScopeLuaCore", "ScopeLuaResources", "ScopeLua", "ScopeLuaRepl", "CLua", "scopelua"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]

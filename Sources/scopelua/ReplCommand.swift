@@ -1,6 +1,7 @@
 import ArgumentParser
 import CLineEdit
 import ScopeLua
+import ScopeLuaRepl
 
 #if canImport(Glibc)
 import Glibc

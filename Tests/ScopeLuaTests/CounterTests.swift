@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ScopeLua
+@testable import ScopeLuaCore
 
 /// Counters a long-running service keeps (issue 9, item 8): none may wrap.
 @Suite(.timeLimit(.minutes(1))) struct CounterTests {

@@ -2,6 +2,7 @@ import CLua
 import Foundation
 import Testing
 @testable import ScopeLua
+@testable import ScopeLuaResources
 
 /// Numbers a script passes that no Swift conversion can hold (issue 9, item 3): each
 /// is a Lua error naming the argument and the allowed range, never a trap (which ended

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ScopeLua
+@testable import ScopeLuaRepl
 import CLua
 
 /// What a user of a pipeline sees when something goes wrong (issue 10): no silent wrong

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ScopeLua
+@testable import ScopeLuaRepl
 import CScopeLua
 
 /// The REPL's logic, without a terminal.

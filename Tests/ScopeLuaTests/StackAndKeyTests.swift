@@ -3,6 +3,7 @@ import CSQLite
 import Foundation
 import Testing
 @testable import ScopeLua
+@testable import ScopeLuaResources
 
 /// Lua C API calls that raise or overrun when Swift ignores their preconditions (issue
 /// 9, item 10): a nil table key, a stack that cannot grow.

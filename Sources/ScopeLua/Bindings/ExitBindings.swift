@@ -7,7 +7,7 @@ import CScopeLua
 /// deferred functions and stage closes get the error), without one for success (they
 /// commit and get nil). Then, as stock os.exit does, the state is closed if `close` is
 /// true, and the process exits with the status (1 if it was 0 and a release failed).
-enum ExitBindings {
+enum ExitBindings: RuntimeModule {
     static func install(_ rt: Runtime, _ L: LuaState) {
         Bindings.getGlobal(L, "os")
         sl_pushosexit(L, exit)

@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// `stage(name, def)`, `pipeline(name, def)`, `p:run{...}`, and the `ctx` stages see.
-enum PipelineBindings {
+enum PipelineBindings: RuntimeModule {
     static func install(_ rt: Runtime, _ L: LuaState) {
         Lua.push(L, stage)
         Bindings.setGlobal(L, "stage")
@@ -31,11 +31,17 @@ enum PipelineBindings {
         rt.pipelineMetatable = lua_topointer(L, -1)
         Lua.setRegistryField(L, "scopelua.pipeline")
 
-        // ctx: { name, config, state } with :emit(e) and :own(h).
+        // ctx: { name, config, state } with :emit(e) and :own(h). Their closures hold the
+        // engine's state as an upvalue, so ctx:emit (per event) looks nothing up.
+        let state = Unmanaged.passUnretained(rt.pipelineState).toOpaque()  // kept by the runtime
         lua_createtable(L, 0, 2)
         lua_createtable(L, 0, 2)
-        Lua.setFunction(L, -1, "emit", emit)
-        Lua.setFunction(L, -1, "own", own)
+        lua_pushlightuserdata(L, state)
+        sl_pushclosure(L, emit, 1)
+        Lua.setField(L, -2, "emit")
+        lua_pushlightuserdata(L, state)
+        sl_pushclosure(L, own, 1)
+        Lua.setField(L, -2, "own")
         Lua.setField(L, -2, "__index")
         Lua.setRegistryField(L, "scopelua.ctx")
 
@@ -338,18 +344,20 @@ enum PipelineBindings {
 
     // MARK: - ctx
 
-    /// The running pipeline, or an error pushed saying `method` needs one.
-    static func activeRun(_ rt: Runtime, _ L: LuaState, for method: String) -> PipelineRun? {
-        if let run = rt.activeRun { return run }
+    /// The running pipeline, or an error pushed saying `method` needs one. For the ctx
+    /// methods, whose closures carry the engine's state (see `install`).
+    static func activeRun(_ L: LuaState, for method: String) -> PipelineRun? {
+        let state = lua_touserdata(L, sl_upvalueindex(2)).unsafelyUnwrapped
+        if let run = Unmanaged<PipelineState>.fromOpaque(state).takeUnretainedValue().activeRun { return run }
         Lua.pushError(L, "ctx:\(method) can only be used while the pipeline runs")
         return nil
     }
 
     /// ctx:emit(e): sends an extra event downstream of the stage.
     static let emit: SwiftLuaFunction = { L in
-        let (rt, L) = Runtime.from(L)
+        let L = L.unsafelyUnwrapped
         // Checked only once something is wrong: the common call pays nothing for it.
-        guard let run = activeRun(rt, L, for: "emit") else { return calledWithADot(L, "emit(e)") ?? raise }
+        guard let run = activeRun(L, for: "emit") else { return calledWithADot(L, "emit(e)") ?? raise }
         guard lua_type(L, 2) == LUA_TTABLE else {
             if let dot = calledWithADot(L, "emit(e)") { return dot }
             Lua.pushTypeError(L, 2, "table")
@@ -382,7 +390,7 @@ enum PipelineBindings {
     static let own: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         if let dot = calledWithADot(L, "own(h)") { return dot }
-        guard let run = activeRun(rt, L, for: "own") else { return raise }
+        guard let run = activeRun(L, for: "own") else { return raise }
         guard let h = HandleBindings.checkOpen(rt, L, 2) else { return raise }
         if let problem = run.own(L, ctx: 1, handle: h) {
             Lua.pushError(L, problem)

@@ -108,7 +108,7 @@ final class StageDefinition {
 }
 
 /// A registered pipeline: stages (with their config) and nested pipelines, in order.
-final class PipelineDefinition {
+package final class PipelineDefinition {
     enum Item {
         /// A stage, with the registry reference of its `ctx.config` table.
         case stage(StageDefinition, config: Int32)
@@ -140,11 +140,11 @@ final class PipelineDefinition {
 }
 
 /// The stages and pipelines a script registered, by name.
-final class PipelineRegistry {
+package final class PipelineRegistry {
     var stages: [String: StageDefinition] = [:]
-    var pipelines: [String: PipelineDefinition] = [:]
+    package var pipelines: [String: PipelineDefinition] = [:]
     /// Registration order, for "the script's pipeline" when there is only one.
-    var pipelineOrder: [String] = []
+    package var pipelineOrder: [String] = []
     /// Definition tables and pipeline objects by identity (kept alive by references).
     var stagesByTable: [UnsafeRawPointer?: StageDefinition] = [:]
     var pipelinesByTable: [UnsafeRawPointer?: PipelineDefinition] = [:]
@@ -152,7 +152,7 @@ final class PipelineRegistry {
     /// Whether a name registered again replaces the first definition (the REPL, where
     /// people redefine as they go, saying so) instead of being an error (a script,
     /// where a second `stage "enrich"` is a mistake that would silently win).
-    var allowsRedefinition = false
+    package var allowsRedefinition = false
 
     /// Registered pipelines that no other registered pipeline contains, in order.
     var outermostPipelines: [String] {

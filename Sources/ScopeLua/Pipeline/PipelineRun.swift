@@ -14,13 +14,14 @@ import Glibc
 /// (emitted), filtered, skipped, dead-lettered, rejected, or in flight (being processed
 /// when the run aborted, was forced to stop, stopped during a retry's wait or could not
 /// write its output), and the counts add up.
-final class PipelineRun {
-    struct Options {
+package final class PipelineRun {
+    package struct Options {
+        package init() {}
         /// `descriptor`: already open (and checked) by the caller, who closes it.
-        enum Input { case path(String), descriptor(Int32, name: String), list(Int32), stdin }
-        enum Output { case path(String), function(Int32), collect, stdout, discard }
-        var input: Input = .stdin
-        var output: Output = .stdout
+        package enum Input { case path(String), descriptor(Int32, name: String), list(Int32), stdin }
+        package enum Output { case path(String), function(Int32), collect, stdout, discard }
+        package var input: Input = .stdin
+        package var output: Output = .stdout
         var deadLetter: String?
         /// `--follow`: the input file (`.path`, or `.descriptor` with its path as name;
         /// descriptor -1 while it does not exist) is followed by name as it grows, and
@@ -38,7 +39,7 @@ final class PipelineRun {
         var checkpointReset = false
     }
 
-    enum Outcome: Equatable {
+    package enum Outcome: Equatable {
         case finished
         case stopped(signal: Int32)
         case failed(String)
@@ -104,6 +105,8 @@ final class PipelineRun {
     }
 
     let rt: Runtime
+    /// The timers module's state, taken once per run: the check between events reads it.
+    private let timers: TimerState
     let definition: PipelineDefinition
     let options: Options
     private(set) var stages: [StageRun] = []
@@ -170,8 +173,9 @@ final class PipelineRun {
     /// Barriers and the checkpoint (Barrier.swift).
     var checkpointing = Checkpointing()
 
-    init(_ rt: Runtime, _ definition: PipelineDefinition, options: Options) {
+    package init(_ rt: Runtime, _ definition: PipelineDefinition, options: Options) {
         self.rt = rt
+        self.timers = rt.timerState
         self.definition = definition
         self.options = options
     }
@@ -179,7 +183,7 @@ final class PipelineRun {
     // MARK: - Running
 
     /// Runs the pipeline to the end of its input (or a stop), in a child of `parent`.
-    func execute(_ L: LuaState, parent: Scope) -> Outcome {
+    package func execute(_ L: LuaState, parent: Scope) -> Outcome {
         startedAt = sl_monotonic_ns()
         rt.activeRun = self
         defer { rt.activeRun = nil }
@@ -740,7 +744,7 @@ final class PipelineRun {
     private func nextWakeUp() -> UInt64? {
         var wake: UInt64? = drawsProgress ? sl_monotonic_ns() &+ 500_000_000 : nil
         if checkpointing.dueTime != .max { wake = min(wake ?? checkpointing.dueTime, checkpointing.dueTime) }
-        for t in rt.scheduled where t.handle != nil {
+        for t in timers.scheduled where t.handle != nil {
             wake = min(wake ?? t.due, t.due)
         }
         return wake
@@ -748,7 +752,7 @@ final class PipelineRun {
 
     /// Fires due timers (between events only, never once the input has ended).
     private func fireTimers(_ L: LuaState) -> Bool {
-        guard !rt.scheduled.isEmpty, !inputEnded else { return true }
+        guard !timers.scheduled.isEmpty, !inputEnded else { return true }
         let now = sl_monotonic_ns()
         // A timer's events come from no input line. Timers may fire while an event
         // waits to be retried: its line, and what is queued below, are left as they were.
@@ -757,7 +761,7 @@ final class PipelineRun {
         let queueBase = queueTop
         firingTimers = true
         defer { firingTimers = false }
-        for t in rt.scheduled where t.due <= now {
+        for t in timers.scheduled where t.due <= now {
             eventLine = 0
             guard let h = t.handle, h.pointee.isOpen else { continue }
             let base = lua_gettop(L)
@@ -1367,7 +1371,7 @@ final class PipelineRun {
     }
 
     /// Drops the registry references this run holds (after execute).
-    func releaseReferences(_ L: LuaState) {
+    package func releaseReferences(_ L: LuaState) {
         luaL_unref(L, Lua.registry, queue)
         queue = LUA_NOREF
         if case .list(let ref) = options.input { luaL_unref(L, Lua.registry, ref) }
@@ -1377,7 +1381,7 @@ final class PipelineRun {
     // MARK: - Report
 
     /// Pushes the report table (see `Report.pushPipeline`). Stack: +1.
-    func pushReport(_ L: LuaState) {
+    package func pushReport(_ L: LuaState) {
         Report.pushPipeline(self, L)
         if collected != LUA_NOREF {
             lua_rawgeti(L, Lua.registry, lua_Integer(collected))

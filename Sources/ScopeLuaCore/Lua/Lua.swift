@@ -9,18 +9,18 @@ public typealias LuaState = OpaquePointer
 
 /// A Lua-callable Swift function: entered through the C trampoline, returns the number
 /// of results or `raise` after pushing an error object. Never raises itself (rule 1).
-typealias SwiftLuaFunction = @convention(c) (LuaState?) -> Int32
+@usableFromInline package typealias SwiftLuaFunction = @convention(c) (LuaState?) -> Int32
 
 /// Returned by a `SwiftLuaFunction` to make the trampoline raise the object on top.
-let raise: Int32 = SL_RAISE
+@usableFromInline package let raise: Int32 = SL_RAISE
 
 /// Thin, non-raising helpers over the C API. Each says what it does to the stack.
-enum Lua {
-    static var registry: Int32 { sl_registryindex() }
+@usableFromInline package enum Lua {
+    @inlinable package static var registry: Int32 { sl_registryindex() }
 
     /// Pushes `s` (any bytes, embedded zeros allowed). Stack: +1.
-    @inline(__always)
-    static func push(_ L: LuaState, _ s: String) {
+    @inlinable @inline(__always)
+    package static func push(_ L: LuaState, _ s: String) {
         var s = s
         s.withUTF8 { buf in
             _ = lua_pushlstring(L, buf.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self) }, buf.count)
@@ -28,12 +28,12 @@ enum Lua {
     }
 
     /// Pushes a Swift function through the trampoline. Stack: +1.
-    static func push(_ L: LuaState, _ fn: SwiftLuaFunction) {
+    @inlinable package static func push(_ L: LuaState, _ fn: SwiftLuaFunction) {
         sl_pushfunction(L, fn)
     }
 
     /// The string at `idx` if it is a string (numbers are not converted). Stack: 0.
-    static func string(_ L: LuaState, _ idx: Int32) -> String? {
+    @inlinable package static func string(_ L: LuaState, _ idx: Int32) -> String? {
         guard lua_type(L, idx) == LUA_TSTRING else { return nil }
         var len = 0
         guard let p = lua_tolstring(L, idx, &len) else { return nil }
@@ -42,7 +42,7 @@ enum Lua {
 
     /// The value at `idx` as `tostring` would show it, without running metamethods
     /// unless `metamethods` is set (then under a protected call). Stack: 0.
-    static func describe(_ L: LuaState, _ idx: Int32, metamethods: Bool = true) -> String {
+    @usableFromInline package static func describe(_ L: LuaState, _ idx: Int32, metamethods: Bool = true) -> String {
         let idx = lua_absindex(L, idx)
         switch lua_type(L, idx) {
         case LUA_TSTRING:
@@ -73,12 +73,12 @@ enum Lua {
     }
 
     /// `type(v)` of the value at `idx`.
-    static func typeName(_ L: LuaState, _ idx: Int32) -> String {
+    @usableFromInline package static func typeName(_ L: LuaState, _ idx: Int32) -> String {
         String(cString: lua_typename(L, lua_type(L, idx)))
     }
 
     /// Pushes "where: message" the way `luaL_error` positions a message. Stack: +1.
-    static func pushError(_ L: LuaState, _ message: String, level: Int32 = 1) {
+    @usableFromInline package static func pushError(_ L: LuaState, _ message: String, level: Int32 = 1) {
         luaL_where(L, level)
         let location = string(L, -1) ?? ""
         sl_pop(L, 1)
@@ -90,7 +90,7 @@ enum Lua {
     /// guaranteed LUA_MINSTACK (20) free slots, and after a call with LUA_MULTRET
     /// none at all, yet the C API does not check pushes: a push past the end writes
     /// past the stack's memory. Stack: 0.
-    static func checkStack(_ L: LuaState, _ n: Int32) -> Bool {
+    @inlinable package static func checkStack(_ L: LuaState, _ n: Int32) -> Bool {
         lua_checkstack(L, n) != 0
     }
 
@@ -98,7 +98,7 @@ enum Lua {
     /// an allocation failure while Swift holds the state (a Swift frame cannot take
     /// the error Lua would raise). For places a script cannot drive to the limit;
     /// where it can, use `checkStack` and report a Lua error. Stack: 0.
-    static func reserve(_ L: LuaState, _ n: Int32, for what: StaticString) {
+    @inlinable package static func reserve(_ L: LuaState, _ n: Int32, for what: StaticString) {
         guard checkStack(L, n) else {
             sl_eprint("scopelua: cannot grow the Lua stack by \(n) slots for \(what) (stack overflow or out of memory)")
             abort()
@@ -106,30 +106,30 @@ enum Lua {
     }
 
     /// Pushes luaL_argerror's wording for argument `arg`. Stack: +1.
-    static func pushArgError(_ L: LuaState, _ arg: Int32, _ message: String) {
+    @usableFromInline package static func pushArgError(_ L: LuaState, _ arg: Int32, _ message: String) {
         message.withCString { sl_pushargerror(L, arg, $0) }
     }
 
     /// Pushes luaL_typeerror's wording ("string expected, got nil"). Stack: +1.
-    static func pushTypeError(_ L: LuaState, _ arg: Int32, _ expected: String) {
+    @usableFromInline package static func pushTypeError(_ L: LuaState, _ arg: Int32, _ expected: String) {
         expected.withCString { sl_pushtypeerror(L, arg, $0) }
     }
 
     /// Registry field access with a string key: the registry has no metatable, so the
     /// lookup cannot run a metamethod. Stack: +1 / -1.
-    static func getRegistryField(_ L: LuaState, _ key: String) {
+    @inlinable package static func getRegistryField(_ L: LuaState, _ key: String) {
         push(L, key)
         lua_rawget(L, registry)
     }
 
-    static func setRegistryField(_ L: LuaState, _ key: String) {
+    @inlinable package static func setRegistryField(_ L: LuaState, _ key: String) {
         push(L, key)
         lua_rotate(L, -2, 1)
         lua_rawset(L, registry)
     }
 
     /// `t[key] = v` with a raw set, for a table at `table` and the value on top. Stack: -1.
-    static func setField(_ L: LuaState, _ table: Int32, _ key: String) {
+    @inlinable package static func setField(_ L: LuaState, _ table: Int32, _ key: String) {
         let t = lua_absindex(L, table)
         push(L, key)
         lua_rotate(L, -2, 1)
@@ -137,7 +137,7 @@ enum Lua {
     }
 
     /// Sets field `key` of the table at `table` to a Swift function. Stack: 0.
-    static func setFunction(_ L: LuaState, _ table: Int32, _ key: String, _ fn: SwiftLuaFunction) {
+    @inlinable package static func setFunction(_ L: LuaState, _ table: Int32, _ key: String, _ fn: SwiftLuaFunction) {
         let t = lua_absindex(L, table)
         push(L, fn)
         setField(L, t, key)
@@ -145,14 +145,14 @@ enum Lua {
 
     /// Raw `t[key]` for a table at `table`. Stack: +1.
     @discardableResult
-    static func rawField(_ L: LuaState, _ table: Int32, _ key: String) -> Int32 {
+    @inlinable package static func rawField(_ L: LuaState, _ table: Int32, _ key: String) -> Int32 {
         let t = lua_absindex(L, table)
         push(L, key)
         return lua_rawget(L, t)
     }
 
     /// The C function stored in `t[key]` (stock library functions), if any. Stack: 0.
-    static func cfunction(_ L: LuaState, _ table: Int32, _ key: String) -> lua_CFunction? {
+    @inlinable package static func cfunction(_ L: LuaState, _ table: Int32, _ key: String) -> lua_CFunction? {
         rawField(L, table, key)
         defer { sl_pop(L, 1) }
         return lua_tocfunction(L, -1)

@@ -1,5 +1,6 @@
 import CLua
 import CScopeLua
+import ScopeLuaCore
 
 /// The `json` module: scopelua's own codec, in C (`jsondecode.c`, `jsonencode.c`). It
 /// reads and writes what Debian's lua-cjson does, with cjson's messages (the tests
@@ -7,8 +8,8 @@ import CScopeLua
 /// with what cjson 2.1 lacks: empty arrays round-trip (`[]` decodes to an empty table
 /// marked with `json.array_mt`, which encodes back as `[]`), integers stay integers,
 /// and numbers JSON does not allow (NaN, hex, leading zeros) are errors.
-enum JSONBindings {
-    static func install(_ rt: Runtime, _ L: LuaState) {
+package enum JSONBindings: RuntimeModule {
+    package static func install(_ rt: Runtime, _ L: LuaState) {
         let base = lua_gettop(L)
         defer { lua_settop(L, base) }
         lua_createtable(L, 0, 6)
@@ -52,9 +53,11 @@ enum JSONBindings {
 }
 
 /// JSON for the runtime itself (the pipeline runner, the REPL).
-struct JSONCodec {
+package struct JSONCodec {
+    package init() {}
+
     /// Decodes the string at `idx`; pushes the value (true) or the reason (false).
-    func decode(_ L: LuaState, _ idx: Int32) -> Bool {
+    package func decode(_ L: LuaState, _ idx: Int32) -> Bool {
         var len = 0
         guard let p = lua_tolstring(L, idx, &len) else {
             Lua.push(L, "not a string")
@@ -64,7 +67,12 @@ struct JSONCodec {
     }
 
     /// Encodes the value at `idx`; pushes the text (true) or the reason (false).
-    func encode(_ L: LuaState, _ idx: Int32) -> Bool {
+    package func encode(_ L: LuaState, _ idx: Int32) -> Bool {
         sl_json_encode(L, idx) != 0
     }
+}
+
+extension Runtime {
+    /// JSON for the runtime itself (the codec keeps no state).
+    package var json: JSONCodec { JSONCodec() }
 }

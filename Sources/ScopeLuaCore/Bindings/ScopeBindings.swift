@@ -2,7 +2,7 @@ import CLua
 import CScopeLua
 
 /// `scope(fn, ...)`, `scope.current()`, `defer(fn)`, `with_resource(r..., fn)`.
-enum ScopeBindings {
+package enum ScopeBindings {
 
     static func install(_ rt: Runtime, _ L: LuaState) {
         // The `scope` global: a table (for scope.current) that can be called.
@@ -49,7 +49,7 @@ enum ScopeBindings {
     /// 0 for none) as the one it came with: a re-raise keeps the traceback from where
     /// the error happened, any other raise cancels an earlier announcement (see
     /// sl_tracebackreraise). Every raise of scope() and with_resource() goes through it.
-    static func raising(_ L: LuaState, traceback: Int32 = 0) -> Int32 {
+    package static func raising(_ L: LuaState, traceback: Int32 = 0) -> Int32 {
         sl_tracebackreraise(L, -1, traceback)
         return raise
     }

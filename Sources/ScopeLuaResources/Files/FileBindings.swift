@@ -1,9 +1,11 @@
 import CLua
 import CScopeLua
+import ScopeLuaCore
 
 /// The `fs` module, runtime-owned files, and adoption of stock `io.open` files.
-enum FileBindings {
-    static func install(_ rt: Runtime, _ L: LuaState) {
+package enum FileBindings: RuntimeModule {
+    package static func install(_ rt: Runtime, _ L: LuaState) {
+        HandleBindings.makeHiddenMetatable(rt, L, kind: .ioFile)
         // io's own C functions, taken before any script can replace them.
         Bindings.getGlobal(L, "io")
         let io = lua_gettop(L)
@@ -48,6 +50,11 @@ enum FileBindings {
         sl_pushopendelegate(L, ioOpen, adopt)
         Lua.setField(L, io, "open")
         lua_settop(L, io - 1)
+    }
+
+    /// The last sweep: adopted files the script closed, or leaked, are counted now.
+    package static func willClose(_ rt: Runtime) {
+        rt.sweepAdoptedFiles()
     }
 
     /// After io's open succeeded: stack [path, mode?, iofile] → [.., handle].

@@ -28,25 +28,30 @@ public struct RuntimeOptions {
 public final class Runtime {
     /// The main thread's state.
     public let L: LuaState
-    var options: RuntimeOptions {
+    package var options: RuntimeOptions {
         didSet { info.pointee.trace = options.trace ? 1 : 0 }
     }
     /// The state's C-side data (counts, caches and the fast paths' view of the runtime).
-    let info: UnsafeMutablePointer<sl_StateInfo>
-    let ledger: Ledger
+    @usableFromInline package let info: UnsafeMutablePointer<sl_StateInfo>
+    package let ledger: Ledger
     /// The pool of handle records (shared with the scopes, see `RecordArena`).
-    let arena = RecordArena()
+    package let arena = RecordArena()
     /// The run's root scope, and the scope acquisitions go to right now.
-    let root: Scope
-    var current: Scope {
-        didSet { info.pointee.current = current.registry }
+    package let root: Scope
+    @inlinable package var current: Scope {
+        get { currentScope }
+        set {
+            currentScope = newValue
+            info.pointee.current = newValue.registry
+        }
     }
+    @usableFromInline var currentScope: Scope
     var closed = false
 
     /// Metatable registry references and identities, indexed by `ResourceKind.index`;
     /// then, at `ResourceKind.count + index`, the same metatable without `__gc`, which a
     /// handle gets once released so the collector need not call its finalizer.
-    var metatableRefs = [Int32](repeating: LUA_NOREF, count: 2 * ResourceKind.count)
+    @usableFromInline package var metatableRefs = [Int32](repeating: LUA_NOREF, count: 2 * ResourceKind.count)
     /// Records the identity of a kind's metatable (`released`: its twin) where the C
     /// side checks handles against it (`sl_StateInfo.metatables`).
     func setMetatableIdentity(_ kind: ResourceKind, released: Bool, _ p: UnsafeRawPointer?) {
@@ -56,9 +61,9 @@ public final class Runtime {
         }
     }
     /// Kind names by `ResourceKind.index`, for handles whose record is gone.
-    var kindNames: [String] = (0..<ResourceKind.count).map { ResourceKind(rawValue: Int32($0))?.name ?? "resource" }
+    package var kindNames: [String] = (0..<ResourceKind.count).map { ResourceKind(rawValue: Int32($0))?.name ?? "resource" }
     /// Where `log.*` lines come from, when a running pipeline knows (`stage (line N)`).
-    var logContext: (() -> String?)?
+    package var logContext: (() -> String?)?
     /// Leaks so far by acquisition site and kind (see `noteLeak`).
     var leakSites: [LeakSite: Int] = [:]
     var leakOrder: [LeakSite] = []
@@ -69,27 +74,18 @@ public final class Runtime {
     /// Interned script sources for `Site`s.
     var sourceNames: [String] = []
     var sourceKeys: [String: Int32] = [:]
-    var siteScratch = sl_Site()
+    @usableFromInline var siteScratch = sl_Site()
 
-    /// Per-kind state that binding files keep on the runtime.
-    var timerLabelsRef: Int32 = LUA_NOREF
-    /// Registered stages and pipelines, and the pipeline running now (if any).
-    let pipelines = PipelineRegistry()
-    var activeRun: PipelineRun?
-    /// Pipelines run from Lua (`p:run{}`) so far.
-    var pipelineRuns = 0
-    var stageMetatable: UnsafeRawPointer?
-    var pipelineMetatable: UnsafeRawPointer?
-    /// Timers from timer.every / timer.after, fired by a running pipeline.
-    var scheduled: [ScheduledTimer] = []
-    /// JSON for the runner and the REPL.
-    let json = JSONCodec()
-    /// Identity of the metatable of `sql.blob` values.
-    var blobMetatable: UnsafeRawPointer?
-    var adopted = AdoptedFiles()
+    /// The `timer.measure` labels: label string → index into the ledger's statistics.
+    package var timerLabelsRef: Int32 = LUA_NOREF
+    /// The modules installed above the core, in order (see `RuntimeModule`).
+    package let modules: [any RuntimeModule.Type]
+    /// The state each module keeps on the runtime, by type (see `state(_:default:)`).
+    @usableFromInline package var moduleStates: [ObjectIdentifier: AnyObject] = [:]
 
-
-    public init(options: RuntimeOptions = RuntimeOptions()) {
+    /// A runtime with the core bindings and `modules`, installed in order. The runtime a
+    /// host normally wants, with every standard module, is `Runtime(options:)` (ScopeLua).
+    package init(options: RuntimeOptions, modules: [any RuntimeModule.Type]) {
         guard let state = sl_newstate() else {
             sl_eprint("scopelua: cannot create a Lua state (out of memory)")
             exit(70)
@@ -97,9 +93,10 @@ public final class Runtime {
         L = state
         info = sl_info(state)
         self.options = options
+        self.modules = modules
         ledger = Ledger(info)
         root = Scope(name: "run", parent: nil, arena: arena)
-        current = root
+        currentScope = root
         info.pointee.pool = arena.pool
         info.pointee.releaseleaks = { L in
             let (rt, L) = Runtime.from(L)
@@ -115,7 +112,7 @@ public final class Runtime {
         lua_createtable(state, Int32(SL_CACHE), 0)
         info.pointee.labelpins = luaL_ref(state, Lua.registry)
         luaL_openlibs(L)
-        Bindings.install(self)
+        Bindings.install(self, modules: modules)
         // lua.c runs scripts with the generational collector; so do we (rule 5), and it
         // keeps short-lived handles cheap.
         _ = sl_gcgenerational(L)
@@ -127,8 +124,8 @@ public final class Runtime {
     }
 
     /// The runtime that owns `L` (any of its threads).
-    @inline(__always)
-    static func from(_ L: LuaState?) -> (Runtime, LuaState) {
+    @inlinable @inline(__always)
+    package static func from(_ L: LuaState?) -> (Runtime, LuaState) {
         let L = L.unsafelyUnwrapped  // Lua always passes its state to a C function
         let raw = sl_info(L).pointee.runtime.unsafelyUnwrapped
         return (Unmanaged<Runtime>.fromOpaque(raw).takeUnretainedValue(), L)
@@ -136,8 +133,8 @@ public final class Runtime {
 
     /// The runtime that owns `L`, for hot paths that must not pay for reference
     /// counting: the runtime outlives every call into it from its own state.
-    @inline(__always)
-    static func unretained(_ L: LuaState) -> Unmanaged<Runtime> {
+    @inlinable @inline(__always)
+    package static func unretained(_ L: LuaState) -> Unmanaged<Runtime> {
         Unmanaged<Runtime>.fromOpaque(sl_info(L).pointee.runtime.unsafelyUnwrapped)
     }
 

@@ -1,5 +1,6 @@
 import CLua
 import CScopeLua
+import ScopeLuaCore
 
 /// A file opened with `fs.open`: a stock io file the runtime holds (through a registry
 /// reference, so the collector cannot close it behind the runtime's back) and closes
@@ -100,15 +101,20 @@ final class AdoptedFile: Resource {
 /// finds them. Files the script closes itself are noticed lazily: when the list has
 /// doubled since the last sweep, closed or collected files are dropped (released "by
 /// handle"), so a loop of io.open/close stays O(1) amortized.
-struct AdoptedFiles {
+/// The files module's state on a runtime (see `RuntimeModule`).
+final class AdoptedFiles {
     var tableRef: Int32 = LUA_NOREF
     var live: [AdoptedFile] = []
     var threshold = 64
 }
 
 extension Runtime {
+    /// The adopted io files (the files module's state).
+    var adopted: AdoptedFiles { state(AdoptedFiles.self) { AdoptedFiles() } }
+
     /// Registers the io file on top of the stack with the current scope. Stack: 0.
     func adoptIOFile(path: String, _ L: LuaState) {
+        let adopted = self.adopted
         let f = AdoptedFile(label: path)
         let h = acquire(.ioFile, f, L, site: currentSite(L))
         f.anchor = luaL_ref(L, Lua.registry)
@@ -127,6 +133,7 @@ extension Runtime {
     /// other (io's own finalizer closed the file; the runtime warns and counts it).
     /// Also run when the runtime closes, so no leak goes unreported. Stack: 0.
     func sweepAdoptedFiles() {
+        let adopted = self.adopted
         // Sweep outside any access to `adopted`: releasing can run Lua code.
         let list = adopted.live
         adopted.live = []

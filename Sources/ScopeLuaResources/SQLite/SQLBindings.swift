@@ -1,10 +1,21 @@
 import CLua
 import CScopeLua
 import CSQLite
+import ScopeLuaCore
+
+/// The SQLite module's state on a runtime (see `RuntimeModule`).
+final class SQLState {
+    /// Identity of the metatable of `sql.blob` values.
+    var blobMetatable: UnsafeRawPointer?
+}
+
+extension Runtime {
+    var sqlState: SQLState { state(SQLState.self) { SQLState() } }
+}
 
 /// The `sql` module: SQLite connections, statements and transactions owned by the runtime.
-enum SQLBindings {
-    static func install(_ rt: Runtime, _ L: LuaState) {
+package enum SQLBindings: RuntimeModule {
+    package static func install(_ rt: Runtime, _ L: LuaState) {
         HandleBindings.makeMetatable(rt, L, kind: .sqlite, methods: [
             ("exec", dbExec), ("first", dbFirst), ("rows", dbRows), ("prepare", prepare),
             ("transaction", transaction), ("close", HandleBindings.release),
@@ -20,7 +31,7 @@ enum SQLBindings {
         Lua.push(L, "sql.blob")
         Lua.setField(L, -2, "__name")
         Lua.setFunction(L, -1, "__tostring", blobToString)
-        rt.blobMetatable = lua_topointer(L, -1)
+        rt.sqlState.blobMetatable = lua_topointer(L, -1)
         Lua.setRegistryField(L, "scopelua.blob")
         // Closing value of `stmt:rows()` loops: resets the statement when the loop ends.
         lua_createtable(L, 0, 1)
@@ -500,7 +511,7 @@ enum SQLBindings {
         guard lua_getmetatable(L, idx) != 0 else { return false }
         defer { sl_pop(L, 1) }
         let (rt, _) = Runtime.from(L)
-        return lua_topointer(L, -1) == rt.blobMetatable
+        return lua_topointer(L, -1) == rt.sqlState.blobMetatable
     }
 
     /// Steps to completion, then resets. Pushes an error and returns false on failure.

@@ -10,8 +10,8 @@ extension Runtime {
 
     /// The handle at `idx` if it is one of the runtime's (of `kind`, when given), open or
     /// released. Stack: 0.
-    @inline(__always)
-    func handle(at idx: Int32, _ L: LuaState, kind: ResourceKind? = nil) -> Handle? {
+    @inlinable @inline(__always)
+    package func handle(at idx: Int32, _ L: LuaState, kind: ResourceKind? = nil) -> Handle? {
         let h = sl_tohandle(L, idx)
         if let kind, let h, h.pointee.kind != Int32(kind.index) { return nil }
         return h
@@ -39,7 +39,7 @@ extension Runtime {
     /// Warns about a leak the first time its acquisition site leaks a resource of its
     /// kind; later ones are counted and summed up when the runtime closes
     /// (`summarizeLeaks`), so a forgotten `<close>` in a loop is one line, not thousands.
-    func noteLeak(_ h: Handle) {
+    package func noteLeak(_ h: Handle) {
         let key = LeakSite(kind: h.pointee.kind, site: h.pointee.site)
         let seen = leakSites[key, default: 0]
         leakSites[key] = seen + 1

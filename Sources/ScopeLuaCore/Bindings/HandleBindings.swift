@@ -4,11 +4,11 @@ import CScopeLua
 /// The metatable every resource handle shares the shape of: common methods (`release`,
 /// `is_open`), fields (`kind`, `id`, `label`), `__close`, `__gc`, `__tostring`; each
 /// kind adds its own methods.
-enum HandleBindings {
+@usableFromInline package enum HandleBindings {
     /// Builds and registers the metatables for `kind` (open, and the released twin
     /// without a finalizer). `methods` are Swift functions; `extra`, when given, adds C
     /// closures to the methods table on top of the stack.
-    static func makeMetatable(_ rt: Runtime, _ L: LuaState, kind: ResourceKind,
+    package static func makeMetatable(_ rt: Runtime, _ L: LuaState, kind: ResourceKind,
                               methods: [(String, SwiftLuaFunction)],
                               extra: ((LuaState) -> Void)? = nil) {
         lua_createtable(L, 0, 6)
@@ -51,7 +51,7 @@ enum HandleBindings {
     /// The metatable of a kind whose boxes scripts never see (defers, adopted io files):
     /// only the finalizer, which every box needs so that its record is freed (or its
     /// leak noticed) when the collector reclaims it.
-    static func makeHiddenMetatable(_ rt: Runtime, _ L: LuaState, kind: ResourceKind) {
+    package static func makeHiddenMetatable(_ rt: Runtime, _ L: LuaState, kind: ResourceKind) {
         lua_createtable(L, 0, 3)
         Lua.push(L, kind.name)
         Lua.setField(L, -2, "__name")
@@ -65,14 +65,14 @@ enum HandleBindings {
     }
 
     /// The handle at `idx` (open or released), or an argument error pushed. Stack: 0 / +1.
-    static func check(_ rt: Runtime, _ L: LuaState, _ idx: Int32, kind: ResourceKind? = nil) -> Handle? {
+    @inlinable package static func check(_ rt: Runtime, _ L: LuaState, _ idx: Int32, kind: ResourceKind? = nil) -> Handle? {
         if let h = rt.handle(at: idx, L, kind: kind) { return h }
         Lua.pushTypeError(L, idx, kind?.name ?? "resource handle")
         return nil
     }
 
     /// The open handle at `idx`; pushes "used after release" or a type error otherwise.
-    static func checkOpen(_ rt: Runtime, _ L: LuaState, _ idx: Int32, kind: ResourceKind? = nil) -> Handle? {
+    @inlinable package static func checkOpen(_ rt: Runtime, _ L: LuaState, _ idx: Int32, kind: ResourceKind? = nil) -> Handle? {
         guard let h = check(rt, L, idx, kind: kind) else { return nil }
         guard h.pointee.isOpen else {
             rt.pushUseAfterRelease(h, L, idx)
@@ -82,7 +82,7 @@ enum HandleBindings {
     }
 
     /// h:release() → true, or false when it was already released.
-    static let release: SwiftLuaFunction = { L in
+    package static let release: SwiftLuaFunction = { L in
         let (rt, L) = Runtime.from(L)
         guard let h = check(rt, L, 1) else { return raise }
         guard h.pointee.isOpen else {

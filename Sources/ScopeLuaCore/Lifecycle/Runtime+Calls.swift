@@ -36,14 +36,14 @@ extension Runtime {
     }
 
     /// The error object at `idx` as a `LuaError`, leaving the stack as it was.
-    func takeError(copyOf idx: Int32, _ L: LuaState, traceback: String? = nil) -> LuaError {
+    package func takeError(copyOf idx: Int32, _ L: LuaState, traceback: String? = nil) -> LuaError {
         lua_pushvalue(L, idx)
         return takeError(L, traceback: traceback)
     }
 
     /// Pops the error object on top and turns it into a `LuaError` with the traceback
     /// captured for that very object (see `takeTraceback`), or the one given.
-    func takeError(_ L: LuaState, traceback given: String? = nil) -> LuaError {
+    package func takeError(_ L: LuaState, traceback given: String? = nil) -> LuaError {
         let traceback = given ?? takeTraceback(L, -1)  // before __tostring runs Lua code
         var message = Lua.describe(L, -1)
         let t = lua_type(L, -1)
@@ -62,7 +62,7 @@ extension Runtime {
     /// The traceback the message handler captured for the error object at `idx` (by
     /// identity), or nil; the runtime forgets it either way. Take it right after the
     /// protected call failed: releases run Lua code that may fail and capture its own.
-    func takeTraceback(_ L: LuaState, _ idx: Int32) -> String? {
+    package func takeTraceback(_ L: LuaState, _ idx: Int32) -> String? {
         guard sl_taketraceback(L, idx) != 0 else { return nil }
         defer { sl_pop(L, 1) }
         return Lua.string(L, -1)
@@ -96,16 +96,11 @@ extension Runtime {
         return (0..<failures).map { Lua.describe(L, top - failures + 1 + $0) }
     }
 
-    /// Releases everything, reports failures to the diagnostics sink and closes the
-    /// Lua state. Idempotent.
+    /// Lets the modules finish (`RuntimeModule.willClose`), releases everything, reports
+    /// failures to the diagnostics sink and closes the Lua state. Idempotent.
     public func close() {
         guard !closed else { return }
-        sweepAdoptedFiles()
-        let idle = scheduled.filter { $0.handle != nil && $0.fired == 0 }
-        if !idle.isEmpty {
-            let sites = idle.compactMap { $0.handle.map { describe($0.pointee.site) } }.joined(separator: ", ")
-            diagnose("scopelua: \(idle.count) timer\(idle.count == 1 ? " was" : "s were") scheduled but never fired (\(sites)): outside a pipeline, timers fire in timer.sleep and timer.loop")
-        }
+        for module in modules { module.willClose(self) }
         for failure in releaseAll() {
             diagnose("scopelua: release error: \(failure)")
         }

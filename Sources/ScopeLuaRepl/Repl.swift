@@ -1,5 +1,6 @@
 import CLua
 import CScopeLua
+import ScopeLua
 
 /// The REPL's logic, independent of any terminal: feed it lines, it answers with what
 /// to print and which prompt comes next. Chunks run in the session scope (a child of the

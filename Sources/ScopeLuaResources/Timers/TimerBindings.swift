@@ -1,9 +1,10 @@
 import CLua
 import CScopeLua
+import ScopeLuaCore
 
 /// The `timer` module: `measure`, `now` (and, with pipelines, `every` / `after`).
-enum TimerBindings {
-    static func install(_ rt: Runtime, _ L: LuaState) {
+package enum TimerBindings: RuntimeModule {
+    package static func install(_ rt: Runtime, _ L: LuaState) {
         HandleBindings.makeMetatable(rt, L, kind: .timer, methods: [("elapsed", elapsed)])
         // label string → index into the ledger's timer statistics
         lua_createtable(L, 0, 8)
@@ -22,6 +23,15 @@ enum TimerBindings {
         Lua.setFunction(L, -1, "sleep", sleep)
         Lua.setFunction(L, -1, "loop", loop)
         Bindings.publishModule(L, "timer")
+    }
+
+    /// A plain script whose timers never fired is told why.
+    package static func willClose(_ rt: Runtime) {
+        let idle = rt.scheduled.filter { $0.handle != nil && $0.fired == 0 }
+        if !idle.isEmpty {
+            let sites = idle.compactMap { $0.handle.map { rt.describe($0.pointee.site) } }.joined(separator: ", ")
+            rt.diagnose("scopelua: \(idle.count) timer\(idle.count == 1 ? " was" : "s were") scheduled but never fired (\(sites)): outside a pipeline, timers fire in timer.sleep and timer.loop")
+        }
     }
 
     /// timer.measure(label) when the C fast path (sl_pushtimermeasure) declines: a new
@@ -97,7 +107,7 @@ enum TimerBindings {
         t.handle = h
         lua_pushvalue(L, -1)
         t.anchor = luaL_ref(L, Lua.registry)
-        rt.scheduled.append(t)
+        rt.timerState.scheduled.append(t)
         return 1
     }
 

@@ -11,8 +11,8 @@ extension Runtime {
 
     /// The script position of the innermost Lua function on the stack (the one that
     /// called into the runtime). Stack: 0.
-    @inline(__always)
-    func currentSite(_ L: LuaState) -> Site {
+    @inlinable @inline(__always)
+    package func currentSite(_ L: LuaState) -> Site {
         switch sl_site(L, &siteScratch) {
         case 0:
             return .unknown
@@ -25,7 +25,7 @@ extension Runtime {
         }
     }
 
-    private func internSiteSource() -> Int32 {
+    @usableFromInline func internSiteSource() -> Int32 {
         let short = withUnsafeBytes(of: &siteScratch.short_src) { raw in
             String(cString: raw.bindMemory(to: CChar.self).baseAddress.unsafelyUnwrapped)
         }
@@ -36,7 +36,7 @@ extension Runtime {
         return index
     }
 
-    func describe(_ site: Site) -> String {
+    package func describe(_ site: Site) -> String {
         guard site.source >= 0, Int(site.source) < sourceNames.count else { return "?" }
         return "\(sourceNames[Int(site.source)]):\(site.line)"
     }
@@ -57,7 +57,7 @@ extension Runtime {
     }
 
     /// `file#3 "out.log"` for an open handle (or a plain kind in any state).
-    func describe(_ h: Handle) -> String {
+    package func describe(_ h: Handle) -> String {
         if let label = label(h) { return "\(shortName(h)) \"\(label)\"" }
         return shortName(h)
     }
@@ -104,7 +104,7 @@ extension Runtime {
         }
     }
 
-    func diagnose(_ line: String) {
+    package func diagnose(_ line: String) {
         options.diagnostics(line)
     }
 }

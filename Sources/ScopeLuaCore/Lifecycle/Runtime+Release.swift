@@ -13,7 +13,7 @@ extension Runtime {
     /// and pushes it. `resource` is the kind's Swift state, if it has any; its label is
     /// the Lua string at `labelIndex` when given. Stack: +1.
     @discardableResult
-    func acquire(_ kind: ResourceKind, _ resource: Resource?, _ L: LuaState, site: Site,
+    package func acquire(_ kind: ResourceKind, _ resource: Resource?, _ L: LuaState, site: Site,
                  in scope: Scope? = nil, labelIndex: Int32 = 0, aux: Int32 = 0) -> Handle {
         let labelIndex = labelIndex == 0 ? 0 : lua_absindex(L, labelIndex)
         let h = sl_rec_new(arena.pool).unsafelyUnwrapped
@@ -43,7 +43,7 @@ extension Runtime {
     }
 
     /// Makes `child` owned by `owner` as well as by its scope: `owner` releases it first.
-    func adopt(_ child: Handle, by owner: Handle) {
+    package func adopt(_ child: Handle, by owner: Handle) {
         guard let r = owner.pointee.resource, let c = child.pointee.resource else { return }
         c.ownerHandle = owner
         r.children.append(child)
@@ -57,7 +57,7 @@ extension Runtime {
     /// the handle's box), and may be freed when this returns: callers do not touch it
     /// afterwards except through a box on the stack (`retire`).
     @discardableResult
-    func release(_ h: Handle, _ L: LuaState, cause: ReleaseCause, error errIndex: Int32) -> Int32 {
+    package func release(_ h: Handle, _ L: LuaState, cause: ReleaseCause, error errIndex: Int32) -> Int32 {
         guard h.pointee.isOpen else { return 0 }
         sl_rec_pin(h)
         defer { sl_rec_unpin(arena.pool, h) }
@@ -142,7 +142,7 @@ extension Runtime {
     /// stop the others, and the ones after it receive its error when the scope had none
     /// (as Python's ExitStack passes a failing exit's exception on): a defer learns that
     /// the scope is failing. Returns the number of failures pushed on the stack.
-    func endScope(_ scope: Scope, _ L: LuaState, error errIndex: Int32) -> Int32 {
+    package func endScope(_ scope: Scope, _ L: LuaState, error errIndex: Int32) -> Int32 {
         if info.pointee.leakhead < info.pointee.nleaks { releaseLeaks(L) }
         var failures: Int32 = 0
         var passed = errIndex
@@ -162,7 +162,7 @@ extension Runtime {
     /// there is nothing to raise. A string error gets the release errors appended;
     /// a plain table gets them in a `release_errors` list; any other error object keeps
     /// its identity and the release errors go to the diagnostics sink.
-    func mergeErrors(_ L: LuaState, primary: Int32, failures: Int32) -> Bool {
+    package func mergeErrors(_ L: LuaState, primary: Int32, failures: Int32) -> Bool {
         if failures == 0 {
             guard primary != 0 else { return false }
             lua_pushvalue(L, primary)
@@ -213,8 +213,8 @@ extension Runtime {
     /// Detaches the released handle's box at `idx` from its record (which may be freed:
     /// `h` is not to be used afterwards) and gives it the metatable without a finalizer.
     /// Stack: 0.
-    @inline(__always)
-    func retire(_ h: Handle, _ L: LuaState, _ idx: Int32) {
+    @inlinable @inline(__always)
+    package func retire(_ h: Handle, _ L: LuaState, _ idx: Int32) {
         let kind = Int(h.pointee.kind)
         guard sl_detach(L, idx) != 0 else { return }
         lua_rawgeti(L, Lua.registry, lua_Integer(metatableRefs[ResourceKind.count + kind]))
@@ -241,7 +241,7 @@ extension Runtime {
     }
 
     /// The message for using the released handle at `idx`, positioned at the caller.
-    func pushUseAfterRelease(_ h: Handle, _ L: LuaState, _ idx: Int32) {
+    @usableFromInline func pushUseAfterRelease(_ h: Handle, _ L: LuaState, _ idx: Int32) {
         Lua.pushError(L, "\(describeHandle(h, L, idx)) used after release (\(describeRelease(h)))")
     }
 }

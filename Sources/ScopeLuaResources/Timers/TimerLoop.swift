@@ -1,17 +1,30 @@
 import CLua
 import CScopeLua
+import ScopeLuaCore
 
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// The timers module's state on a runtime (see `RuntimeModule`).
+package final class TimerState {
+    /// Timers from timer.every / timer.after, in creation order.
+    package var scheduled: [ScheduledTimer] = []
+}
 
 /// Firing `timer.every` / `timer.after` callbacks outside a pipeline: `timer.sleep` and
 /// `timer.loop` wait while firing the state's due timers, and the REPL fires them while
 /// it waits at the prompt; a running pipeline fires them between events through
 /// `fireTimer` too, and applies its stages' error policies to a failure.
 extension Runtime {
+    /// The timers module's state. A lookup: a pipeline run takes it once.
+    package var timerState: TimerState { state(TimerState.self) { TimerState() } }
+
+    /// Timers from timer.every / timer.after, in creation order.
+    package var scheduled: [ScheduledTimer] { timerState.scheduled }
+
     /// The earliest due time of an open scheduled timer (monotonic ns), if any.
-    var nextTimerDue: UInt64? {
+    package var nextTimerDue: UInt64? {
         var due: UInt64?
         for t in scheduled where t.handle != nil {
             due = min(due ?? t.due, t.due)
@@ -22,14 +35,14 @@ extension Runtime {
     /// How a timer's firing went: a failure leaves one error object on top (the
     /// callback's error with release failures attached) and carries the traceback taken
     /// where the callback failed.
-    enum Firing {
+    package enum Firing {
         case ok
         case failed(traceback: String?)
     }
 
     /// Runs `t`'s callback in a `timer` scope under the scope that created it; a one-shot
     /// timer is released afterwards. Stack: 0, or +1 when it failed.
-    func fireTimer(_ t: ScheduledTimer, _ L: LuaState, now: UInt64) -> Firing {
+    package func fireTimer(_ t: ScheduledTimer, _ L: LuaState, now: UInt64) -> Firing {
         guard let h = t.handle, h.pointee.isOpen else { return .ok }
         // The callback may release this very timer and collect its box: keep the record
         // until the firing is done.
@@ -67,7 +80,7 @@ extension Runtime {
 
     /// Fires every due timer once, in creation order. Stops at the first failing one
     /// (its error on top). Stack: 0 / +1.
-    func fireDueTimers(_ L: LuaState) -> Firing {
+    package func fireDueTimers(_ L: LuaState) -> Firing {
         let now = sl_monotonic_ns()
         for t in scheduled where t.due <= now && t.handle != nil {
             if case .failed(let traceback) = fireTimer(t, L, now: now) { return .failed(traceback: traceback) }

@@ -9,13 +9,13 @@ import Glibc
 /// state's pool, valid while anything in the runtime refers to it (ARCHITECTURE.md,
 /// "Ownership of records"). A released handle reached through its box may instead be
 /// the box's tomb, valid while the box is on the Lua stack.
-typealias Handle = UnsafeMutablePointer<sl_Handle>
+public typealias Handle = UnsafeMutablePointer<sl_Handle>
 
 /// The pool the records of one state come from. A class so that the scopes (whose
 /// registries point at records) and the runtime share it: the memory goes only when
 /// the last of them does, whatever order they are torn down in.
-final class RecordArena {
-    let pool: UnsafeMutablePointer<sl_Pool>
+package final class RecordArena {
+    package let pool: UnsafeMutablePointer<sl_Pool>
 
     init() {
         guard let pool = sl_pool_new() else {
@@ -30,19 +30,23 @@ final class RecordArena {
 
 /// Where something happened in a script: an interned source name and a line.
 /// `Runtime.describe(_:)` turns it into `job.lua:12`.
-struct Site: Hashable {
-    var source: Int32
-    var line: Int32
-    static let unknown = Site(source: -1, line: 0)
+@usableFromInline package struct Site: Hashable, Sendable {
+    @usableFromInline var source: Int32
+    @usableFromInline var line: Int32
+    @usableFromInline init(source: Int32, line: Int32) {
+        self.source = source
+        self.line = line
+    }
+    @usableFromInline package static let unknown = Site(source: -1, line: 0)
 }
 
 /// The kinds of resources the runtime knows. `index` keys per-kind tables (metatables,
 /// names) so the hot path never hashes; a plain enum, so using one costs nothing.
-enum ResourceKind: Int32, CaseIterable {
+@usableFromInline package enum ResourceKind: Int32, CaseIterable {
     case file = 0, timer, `defer`, ioFile, sqlite, statement, transaction
 
     /// What scripts see as `h.kind`.
-    var name: String {
+    @usableFromInline package var name: String {
         switch self {
         case .file: return "file"
         case .timer: return "timer"
@@ -64,12 +68,12 @@ enum ResourceKind: Int32, CaseIterable {
         }
     }
 
-    var index: Int { Int(rawValue) }
-    static let count = 8
+    @usableFromInline package var index: Int { Int(rawValue) }
+    @usableFromInline static let count = 8
 }
 
 /// How a resource stopped being open.
-enum ReleaseCause {
+package enum ReleaseCause {
     /// `h:release()`, `with_resource`, or an explicit finish (commit), at a site.
     case handle(Site)
     /// Leaving the `<close>` block that holds it (its site is the acquisition's).
@@ -85,30 +89,31 @@ enum ReleaseCause {
 /// Swift-side state of a resource kind that needs more than its handle's memory (a
 /// file's io stream, a database connection). Subclasses implement `close`, the release
 /// handler; the runtime runs it at most once, after the handle is already marked
-/// released, so a failing release never leaves a live handle behind.
-class Resource {
+/// released, so a failing release never leaves a live handle behind. Open, for the kinds
+/// defined above the core (ScopeLuaResources).
+open class Resource {
     /// What the resource is, in a user's words: a path, a SQL text.
-    let label: String?
+    package let label: String?
     /// The handles this resource owns (a connection's statements), released before it,
     /// newest first.
-    final var children: [Handle] = []
+    package final var children: [Handle] = []
     /// The handle that owns this one (a statement's connection) while open.
-    final var ownerHandle: Handle?
+    package final var ownerHandle: Handle?
 
-    init(label: String?) {
+    public init(label: String?) {
         self.label = label
     }
 
     /// Whether it counts as a handle the script can see (defers do not).
-    var isHandle: Bool { true }
+    open var isHandle: Bool { true }
 
     /// The release handler. `errIndex` is the stack index of the error that ends the
     /// resource's life (0 when it ends normally). On failure, push an error object and
     /// return false.
-    func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool { true }
+    open func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool { true }
 
     /// Pushes the kind's own field `key` (e.g. a file's `path`); false if it has none.
-    func pushField(_ key: String, _ runtime: Runtime, _ L: LuaState) -> Bool { false }
+    open func pushField(_ key: String, _ runtime: Runtime, _ L: LuaState) -> Bool { false }
 }
 
 /// Where leaks come from: a kind and an acquisition site.
@@ -118,16 +123,16 @@ struct LeakSite: Hashable {
 }
 
 extension sl_Handle {
-    var isOpen: Bool { how == Int32(SL_OPEN) }
-    var site: Site { Site(source: source, line: line) }
+    @inlinable package var isOpen: Bool { how == Int32(SL_OPEN) }
+    package var site: Site { Site(source: source, line: line) }
 
     /// The Swift state, for kinds that have one, while open.
-    var resource: Resource? {
+    @inlinable package var resource: Resource? {
         record.map { Unmanaged<Resource>.fromOpaque($0).takeUnretainedValue() }
     }
 
     /// The owning scope while open.
-    var owningScope: Scope? {
+    package var owningScope: Scope? {
         scope.flatMap { $0.pointee.scope.map { Unmanaged<Scope>.fromOpaque($0).takeUnretainedValue() } }
     }
 }

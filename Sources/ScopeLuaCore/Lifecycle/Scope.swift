@@ -10,19 +10,19 @@ import Glibc
 /// what is still open when it ends, newest first. Released handles leave the registry at
 /// once, so a million acquire/release pairs in one scope do not grow it. The registry
 /// holds record pointers (runtime-owned memory, see `sl_Handle`), no reference counting.
-final class Scope {
-    let name: String
-    let parent: Scope?
+@usableFromInline package final class Scope {
+    package let name: String
+    package let parent: Scope?
     /// The pool its registered records come from (kept alive while the scope is).
     let arena: RecordArena
     /// The open handles, in C (`sl_Registry`) so that the timer fast path can use it.
-    let registry: UnsafeMutablePointer<sl_Registry>
-    private(set) var ended = false
+    @usableFromInline let registry: UnsafeMutablePointer<sl_Registry>
+    @usableFromInline package internal(set) var ended = false
     /// Index of `path` among the runtime's interned paths, once interned.
     var pathIndex: Int?
 
     /// A child of `parent`, or (with `arena`) a root.
-    init(name: String, parent: Scope?, arena: RecordArena? = nil) {
+    package init(name: String, parent: Scope?, arena: RecordArena? = nil) {
         self.name = name
         self.parent = parent
         guard let arena = arena ?? parent?.arena else {
@@ -49,10 +49,10 @@ final class Scope {
     }
 
     /// `run/analytics/log_events/task`.
-    private(set) lazy var path: String = parent.map { "\($0.path)/\(name)" } ?? name
+    package private(set) lazy var path: String = parent.map { "\($0.path)/\(name)" } ?? name
 
     /// Number of open resources (defers included).
-    var openCount: Int { Int(registry.pointee.count - registry.pointee.holes) }
+    @inlinable package var openCount: Int { Int(registry.pointee.count - registry.pointee.holes) }
 
     /// The open resources a script can see (what `scope:resources()` lists) and the
     /// deferred calls still to run, counted apart.
@@ -63,19 +63,19 @@ final class Scope {
     }
 
     /// Open handles, oldest first.
-    var openHandles: [Handle] {
+    package var openHandles: [Handle] {
         guard let entries = registry.pointee.entries else { return [] }
         return (0..<Int(registry.pointee.count)).compactMap { entries[$0] }
     }
 
-    @inline(__always)
-    func add(_ h: Handle) {
+    @inlinable @inline(__always)
+    package func add(_ h: Handle) {
         sl_registry_add(registry, h)
     }
 
     /// Makes an ended, empty scope usable again (a stage's task scope is reused from
     /// event to event instead of allocated for each).
-    func reopen() {
+    @inlinable package func reopen() {
         ended = false
     }
 

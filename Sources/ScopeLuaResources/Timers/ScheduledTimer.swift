@@ -1,21 +1,22 @@
 import CLua
 import CScopeLua
+import ScopeLuaCore
 
 /// `timer.every(seconds, fn)` / `timer.after(seconds, fn)` (kind `"timer"`): a callback
 /// a running pipeline fires between events, never during a stage call. Owned by the
 /// scope that created it (a timer created in a stage's `open` lives as long as the
 /// stage); releasing the handle or ending that scope cancels it. The runtime keeps the
 /// handle alive while the timer is scheduled, so dropping it does not cancel it.
-final class ScheduledTimer: Resource {
+package final class ScheduledTimer: Resource {
     private(set) var function: Int32
     /// Seconds between firings; nil for a one-shot `after`.
     let interval: Double?
     /// Monotonic nanoseconds of the next firing.
-    var due: UInt64
+    package var due: UInt64
     /// The scope that created it (alive while the timer is open).
-    unowned(unsafe) let owner: Scope
+    package unowned(unsafe) let owner: Scope
     var anchor: Int32 = LUA_NOREF
-    var handle: Handle?
+    package var handle: Handle?
     /// How many times it fired (a plain script whose timers never fire is told so).
     var fired = 0
 
@@ -41,9 +42,9 @@ final class ScheduledTimer: Resource {
         lua_rawgeti(L, Lua.registry, lua_Integer(function))
     }
 
-    override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
+    package override func close(_ runtime: Runtime, _ L: LuaState, _ handle: Handle, error errIndex: Int32) -> Bool {
         self.handle = nil
-        runtime.scheduled.removeAll { $0 === self }
+        runtime.timerState.scheduled.removeAll { $0 === self }
         luaL_unref(L, Lua.registry, function)
         luaL_unref(L, Lua.registry, anchor)
         function = LUA_NOREF

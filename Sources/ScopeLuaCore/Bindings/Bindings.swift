@@ -4,25 +4,20 @@ import CScopeLua
 import Glibc
 #endif
 
-/// What Lua sees: globals, modules and metatables, installed into a fresh state.
-enum Bindings {
-    static func install(_ rt: Runtime) {
+/// What Lua sees: globals, modules and metatables, installed into a fresh state: the
+/// core's own bindings, then the runtime's modules (`RuntimeModule`) in order.
+package enum Bindings {
+    static func install(_ rt: Runtime, modules: [any RuntimeModule.Type]) {
         let L = rt.L
         HandleBindings.makeHiddenMetatable(rt, L, kind: .defer)
-        HandleBindings.makeHiddenMetatable(rt, L, kind: .ioFile)
         ScopeBindings.install(rt, L)
-        FileBindings.install(rt, L)
-        TimerBindings.install(rt, L)
-        SQLBindings.install(rt, L)
-        JSONBindings.install(rt, L)
         LogBindings.install(rt, L)
-        PipelineBindings.install(rt, L)
-        ExitBindings.install(rt, L)
+        for module in modules { module.install(rt, L) }
         installPackagePath(rt, L)
     }
 
     /// `_G[name] = value on top` without metamethods. Stack: -1.
-    static func setGlobal(_ L: LuaState, _ name: String) {
+    package static func setGlobal(_ L: LuaState, _ name: String) {
         lua_rawgeti(L, Lua.registry, lua_Integer(LUA_RIDX_GLOBALS))
         lua_rotate(L, -2, 1)
         Lua.setField(L, -2, name)
@@ -31,7 +26,7 @@ enum Bindings {
 
     /// Pushes `_G[name]` without metamethods. Stack: +1.
     @discardableResult
-    static func getGlobal(_ L: LuaState, _ name: String) -> Int32 {
+    package static func getGlobal(_ L: LuaState, _ name: String) -> Int32 {
         lua_rawgeti(L, Lua.registry, lua_Integer(LUA_RIDX_GLOBALS))
         let t = Lua.rawField(L, -1, name)
         sl_remove(L, -2)
@@ -40,7 +35,7 @@ enum Bindings {
 
     /// Publishes the module table on top as global `name` and as `require "scope.<name>"`
     /// (a preload entry returning the same table). Stack: -1.
-    static func publishModule(_ L: LuaState, _ name: String) {
+    package static func publishModule(_ L: LuaState, _ name: String) {
         Bindings.getGlobal(L, "package")
         Lua.rawField(L, -1, "preload")
         lua_pushvalue(L, -3)
@@ -62,7 +57,7 @@ enum Bindings {
     }
 
     /// `SCOPELUA_STDLIB`, else the explicit option, else the source tree's `stdlib/`
-    /// (this file lives in Sources/ScopeLua/Bindings/).
+    /// (this file lives in Sources/ScopeLuaCore/Bindings/).
     static func stdlibDirectory(_ explicit: String?) -> String? {
         if let env = getenv("SCOPELUA_STDLIB") { return String(cString: env) }
         if let explicit { return explicit }

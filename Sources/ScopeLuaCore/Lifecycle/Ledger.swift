@@ -34,10 +34,10 @@ public struct TimerSummary: Equatable, Sendable {
 /// error under 1.6%), so a service that measures forever keeps a fixed footprint per
 /// label. Count, total and maximum are exact; every counter is 64-bit (the total
 /// 128-bit), so none wraps in a run that lasts months.
-final class Histogram {
-    let raw: UnsafeMutablePointer<sl_Hist>
+@usableFromInline package final class Histogram {
+    @usableFromInline let raw: UnsafeMutablePointer<sl_Hist>
 
-    init() {
+    package init() {
         raw = .allocate(capacity: 1)
         guard sl_hist_init(raw) != 0 else {
             sl_eprint("scopelua: out of memory creating a histogram")
@@ -53,18 +53,18 @@ final class Histogram {
     var count: Int { Int(clamping: raw.pointee.count) }
     /// The sum of all samples, in seconds (it may exceed 2^64 ns).
     var totalSeconds: Double { sl_hist_total_seconds(raw) }
-    var maxNanos: UInt64 { raw.pointee.max }
+    package var maxNanos: UInt64 { raw.pointee.max }
 
-    @inline(__always)
-    func record(_ nanos: UInt64) { sl_hist_record(raw, nanos) }
+    @inlinable @inline(__always)
+    package func record(_ nanos: UInt64) { sl_hist_record(raw, nanos) }
 
     /// The value at quantile `q` (0...1), as the middle of its bucket, capped by max.
-    func quantile(_ q: Double) -> UInt64 { sl_hist_quantile(raw, q) }
+    package func quantile(_ q: Double) -> UInt64 { sl_hist_quantile(raw, q) }
 }
 
 /// The run's accounting: resource counts (kept in the state's C data, which the fast
 /// paths update too) and timer statistics.
-final class Ledger {
+package final class Ledger {
     private let info: UnsafeMutablePointer<sl_StateInfo>
     private(set) var timerLabels: [String] = []
     private var timerStats: [Histogram] = []
@@ -85,7 +85,7 @@ final class Ledger {
     }
 
     /// A new timer label's index.
-    func addTimerLabel(_ label: String) -> Int {
+    package func addTimerLabel(_ label: String) -> Int {
         let h = Histogram()
         guard sl_timers_push(info, h.raw) != 0 else {
             sl_eprint("scopelua: out of memory adding timer label \(label)")

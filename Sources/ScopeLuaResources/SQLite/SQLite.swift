@@ -1,6 +1,7 @@
 import CLua
 import CScopeLua
 import CSQLite
+import ScopeLuaCore
 
 /// A SQLite connection (`sql.open`, kind `"sqlite"`). It owns its statements and
 /// transactions: releasing it releases them first (newest first; transactions roll
