@@ -288,6 +288,7 @@ extension PipelineRun {
             }
             checkpointing.barriers += 1
             checkpointing.committed = record.position
+            source.ack(upTo: record.position)  // only once the commit is durable
         }
         scheduleBarrier()
         return true
