@@ -159,3 +159,66 @@ final class FunctionSink: EventSink {
     func resume(at state: Int64, _ L: LuaState) -> Int32 { ESPIPE }
     func close() -> Int32 { 0 }
 }
+
+/// A buffered output file (or stdout) written line by line. Every write, flush and
+/// close says whether it failed (the errno, or 0): nothing written is lost silently.
+/// Every write(2) ends at the end of a line (`sl_writeline`), so a reader of the file
+/// never sees half a line; the run flushes it before it waits for input and every
+/// `PipelineRun.flushInterval` while events flow (ARCHITECTURE.md, "Output latency").
+final class FileSink {
+    private(set) var file: UnsafeMutablePointer<FILE>?
+    /// Opened by this run (not stdout): see `checkpointState` in Sinks.swift.
+    let owned: Bool
+    /// The path (or "stdout") and what it is ("output", "dead-letter file"), for messages.
+    let name: String
+    let what: String
+
+    /// Takes over `fd` (open for writing); nil (fd left open) if stdio cannot.
+    init?(fd: Int32, name: String, what: String) {
+        guard let f = fdopen(fd, "w") else { return nil }
+        file = f
+        owned = true
+        self.name = name
+        self.what = what
+    }
+
+    /// The process's stdout, shared with Lua's `print` and `io.write` so that their
+    /// output interleaves in order.
+    init(stdout: ()) {
+        file = sl_stdout()
+        owned = false
+        name = "stdout"
+        what = "output"
+    }
+
+    /// The regular file written (nil for a pipe, a terminal, a device).
+    var identity: InputFile.Identity? {
+        file.flatMap { InputFile.identity(fileno($0)) }
+    }
+
+    func writeLine(_ p: UnsafePointer<CChar>, _ len: Int) -> Int32 {
+        guard let file else { return EBADF }
+        return sl_writeline(file, p, len)
+    }
+
+    func flush() -> Int32 {
+        guard let file else { return 0 }
+        errno = 0
+        if fflush(file) != 0 || ferror(file) != 0 { return errno != 0 ? errno : EIO }
+        return 0
+    }
+
+    /// Flushes and closes (stdout: flushes). Closing twice does nothing.
+    func close() -> Int32 {
+        guard let file else { return 0 }
+        self.file = nil
+        errno = 0
+        let failed = ferror(file) != 0
+        if owned {
+            if fclose(file) != 0 || failed { return errno != 0 ? errno : EIO }
+        } else if fflush(file) != 0 || failed {
+            return errno != 0 ? errno : EIO
+        }
+        return 0
+    }
+}
