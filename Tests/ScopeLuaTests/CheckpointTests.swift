@@ -17,6 +17,8 @@ import Testing
     ///   BLOCK_AFTER_STORE=n     in a later stage's n-th flush (the store has committed, the checkpoint not yet)
     ///   WAIT_FOR_GO=n           at the event with id n until a file `go` exists
     ///   IDEMPOTENT=1            the store replaces rows by key instead of inserting
+    ///   SKIP_APPLIED=1          the store (plain INSERT) keeps the line it committed (ctx.committing) in its own
+    ///                           table and skips the write of an event at or below it (ctx.line): README's pattern
     ///   NO_WINDOW=1             the window stage does not emit (its windows depend on where barriers fall)
     static let job = """
         local env = os.getenv
@@ -78,15 +80,24 @@ import Testing
               s.insert = s.db:prepare("INSERT INTO rows VALUES (?, ?)")
             end
             s.tx, s.flushes = s.db:transaction(), 0
+            if env("SKIP_APPLIED") then
+              s.db:exec("CREATE TABLE IF NOT EXISTS applied(id INTEGER PRIMARY KEY, line INTEGER NOT NULL)")
+              s.mark = s.db:prepare("INSERT OR REPLACE INTO applied VALUES (1, ?)")
+              local row = s.db:first("SELECT line FROM applied")
+              s.applied = ctx.resumed and row and row.line or 0
+            end
           end,
           process = function(ctx, e)
-            ctx.state.insert:exec(e.key, e.window)
+            local s = ctx.state
+            if s.mark and ctx.line and ctx.line <= s.applied then return e end  -- in the last commit already
+            s.insert:exec(e.key, e.window)
             return e
           end,
           flush = function(ctx, why)
             local s = ctx.state
             s.flushes = s.flushes + 1
             if tonumber(env("KILL_IN_FLUSH")) == s.flushes then block() end
+            if s.mark then s.mark:exec(ctx.committing) end
             s.tx:commit()
             s.tx = ctx:own(s.db:transaction())
           end,
@@ -276,6 +287,113 @@ import Testing
         #expect(r.status == 0, "\(r.stderr)")
         let got = Self.outcome(dir)
         Self.expectSame(got, expected)
+    }
+
+    /// The same kill with README's pattern and a plain INSERT: the store keeps the line
+    /// its flush committed (ctx.committing) in the same transaction, reads it back in
+    /// open, and skips the write of the replayed events at or below it (ctx.line): one
+    /// row per event, the output exactly once, the windows a flush emitted included.
+    @Test func aStageThatStoresTheLineItCommittedSkipsTheReplayedBatch() throws {
+        let env = ["SKIP_APPLIED": "1"]
+        let (expected, _) = try Self.reference(env)
+        #expect(expected.rows.count == expected.output.count)
+        #expect(expected.rows.contains { $0.hasPrefix("we") })  // a window a flush emitted
+        let dir = Self.setUp()
+        guard try Self.killWhenBlocked(in: dir, env.merging(["BLOCK_AFTER_STORE": "3"]) { $1 }) else { return }
+        #expect(Self.committedLine(dir) == 600)
+        let stored = runLua("""
+            local db <close> = sql.open('\(dir)/rows.db')
+            return db:first("SELECT line FROM applied").line, db:first("SELECT count(*) AS n FROM rows WHERE key = 'e899'").n
+            """)
+        #expect(stored.values == [.integer(900), .integer(1)])
+        let r = try runProcess(scopeluaPath, Self.command, directory: dir, environment: env)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("resuming from checkpoint state.db: in.jsonl after line 600"), "\(r.stderr)")
+        let got = Self.outcome(dir)
+        Self.expectSame(got, expected)
+        #expect(Set(got.rows).count == got.rows.count)
+        #expect(Set(got.output).count == got.output.count)
+    }
+
+    /// ctx.line is the input line of the event in process (and of what it emitted; the
+    /// line a barrier commits for what a flush emitted; nil for a timer's), nil in flush,
+    /// open and close; ctx.committing is the last line read before the barrier, in flush
+    /// only; ctx.resumed_line is the line the checkpoint resumed after, nil when not
+    /// resuming. Blank and rejected lines count as lines.
+    @Test func ctxLineCommittingAndResumedLine() throws {
+        let dir = temporaryDirectory()
+        write("""
+            local function log(...) local f <close> = assert(io.open("log.txt", "a")) f:write(table.concat({...}, " "), "\\n") end
+            local function s(v) return tostring(v) end
+            stage "a" {
+              open = function(ctx) log("open", s(ctx.resumed), s(ctx.resumed_line), s(ctx.line), s(ctx.committing)) end,
+              process = function(ctx, e)
+                log("a", e.id, s(ctx.line), s(ctx.committing))
+                if e.id == 3 then ctx:emit({ id = 30 }) end
+                return e
+              end,
+              flush = function(ctx, why) log("a flush", why, s(ctx.line), s(ctx.committing)) ctx:emit({ id = 99 }) end,
+              close = function(ctx) log("close", s(ctx.line), s(ctx.committing)) end,
+            }
+            stage "b" {
+              process = function(ctx, e) log("b", e.id, s(ctx.line)) return e end,
+            }
+            pipeline "p" { "a", "b" }
+            """, to: "job.lua", in: dir)
+        // Lines: 1 {1}, 2 blank, 3 {2}, 4 not JSON, 5 {3}, 6 {4}, 7 {5}; a barrier every
+        // 2 events read (a rejected line is one, a blank line is not).
+        write("{\"id\":1}\n\n{\"id\":2}\nnope\n{\"id\":3}\n{\"id\":4}\n{\"id\":5}\n", to: "in.jsonl", in: dir)
+        let command = ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--checkpoint", "state.db",
+                       "--checkpoint-every", "2"]
+        let r = try runProcess(scopeluaPath, command, directory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(read("\(dir)/log.txt") == """
+            open false nil nil nil
+            a 1 1 nil
+            b 1 1
+            a 2 3 nil
+            b 2 3
+            a flush checkpoint nil 3
+            b 99 3
+            a 3 5 nil
+            b 30 5
+            b 3 5
+            a flush checkpoint nil 5
+            b 99 5
+            a 4 6 nil
+            b 4 6
+            a 5 7 nil
+            b 5 7
+            a flush checkpoint nil 7
+            b 99 7
+            a flush end nil 7
+            b 99 7
+            close nil nil
+
+            """)
+        // A rerun resumes after line 7: nothing left to read, the final barrier commits it again.
+        try? FileManager.default.removeItem(atPath: "\(dir)/log.txt")
+        let again = try runProcess(scopeluaPath, command, directory: dir)
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(read("\(dir)/log.txt") == """
+            open true 7 nil nil
+            a flush end nil 7
+            b 99 7
+            close nil nil
+
+            """)
+        // A list input: its items are its lines.
+        let list = runLua("""
+            local seen = {}
+            stage "l" {
+              process = function(ctx, e) seen[#seen + 1] = e.id .. "@" .. tostring(ctx.line) return e end,
+              flush = function(ctx) seen[#seen + 1] = "flush@" .. tostring(ctx.committing) end,
+            }
+            local pl = pipeline "pl" { "l" }
+            pl:run{ input = { { id = 1 }, { id = 2 } } }
+            return table.concat(seen, " ")
+            """)
+        #expect(list.text == "1@1 2@2 flush@2")
     }
 
     /// SIGTERM: the event being processed finishes, the barrier runs (flush with "stop")

@@ -42,6 +42,13 @@ enum PipelineBindings: RuntimeModule {
         lua_pushlightuserdata(L, state)
         sl_pushclosure(L, own, 1)
         Lua.setField(L, -2, "own")
+        // ctx.line and ctx.committing change from call to call: the methods table falls
+        // back to a function for them, so setting up a call (and ctx:emit) costs nothing.
+        lua_createtable(L, 0, 1)
+        lua_pushlightuserdata(L, state)
+        sl_pushclosure(L, ctxField, 1)
+        Lua.setField(L, -2, "__index")
+        _ = lua_setmetatable(L, -2)
         Lua.setField(L, -2, "__index")
         Lua.setRegistryField(L, "scopelua.ctx")
 
@@ -351,6 +358,38 @@ enum PipelineBindings: RuntimeModule {
         if let run = Unmanaged<PipelineState>.fromOpaque(state).takeUnretainedValue().activeRun { return run }
         Lua.pushError(L, "ctx:\(method) can only be used while the pipeline runs")
         return nil
+    }
+
+    /// `ctx.line`: the input line (the position in a list input) of the event being
+    /// processed, with what it emitted; for an event a flush emitted, the line that
+    /// barrier commits; nil outside process and for the events a timer emitted.
+    /// `ctx.committing`: during a barrier (flush), the input line it is about to commit,
+    /// the last line read before it. Anything else a ctx does not hold is nil.
+    static let ctxField: SwiftLuaFunction = { L in
+        let L = L.unsafelyUnwrapped
+        let state = lua_touserdata(L, sl_upvalueindex(2)).unsafelyUnwrapped
+        guard lua_type(L, 2) == LUA_TSTRING,
+              let run = Unmanaged<PipelineState>.fromOpaque(state).takeUnretainedValue().activeRun,
+              let key = Lua.string(L, 2) else { return 0 }
+        let value: Int?
+        switch key {
+        case "line":
+            // An event a flush emitted belongs to the barrier: it is applied with (and
+            // replayed as) the line the barrier commits. The flush itself has no event.
+            guard let stage = run.runningStage else { value = nil; break }
+            if run.eventLine > 0 {
+                value = run.eventLine
+            } else if let committing = run.checkpointing.committing, stage != run.checkpointing.flushing {
+                value = committing
+            } else {
+                value = nil
+            }
+        case "committing": value = run.checkpointing.committing
+        default: value = nil
+        }
+        guard let value else { return 0 }
+        lua_pushinteger(L, lua_Integer(value))
+        return 1
     }
 
     /// ctx:emit(e): sends an extra event downstream of the stage.

@@ -35,6 +35,11 @@ struct Checkpointing {
     var committed: SourcePosition?
     /// The stage whose flush is running (what it emits is described so).
     var flushing: Int?
+    /// While a barrier runs: the input line it commits (`ctx.committing`), the last line
+    /// read before it. A stage that stores it in the transaction its flush commits knows,
+    /// after a crash, which replayed events it already applied (README, "Checkpoints and
+    /// delivery guarantees").
+    var committing: Int?
     /// Whether the final barrier ran to its end (and committed, with a store).
     var finished = false
     /// `read` as restored from the checkpoint (not read by this process).
@@ -260,9 +265,13 @@ extension PipelineRun {
         let savedFiring = firingTimers
         eventLine = 0
         firingTimers = true  // no timer fires inside a barrier (a retry's wait included)
+        // Every line read so far has left the pipeline: the checkpoint (if any) resumes
+        // after this one. A list input has no checkpoint; its items are its lines.
+        checkpointing.committing = checkpointing.source?.line ?? read
         defer {
             eventLine = savedLine
             firingTimers = savedFiring
+            checkpointing.committing = nil
         }
         for i in stages.indices where stages[i].definition.flush != LUA_NOREF {
             guard runFlush(L, i, why) else { return false }

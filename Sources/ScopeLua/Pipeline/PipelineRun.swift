@@ -360,13 +360,19 @@ package final class PipelineRun {
         return nil
     }
 
-    /// ctx = { name, config, state } with the ctx metatable. Returns its reference.
+    /// ctx = { name, resumed, resumed_line, config, state } with the ctx metatable (which
+    /// also answers ctx.line and ctx.committing). Returns its reference.
     func makeContext(_ L: LuaState, _ def: StageDefinition, config: Int32) -> Int32 {
         lua_createtable(L, 0, 4)
         Lua.push(L, def.name)
         Lua.setField(L, -2, "name")
         lua_pushboolean(L, checkpointing.resumed != nil ? 1 : 0)
         Lua.setField(L, -2, "resumed")
+        if let resumed = checkpointing.resumed {
+            // The line the checkpoint resumed after (what was committed up to).
+            lua_pushinteger(L, lua_Integer(resumed.position.line))
+            Lua.setField(L, -2, "resumed_line")
+        }
         lua_rawgeti(L, Lua.registry, lua_Integer(config))
         Lua.setField(L, -2, "config")
         lua_createtable(L, 0, 0)
