@@ -140,9 +140,13 @@ import Testing
 
     /// The clock (read through the TSC where the kernel keeps time with it, else with
     /// clock_gettime; SCOPELUA_CLOCK=monotonic forces the latter) agrees with the
-    /// process's CPU clock: busy for 50 ms of CPU time is at least 50 ms of wall time,
-    /// and not wildly more. In a child process: there CPU time is one thread's, and the
-    /// clock is chosen once per process.
+    /// process's CPU clock: busy for 50 ms of CPU time is about 50 ms of wall time or
+    /// more, and not wildly more. In a child process, where the clock is chosen once per
+    /// process. The two clocks agree to a fraction of a per mille (busy loops measured
+    /// 0.0500 s against 0.0500 s), which is why "at least" failed now and then: the loop
+    /// ends as soon as `os.clock` passes 50 ms, and a TSC rate a hair off reads a hair
+    /// less. So the wall time must reach 80% of the CPU time (which also leaves room for
+    /// the CPU time of other threads, such as ASan's): a clock off by more still fails.
     @Test(arguments: [[:], ["SCOPELUA_CLOCK": "monotonic"]])
     func measuredTimeAgreesWithTheCPUClock(environment: [String: String]) throws {
         let dir = temporaryDirectory()
@@ -152,11 +156,11 @@ import Testing
             while os.clock() - start < 0.05 do end
             local cpu = os.clock() - start
             local elapsed = t:elapsed()
-            print(elapsed >= cpu, elapsed < 5, timer.now() > 0)
+            print(elapsed >= 0.8 * cpu, elapsed < 5, timer.now() > 0)
             """, to: "clock.lua", in: dir)
         let r = try runProcess(scopeluaPath, ["run", script], environment: environment)
         #expect(r.status == 0)
-        #expect(r.stdout == "true\ttrue\ttrue\n")
+        #expect(r.stdout == "true\ttrue\ttrue\n", "\(r.stderr)")
     }
 }
 
