@@ -145,11 +145,7 @@ extension PipelineRun {
     /// Why the checkpoint file cannot be `path`: it names the input, the output or the
     /// dead-letter file (a file SQLite writes would corrupt them, or they it).
     private func checkpointOverlaps(_ path: String) -> String? {
-        func identity(_ p: String) -> InputFile.Identity? {
-            var st = stat()
-            guard stat(p, &st) == 0 else { return nil }
-            return InputFile.Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
-        }
+        let identity = { (p: String) in InputFile.identity(atPath: p, regularOnly: false) }
         let mine = identity(path)
         var others: [(String, String)] = [("input", inputName)]
         if case .path(let p) = options.output { others.append(("output", p)) }
@@ -348,13 +344,7 @@ extension PipelineRun {
             let status = sl_pcall(L, 2, 0, msgh)
             runningStage = nil
             let top = lua_gettop(L)  // the error object, if it failed
-            let traceback = status == LUA_OK ? nil : rt.takeTraceback(L, top)
-            var failures: Int32 = 0
-            if stage.task.openCount > 0 {
-                failures = rt.endScope(stage.task, L, error: status == LUA_OK ? 0 : top)
-            }
-            stage.task.reopen()
-            rt.current = stage.scope
+            let (failures, traceback) = endStageCall(L, stage, status: status, result: top)
             if status == LUA_OK, failures == 0 {
                 return deliverEmitted(L, after: i, from: queueBase)
             }

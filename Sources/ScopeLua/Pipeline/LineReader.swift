@@ -310,6 +310,14 @@ enum InputFile {
         return .success(fd)
     }
 
+    /// The identity of the file at `path` (nil if there is none; with `regularOnly`, also
+    /// for anything but a regular file).
+    static func identity(atPath path: String, regularOnly: Bool = true) -> Identity? {
+        var st = stat()
+        guard stat(path, &st) == 0, !regularOnly || st.st_mode & S_IFMT == S_IFREG else { return nil }
+        return Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+    }
+
     /// The identity of the regular file open on `fd` (nil for pipes, terminals, devices).
     static func identity(_ fd: Int32) -> Identity? {
         var st = stat()

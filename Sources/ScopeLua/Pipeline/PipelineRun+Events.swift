@@ -36,14 +36,7 @@ extension PipelineRun {
             stage.calls += 1
             runningStage = nil
             let result = lua_gettop(L)  // the result, or the error object
-            // The error's traceback, taken before the releases run Lua code that may fail too.
-            let traceback = status == LUA_OK ? nil : rt.takeTraceback(L, result)
-            var failures: Int32 = 0
-            if stage.task.openCount > 0 {
-                failures = rt.endScope(stage.task, L, error: status == LUA_OK ? 0 : result)
-            }
-            stage.task.reopen()
-            rt.current = stage.scope
+            let (failures, traceback) = endStageCall(L, stage, status: status, result: result)
             // What process returned: the event table, nil (filtered) or anything else,
             // which is an error of the event (a type check only on the hot path).
             var returnedOther = false
@@ -120,6 +113,22 @@ extension PipelineRun {
                 return false
             }
         }
+    }
+
+    /// After a call of `stage`'s process or flush in its task scope: the traceback of a
+    /// failure at `result` (taken before the releases run Lua code that may fail too), and
+    /// the failures of releasing what the call acquired (pushed on the stack); the stage's
+    /// own scope is current again.
+    @inline(__always)
+    func endStageCall(_ L: LuaState, _ stage: StageRun, status: Int32, result: Int32) -> (failures: Int32, traceback: String?) {
+        let traceback = status == LUA_OK ? nil : rt.takeTraceback(L, result)
+        var failures: Int32 = 0
+        if stage.task.openCount > 0 {
+            failures = rt.endScope(stage.task, L, error: status == LUA_OK ? 0 : result)
+        }
+        stage.task.reopen()
+        rt.current = stage.scope
+        return (failures, traceback)
     }
 
     /// Delivers the events the call of stage `i` emitted (queue entries above `base`)

@@ -269,7 +269,7 @@ extension PipelineRun {
         guard now &- lastProgress > 500_000_000 else { return }
         lastProgress = now
         let seconds = Double(now &- startedAt) / 1e9
-        let rate = seconds > 0 ? Int(Double(read) / seconds) : 0
+        let rate = Report.rate(seconds > 0 ? Double(read) / seconds : 0)
         sl_eprogress("scopelua: \(read) events read, \(original.emitted + fanout.emitted) out, \(rate) events/s")
         progressOnScreen = true
     }

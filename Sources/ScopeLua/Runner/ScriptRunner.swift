@@ -328,11 +328,7 @@ public enum ScriptRunner {
     /// Why `--output` or `--dead-letter` cannot be used with this input: it names the
     /// input file (same device and inode, through any link), or nil.
     static func outputOverInput(_ p: RunRequest.PipelineOptions) -> String? {
-        func identity(_ path: String) -> InputFile.Identity? {
-            var st = stat()
-            guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
-            return InputFile.Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
-        }
+        let identity = { (path: String) in InputFile.identity(atPath: path) }
         let input = p.input == "-" ? InputFile.identity(0) : identity(p.input)
         guard let input else { return nil }
         let name = p.input == "-" ? "stdin" : p.input
