@@ -78,6 +78,10 @@ import Testing
         let r = try scopelua(["run", "p.lua", "--input", "in.jsonl", "--output", "no/such/dir/out.jsonl"], directory: dir)
         #expect(r.status == 2)
         #expect(r.stderr == "scopelua: cannot write output no/such/dir/out.jsonl: No such file or directory (in directory no/such/dir)\n")
+        try FileManager.default.createDirectory(atPath: "\(dir)/dead", withIntermediateDirectories: true)
+        let d = try scopelua(["run", "p.lua", "--input", "in.jsonl", "--dead-letter", "dead"], directory: dir)
+        #expect(d.status == 2)
+        #expect(d.stderr == "scopelua: cannot write dead-letter file dead: Is a directory\n")
     }
 
     @Test func anErrorAfterTheScriptShowsRunsUsage() throws {
