@@ -267,24 +267,6 @@ import CLua
         #expect(r.stderr.hasPrefix("scopelua: job.lua:3: stage 'enrich' is already defined at job.lua:1\n"), "\(r.stderr)")
     }
 
-    @Test func theReplMayRedefineAndSaysSo() {
-        final class Lines: @unchecked Sendable { var all: [String] = [] }
-        let said = Lines(), diagnostics = Lines()
-        var options = RuntimeOptions()
-        options.diagnostics = { diagnostics.all.append($0) }
-        let repl = Repl(options: options) { said.all.append($0) }
-        defer { repl.quit() }
-        repl.handle("stage 'enrich' { process = function(ctx, e) return e end }")
-        repl.handle("stage 'enrich' { process = function(ctx, e) e.v = 2; return e end }")
-        repl.handle("pipeline 'p' { 'enrich' }")
-        repl.handle("pipeline 'p' { 'enrich' }")
-        repl.handle("=pipeline('p', { 'enrich' }):run{ input = { {} } }.output[1].v")
-        #expect(repl.errors == 0, "\(said.all)")
-        #expect(diagnostics.all == ["stage 'enrich' redefined (was stdin:1)", "pipeline 'p' redefined (was stdin:1)",
-                                    "pipeline 'p' redefined (was stdin:1)"])
-        #expect(said.all.last == "2")
-    }
-
     // MARK: - ctx.emit for ctx:emit
 
     @Test func aCtxMethodCalledWithADotSaysToUseAColon() {
