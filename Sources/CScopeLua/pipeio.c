@@ -60,16 +60,10 @@ static int errfile(lua_State *L, const char *what, const char *name, int fnamein
   return LUA_ERRFILE;
 }
 
-int sl_loadfd(lua_State *L, int fd, const char *name) {
-  int fnameindex = lua_gettop(L) + 1;
-  lua_pushfstring(L, "@%s", name);
+/* The loading itself, from a stream that is closed here whatever the result. */
+static int loadstream(lua_State *L, FILE *f, const char *name, int fnameindex) {
   LoadF lf;
-  lf.f = fdopen(fd, "r");
-  if (lf.f == NULL) {
-    int en = errno;
-    close(fd);
-    return errfile(L, "open", name, fnameindex, en);
-  }
+  lf.f = f;
   lf.n = 0;
   int c;
   if (skipcomment(lf.f, &c)) lf.buff[lf.n++] = '\n';  /* keeps the line numbers */
@@ -88,6 +82,29 @@ int sl_loadfd(lua_State *L, int fd, const char *name) {
   }
   lua_remove(L, fnameindex);
   return status;
+}
+
+int sl_loadfd(lua_State *L, int fd, const char *name) {
+  int fnameindex = lua_gettop(L) + 1;
+  lua_pushfstring(L, "@%s", name);
+  FILE *f = fdopen(fd, "r");
+  if (f == NULL) {
+    int en = errno;
+    close(fd);
+    return errfile(L, "open", name, fnameindex, en);
+  }
+  return loadstream(L, f, name, fnameindex);
+}
+
+int sl_loadbytes(lua_State *L, const char *bytes, size_t len, const char *name) {
+  int fnameindex = lua_gettop(L) + 1;
+  lua_pushfstring(L, "@%s", name);
+  /* fmemopen of 0 bytes fails on some C libraries: an empty script is an empty chunk. */
+  static const char empty[1] = {0};
+  FILE *f = len > 0 ? fmemopen((void *)bytes, len, "r") : fmemopen((void *)empty, 1, "r");
+  if (f == NULL) return errfile(L, "open", name, fnameindex, errno);
+  if (len == 0) (void)getc(f);  /* past the one NUL: at the end */
+  return loadstream(L, f, name, fnameindex);
 }
 
 /* ---- SIGPIPE -------------------------------------------------------------------------- */

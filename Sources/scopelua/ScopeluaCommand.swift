@@ -144,6 +144,9 @@ struct Run: ParsableCommand {
     @Flag(name: .customLong("checkpoint-reset"), help: "Forget what --checkpoint FILE committed and start over (the output is written from the start).")
     var checkpointReset = false
 
+    @Option(help: ArgumentHelp("Run the stages in N workers, each its own Lua state on its own thread ('auto': one per core; default 1: in the main state). Each worker loads the script and opens its own stages; lines go to workers in blocks of 64 (or by the pipeline's partition_by key); the output keeps input order unless the pipeline says ordered = false.", valueName: "N|auto"))
+    var workers: String?
+
     @Flag(help: "Run the script's top level (where stages and pipelines are registered) and check its pipelines, then stop: no stage opens, no input is read. Exit 0 or 1.")
     var check = false
 
@@ -181,10 +184,25 @@ struct Run: ParsableCommand {
         return interval
     }
 
+    /// The most workers a run may have.
+    static let maxWorkers = 256
+
+    /// `--workers`: a count from 1 to `maxWorkers`, or `auto` (the cores this process
+    /// may run on).
+    static func workerCount(_ text: String) throws -> Int {
+        if text == "auto" {
+            return min(max(1, Int(ScriptRunner.usableCPUs)), maxWorkers)
+        }
+        guard let n = Int(text), n >= 1, n <= maxWorkers else {
+            throw ValidationError("--workers must be a number from 1 to \(maxWorkers), or 'auto' for one per core (got '\(text)')")
+        }
+        return n
+    }
+
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
     static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--replay", "--follow", "--grace", "--report", "--trace", "--check",
-                                          "--checkpoint", "--checkpoint-every", "--checkpoint-reset"]
+                                          "--checkpoint", "--checkpoint-every", "--checkpoint-reset", "--workers"]
 
     /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
     /// at most two edits away, the closest first.
@@ -248,6 +266,7 @@ struct Run: ParsableCommand {
             case "--checkpoint": checkpoint = try inline ?? value(name)
             case "--checkpoint-every": checkpointEvery = try inline ?? value(name)
             case "--checkpoint-reset": checkpointReset = true
+            case "--workers": workers = try inline ?? value(name)
             case "--grace":
                 let text = try inline ?? value(name)
                 guard let g = Double(text) else {
@@ -292,6 +311,13 @@ struct Run: ParsableCommand {
             throw ValidationError("--checkpoint-reset needs --checkpoint FILE (the checkpoint to start over)")
         }
         let every = try checkpointEvery.map(Self.checkpointInterval)
+        let workerCount = try workers.map(Self.workerCount) ?? 1
+        if workerCount > 1, input == nil {
+            throw ValidationError("--workers needs --input FILE (the workers run the pipeline's stages over it)")
+        }
+        if workerCount > 1, replay {
+            throw ValidationError("--workers cannot be used with --replay (replay runs in one state; drop --workers)")
+        }
         var request = RunRequest(script: script)
         if let input {
             var p = RunRequest.PipelineOptions(input: input)
@@ -303,6 +329,7 @@ struct Run: ParsableCommand {
             p.checkpoint = checkpoint
             p.checkpointEvery = every
             p.checkpointReset = checkpointReset
+            p.workers = workerCount
             request.pipeline = p
         }
         request.grace = grace

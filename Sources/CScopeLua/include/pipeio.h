@@ -16,6 +16,9 @@
  * Nothing is read twice, so a pipe (`<(...)`, a FIFO) loads as `lua` loads it.
  * Pushes the chunk or the error message; never raises. */
 int sl_loadfd(lua_State *L, int fd, const char *name);
+/* The same over a script's bytes read once (`--workers`: every worker loads the script
+ * the main state loaded, also when it came from a pipe). `bytes` is only read. */
+int sl_loadbytes(lua_State *L, const char *bytes, size_t len, const char *name);
 
 /* Sets SIGPIPE to be ignored (a write to a pipe whose reader is gone then fails with
  * EPIPE instead of killing the process) and returns a token for sl_sigpipe_restore. */
@@ -33,5 +36,9 @@ void sl_sigpipe_restore(int token);
  * terminal and has no buffer yet gets stdio's default one at the first call (until its
  * first write stdio reports a size of 0). Returns 0 or the errno. */
 int sl_writeline(FILE *f, const char *p, size_t len);
+
+/* The CPUs this process may run on (its affinity mask: a container's limit), at least 1
+ * (cpus.c). */
+int sl_usable_cpus(void);
 
 #endif

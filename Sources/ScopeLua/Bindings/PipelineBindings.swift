@@ -306,6 +306,29 @@ enum PipelineBindings: RuntimeModule {
         }
         sl_pop(L, 1)
         let definitionObject = PipelineDefinition(name: name, items: items, policy: policy, site: site)
+        switch Lua.rawField(L, def, "partition_by") {
+        case LUA_TNIL: break
+        case LUA_TSTRING:
+            let path = Lua.string(L, -1) ?? ""
+            let parts = path.split(separator: ".", omittingEmptySubsequences: false)
+            guard !path.isEmpty, !parts.contains(where: \.isEmpty) else {
+                Lua.pushError(L, "pipeline '\(name)': partition_by must name a field (\"user\") or a path of fields (\"user.id\"), got \"\(path)\"")
+                return false
+            }
+            definitionObject.partitionBy = path
+        default:
+            Lua.pushError(L, "pipeline '\(name)': partition_by must be a string naming a field (\"user\" or \"user.id\"), got a \(Lua.typeName(L, -1))")
+            return false
+        }
+        sl_pop(L, 1)
+        switch Lua.rawField(L, def, "ordered") {
+        case LUA_TNIL: break
+        case LUA_TBOOLEAN: definitionObject.ordered = lua_toboolean(L, -1) != 0
+        default:
+            Lua.pushError(L, "pipeline '\(name)': ordered must be true (output in input order, the default) or false (in completion order), got a \(Lua.typeName(L, -1))")
+            return false
+        }
+        sl_pop(L, 1)
         rt.pipelines.pipelines[name] = definitionObject
         rt.pipelines.pipelineOrder.removeAll { $0 == name }
         rt.pipelines.pipelineOrder.append(name)

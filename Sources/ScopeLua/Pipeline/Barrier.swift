@@ -40,6 +40,8 @@ struct Checkpointing {
     /// after a crash, which replayed events it already applied (README, "Checkpoints and
     /// delivery guarantees").
     var committing: Int?
+    /// A worker's barrier commits this line (the coordinator's), not its own count.
+    var committingOverride: Int?
     /// Whether the final barrier ran to its end (and committed, with a store).
     var finished = false
     /// `read` as restored from the checkpoint (not read by this process).
@@ -66,6 +68,7 @@ extension PipelineRun {
         case .descriptor(_, let name): return name
         case .stdin: return "stdin"
         case .list: return "the input list"
+        case .channel(let link): return "worker \(link.number)'s input"
         }
     }
 
@@ -77,6 +80,7 @@ extension PipelineRun {
         case .discard: return "none"
         case .collect: return "the collected list"
         case .function: return "the output function"
+        case .channel: return "the coordinator"
         }
     }
 
@@ -116,6 +120,13 @@ extension PipelineRun {
         }
         guard record.pipeline == definition.name else {
             return refuse("it was made by pipeline '\(record.pipeline)', this run is pipeline '\(definition.name)'")
+        }
+        // Lines go to workers by their number: a stage that keeps the lines it committed
+        // per worker (ctx.worker) finds each replayed line in the same worker only with
+        // the same number of workers.
+        let madeWith = record.counters.first { $0.0 == "workers" }?.1 ?? 1
+        guard madeWith == max(1, options.workers) else {
+            return refuse("it was made with --workers \(madeWith), this run has --workers \(max(1, options.workers)): resume with --workers \(madeWith) (each worker's stages committed their own lines)")
         }
         if let mismatch = record.identity.mismatch(source.fd, name: inputName) { return refuse(mismatch) }
         guard record.output == outputName else {
@@ -199,6 +210,7 @@ extension PipelineRun {
             ("fanout.created", fanoutCreated), ("fanout.emitted", fanout.emitted), ("fanout.filtered", fanout.filtered),
             ("fanout.skipped", fanout.skipped), ("fanout.dead_lettered", fanout.deadLettered),
         ]
+        if options.workers > 1 { c.append(("workers", options.workers)) }
         for (i, s) in stages.enumerated() {
             let key = "stage.\(i).\(s.definition.name)."
             c += [(key + "calls", s.calls), (key + "errors", s.errors), (key + "skipped", s.skipped),
@@ -263,7 +275,7 @@ extension PipelineRun {
         firingTimers = true  // no timer fires inside a barrier (a retry's wait included)
         // Every line read so far has left the pipeline: the checkpoint (if any) resumes
         // after this one. A list input has no checkpoint; its items are its lines.
-        checkpointing.committing = checkpointing.source?.line ?? read
+        checkpointing.committing = checkpointing.committingOverride ?? checkpointing.source?.line ?? read
         defer {
             eventLine = savedLine
             firingTimers = savedFiring
@@ -272,6 +284,13 @@ extension PipelineRun {
         for i in stages.indices where stages[i].definition.flush != LUA_NOREF {
             guard runFlush(L, i, why) else { return false }
         }
+        return commitBarrier()
+    }
+
+    /// The end of a barrier, once every stage flushed (in every worker): the sinks are
+    /// flushed (and synced, with a checkpoint), then the checkpoint commits. False when
+    /// the run must stop.
+    func commitBarrier() -> Bool {
         let durable = checkpointing.store != nil
         for sink in [output, deadLetter as EventSink?].compactMap({ $0 }) {
             let code = sink.flush(durable: durable)
@@ -303,10 +322,10 @@ extension PipelineRun {
     /// closes: not after an abort, a failed write, a forced stop, or with an event in
     /// flight (its effects are not all there: nothing after the last checkpoint is
     /// committed, and with --checkpoint the stages close with an error).
-    func finalBarrier(_ L: LuaState) {
+    func finalBarrier(_ L: LuaState, reason: BarrierReason? = nil) {
         guard abortMessage == nil, sinkFailure == nil, sl_stop_forced() == 0,
               original.inFlight == 0, fanout.inFlight == 0 else { return }
-        checkpointing.finished = barrier(L, sl_stop_signal() != 0 ? .stop : .end)
+        checkpointing.finished = barrier(L, reason ?? (sl_stop_signal() != 0 ? .stop : .end))
     }
 
     /// With --checkpoint, the error the stages close with when the final barrier did not

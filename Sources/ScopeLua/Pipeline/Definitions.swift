@@ -120,12 +120,28 @@ package final class PipelineDefinition {
     let policy: ErrorPolicy?
     /// Where it was registered (`job.lua:9`), when Lua knows.
     let site: String?
+    /// `partition_by = "user.id"`: with workers, events with the same value there go to
+    /// the same worker (Workers/Coordinator.swift).
+    var partitionBy: String?
+    /// `ordered = false`: with workers, the output is written as events finish, not in
+    /// input order.
+    var ordered = true
 
     init(name: String, items: [Item], policy: ErrorPolicy?, site: String? = nil) {
         self.name = name
         self.items = items
         self.policy = policy
         self.site = site
+    }
+
+    /// Every stage, depth first, in event order (as a run opens them).
+    var allStages: [StageDefinition] {
+        items.flatMap { item -> [StageDefinition] in
+            switch item {
+            case .stage(let s, _): return [s]
+            case .pipeline(let p): return p.allStages
+            }
+        }
     }
 
     /// Every stage, depth first, in event order.

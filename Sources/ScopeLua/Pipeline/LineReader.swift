@@ -61,8 +61,16 @@ final class LineReader {
     /// is positioned (a resumed run seeks there first).
     var offset: Int64 { position.offset }
 
+    /// The longest line read whole (16 MiB).
+    static let defaultLimit = 16 << 20
+
+    /// A descriptor that ends a wait early (`.idle`) when it becomes readable: the
+    /// coordinator's outbox, so that workers' results are written while the input is
+    /// idle (-1: none). The reader never reads it.
+    var wakeFD: Int32 = -1
+
     /// `owned`: the reader closes `fd` when it is done with it.
-    init(fd: Int32, owned: Bool = false, limit: Int = 16 << 20) {
+    init(fd: Int32, owned: Bool = false, limit: Int = LineReader.defaultLimit) {
         self.fd = fd
         self.owned = owned
         self.limit = limit
@@ -243,9 +251,11 @@ final class LineReader {
             if now >= wake { return idle ? .idle : .ready }
             let ns = wake - now
             let ms = Int32(min(UInt64(Int32.max), ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1)))
-            var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
-            let n = poll(&fds, stopFD >= 0 ? 1 : 0, ms)
+            var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, ms)
             if n < 0, errno != EINTR { return .ready }
+            if n > 0, fds[1].revents != 0 { return .idle }
             if n > 0, sl_stop_signal() == 0 { return .ready }  // the stop pipe, but no stop: look again
         }
     }
@@ -258,7 +268,8 @@ final class LineReader {
         while true {
             if sl_stop_signal() != 0 { return .stopped }
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+                       pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
             var timeout: Int32 = -1
             if !idleCalled {
                 timeout = 0
@@ -269,7 +280,7 @@ final class LineReader {
                 let ns = deadline <= now ? 0 : deadline - now
                 timeout = Int32(min(UInt64(Int32.max), ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1)))
             }
-            let n = poll(&fds, stopFD >= 0 ? 2 : 1, timeout)
+            let n = poll(&fds, 3, timeout)  // a negative descriptor is ignored
             if n < 0 {
                 if errno == EINTR { continue }
                 return .ready  // let read() report the problem
@@ -282,6 +293,7 @@ final class LineReader {
             }
             if n == 0 { return .idle }
             if fds[0].revents != 0 { return .ready }
+            if fds[2].revents != 0 { return .idle }
         }
     }
 }

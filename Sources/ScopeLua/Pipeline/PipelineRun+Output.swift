@@ -13,6 +13,12 @@ extension PipelineRun {
     /// device and inode, whatever the name): both are opened without truncating,
     /// compared, and only then truncated, so a refused run destroys nothing.
     func openSinks(_ L: LuaState) -> Outcome? {
+        if case .channel(let link) = options.input {
+            // A worker's sinks: its coordinator writes what they take.
+            output = ChannelSink(link, kind: .output)
+            deadLetter = link.hasDeadLetter ? ChannelSink(link, kind: .deadLetter) : nil
+            return nil
+        }
         let input = InputFile.identity(inputFD)
         let inputName: String = {
             switch options.input {
@@ -20,6 +26,7 @@ extension PipelineRun {
             case .descriptor(_, let name): return name
             case .stdin: return "stdin"
             case .list: return "the input list"
+            case .channel: return "the coordinator's lines"
             }
         }()
         var opened: [(fd: Int32, path: String, what: String)] = []
@@ -92,7 +99,7 @@ extension PipelineRun {
         case .stdout: output = FileSink(stdout: ())
         case .discard: output = DiscardSink()
         case .function(let ref): output = FunctionSink(function: ref)
-        case .path, .collect: break
+        case .path, .collect, .channel: break
         }
         return nil
     }

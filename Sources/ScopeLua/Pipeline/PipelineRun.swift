@@ -18,8 +18,10 @@ package final class PipelineRun {
     package struct Options {
         package init() {}
         /// `descriptor`: already open (and checked) by the caller, who closes it.
-        package enum Input { case path(String), descriptor(Int32, name: String), list(Int32), stdin }
-        package enum Output { case path(String), function(Int32), collect, stdout, discard }
+        /// `channel`: a worker's (Workers/): lines come from the coordinator, and what
+        /// leaves the pipeline goes back to it.
+        package enum Input { case path(String), descriptor(Int32, name: String), list(Int32), stdin, channel(WorkerLink) }
+        package enum Output { case path(String), function(Int32), collect, stdout, discard, channel }
         package var input: Input = .stdin
         package var output: Output = .stdout
         var deadLetter: String?
@@ -37,6 +39,12 @@ package final class PipelineRun {
         var checkpoint: String?
         var checkpointEvery: CheckpointInterval?
         var checkpointReset = false
+        /// `--workers N`: more than 1 runs the stages in N worker states (Workers/), this
+        /// run coordinating them; made on each worker's thread by `workerFactory`.
+        var workers = 1
+        var workerFactory: WorkerFactory?
+        /// A worker's: `print` goes to stderr (the run's events go to stdout).
+        var printsToStderr = false
     }
 
     package enum Outcome: Equatable {
@@ -109,7 +117,7 @@ package final class PipelineRun {
     let timers: TimerState
     let definition: PipelineDefinition
     let options: Options
-    private(set) var stages: [StageRun] = []
+    var stages: [StageRun] = []
     /// What was opened, in order, to close in reverse.
     enum Opened { case stage(StageRun), scope(Scope) }
     var opened: [Opened] = []
@@ -124,7 +132,7 @@ package final class PipelineRun {
     /// flight when the run ended.
     var inFlightLines: [Int] = []
     /// The reader of a file or stream input, while the input is read.
-    private(set) var lineReader: LineReader?
+    var lineReader: LineReader?
     /// Where the input stands: the file read and the byte offset after the last line
     /// read (nil for a list input, and before the input is read).
     var inputPosition: InputPosition? { lineReader?.position }
@@ -147,7 +155,7 @@ package final class PipelineRun {
     /// Stack index of the traceback-capturing message handler.
     var msgh: Int32 = 0
     var output: EventSink?
-    var deadLetter: FileSink?
+    var deadLetter: RecordSink?
     var collected: Int32 = LUA_NOREF
     var abortMessage: String?
     /// The first write, flush or close of the output or dead-letter file that failed:
@@ -172,6 +180,10 @@ package final class PipelineRun {
     var lastProgress: UInt64 = 0
     /// Barriers and the checkpoint (Barrier.swift).
     var checkpointing = Checkpointing()
+    /// A worker's release failures (its coordinator reports them).
+    var releaseFailures: [String] = []
+    /// Coordinating workers (Workers/Coordinator.swift).
+    var parallel: ParallelState?
 
     /// When the sinks are flushed next while events flow (see `flushIfDue`).
     var nextFlush: UInt64 = 0
@@ -206,8 +218,9 @@ package final class PipelineRun {
             }
         case .descriptor(let fd, _): inputFD = fd
         case .stdin: inputFD = 0
-        case .list: inputFD = -1
+        case .list, .channel: inputFD = -1
         }
+        if options.workers > 1 { return executeParallel(L) }
         if inputFD >= 0 { checkpointing.source = makeLineSource() }
         if let refused = openCheckpoint() { return refused }
         defer { checkpointing.store?.close() }
@@ -215,6 +228,7 @@ package final class PipelineRun {
         // The events go to stdout: `print` goes to stderr until the run ends, and `log`
         // lines say which stage and input line they come from.
         if case .stdout = options.output { printsToStderr = true }
+        if options.printsToStderr { printsToStderr = true }
         drawsProgress = decideProgress()
         let replacedPrint = replacePrint(L)
         defer { if replacedPrint { restorePrint(L) } }
@@ -267,15 +281,32 @@ package final class PipelineRun {
         resumeCounters()
 
         // Events.
-        _ = feedInput(L)
-        inputEnded = true
-        eventLine = 0
-        clearProgress()
-        // Every stage's flush, before any close (and the final checkpoint).
-        finalBarrier(L)
-        // What was written must be on its way before the stages close: a failure here
-        // is known (and reported) while the report can still say so.
-        flushSinks()
+        var closeError: String?
+        if case .channel(let link) = options.input {
+            // A worker: the coordinator orders the final barrier and says whether it committed.
+            switch feedChannel(L, link) {
+            case .final(let reason, _, let committing):
+                inputEnded = true
+                eventLine = 0
+                closeError = finishWorker(L, link, reason: reason, committing: committing)
+            case .stopped(let why):
+                closeError = why
+            case .failed:
+                if let abortMessage { link.outbox.post(.failed(worker: link.number, message: abortMessage)) }
+            }
+            inputEnded = true
+            eventLine = 0
+        } else {
+            _ = feedInput(L)
+            inputEnded = true
+            eventLine = 0
+            clearProgress()
+            // Every stage's flush, before any close (and the final checkpoint).
+            finalBarrier(L)
+            // What was written must be on its way before the stages close: a failure here
+            // is known (and reported) while the report can still say so.
+            flushSinks()
+        }
 
         // Close, in reverse; the error that ended the run (if any) goes to close(ctx, err).
         // A failing output is a graceful stop: the stages close without an error.
@@ -283,7 +314,7 @@ package final class PipelineRun {
         if let abortMessage {
             Lua.push(L, abortMessage)
             errIndex = lua_gettop(L)
-        } else if let uncommitted = uncommittedEnd {
+        } else if let uncommitted = closeError ?? uncommittedEnd {
             // With --checkpoint, what the last checkpoint does not cover rolls back.
             Lua.push(L, uncommitted)
             errIndex = lua_gettop(L)
@@ -292,7 +323,12 @@ package final class PipelineRun {
         closeSinks()
         finishedAt = sl_monotonic_ns()
         let signal = sl_stop_signal()
-        summarize(ended: abortMessage != nil || sinkFailure != nil || !failures.isEmpty || signal != 0)
+        if case .channel = options.input {
+            // The coordinator sums up the workers' counts and reports once.
+            releaseFailures = failures
+        } else {
+            summarize(ended: abortMessage != nil || sinkFailure != nil || !failures.isEmpty || signal != 0)
+        }
         // A forced stop wins over the errors it caused (the interrupted stage's, say).
         if signal != 0, abortMessage == nil || sl_stop_forced() != 0, failures.isEmpty || sl_stop_forced() != 0 {
             return .stopped(signal: signal)
@@ -324,8 +360,13 @@ package final class PipelineRun {
     }
 
     func open(_ L: LuaState, _ def: PipelineDefinition, parent: Scope, inherited: ErrorPolicy?) -> OpenFailure? {
-        let scope = Scope(name: def.name, parent: parent)
+        var scope = Scope(name: def.name, parent: parent)
         opened.append(.scope(scope))
+        if opened.count == 1, case .channel(let link) = options.input {
+            // run/analytics/worker2/enrich/task: a worker's stages are its own.
+            scope = Scope(name: "worker\(link.number)", parent: scope)
+            opened.append(.scope(scope))
+        }
         let policy = def.policy ?? inherited
         for item in def.items {
             switch item {
@@ -366,13 +407,21 @@ package final class PipelineRun {
         lua_createtable(L, 0, 4)
         Lua.push(L, def.name)
         Lua.setField(L, -2, "name")
-        lua_pushboolean(L, checkpointing.resumed != nil ? 1 : 0)
+        var resumedAt = checkpointing.resumed?.position
+        var worker = 1
+        if case .channel(let link) = options.input {
+            resumedAt = link.resumed
+            worker = link.number
+        }
+        lua_pushboolean(L, resumedAt != nil ? 1 : 0)
         Lua.setField(L, -2, "resumed")
-        if let resumed = checkpointing.resumed {
+        if let resumedAt {
             // The line the checkpoint resumed after (what was committed up to).
-            lua_pushinteger(L, lua_Integer(resumed.position.line))
+            lua_pushinteger(L, lua_Integer(resumedAt.line))
             Lua.setField(L, -2, "resumed_line")
         }
+        lua_pushinteger(L, lua_Integer(worker))
+        Lua.setField(L, -2, "worker")
         lua_rawgeti(L, Lua.registry, lua_Integer(config))
         Lua.setField(L, -2, "config")
         lua_createtable(L, 0, 0)
@@ -468,6 +517,8 @@ package final class PipelineRun {
             return true
         case .path, .descriptor, .stdin:
             return feedLines(L, checkpointing.source ?? makeLineSource())
+        case .channel:
+            return false  // see execute
         }
     }
 
@@ -484,7 +535,7 @@ package final class PipelineRun {
     /// The reader for `--follow` over the file at `path`: never the run's own output or
     /// dead-letter file.
     func followingReader(_ path: String) -> LineReader {
-        let sinks = [(output as? FileSink)?.identity, deadLetter?.identity].compactMap { $0 }
+        let sinks = [(output as? FileSink)?.identity, (deadLetter as? FileSink)?.identity].compactMap { $0 }
         return LineReader(following: path, fd: inputFD, sinks: sinks) { [unowned self] in self.rt.diagnose($0) }
     }
 
@@ -528,33 +579,43 @@ package final class PipelineRun {
                              raw: String(decoding: prefix, as: UTF8.self) + "...") else { return inFlight(line: lineNumber) }
             case .line(let bytes):
                 lineNumber += 1
-                if bytes.isEmpty || bytes.allSatisfy({ $0 == 32 || $0 == 9 }) { continue }  // blank lines are not events
-                read += 1
-                guard isValidUTF8(bytes) else {
-                    guard reject(L, line: lineNumber, reason: "line is not valid UTF-8",
-                                 raw: String(decoding: bytes, as: UTF8.self)) else { return inFlight(line: lineNumber) }
-                    continue
-                }
-                _ = bytes.withMemoryRebound(to: CChar.self) { lua_pushlstring(L, $0.baseAddress, $0.count) }
-                let text = lua_gettop(L)
-                guard codec.decode(L, text) else {
-                    let reason = "not valid JSON: \(Lua.describe(L, -1))"
-                    lua_settop(L, text - 1)
-                    guard reject(L, line: lineNumber, reason: reason,
-                                 raw: String(decoding: bytes, as: UTF8.self)) else { return inFlight(line: lineNumber) }
-                    continue
-                }
-                guard lua_type(L, -1) == LUA_TTABLE, bytes.first(where: { $0 != 32 && $0 != 9 }) == 123 else {
-                    lua_settop(L, text - 1)
-                    guard reject(L, line: lineNumber, reason: "not a JSON object",
-                                 raw: String(decoding: bytes, as: UTF8.self)) else { return inFlight(line: lineNumber) }
-                    continue
-                }
-                sl_remove(L, text)
-                eventLine = lineNumber
-                if !(options.replay ? replayRecord(L, line: lineNumber) : deliver(L, 0, extra: false)) { return inFlight(line: lineNumber) }
+                if Self.isBlank(bytes) { continue }  // blank lines are not events
+                if !takeLine(L, bytes, line: lineNumber, codec: codec) { return false }
             }
         }
+    }
+
+    /// Whether a line holds nothing but spaces and tabs (it is not an event).
+    @inline(__always)
+    static func isBlank(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        bytes.isEmpty || bytes.allSatisfy({ $0 == 32 || $0 == 9 })
+    }
+
+    /// Input line `line` (not blank): checked, decoded and taken through the stages, or
+    /// rejected. False when the run must stop (the line is then counted in flight).
+    func takeLine(_ L: LuaState, _ bytes: UnsafeBufferPointer<UInt8>, line lineNumber: Int, codec: JSONCodec) -> Bool {
+        read += 1
+        guard isValidUTF8(bytes) else {
+            return reject(L, line: lineNumber, reason: "line is not valid UTF-8",
+                          raw: String(decoding: bytes, as: UTF8.self)) || inFlight(line: lineNumber)
+        }
+        _ = bytes.withMemoryRebound(to: CChar.self) { lua_pushlstring(L, $0.baseAddress, $0.count) }
+        let text = lua_gettop(L)
+        guard codec.decode(L, text) else {
+            let reason = "not valid JSON: \(Lua.describe(L, -1))"
+            lua_settop(L, text - 1)
+            return reject(L, line: lineNumber, reason: reason,
+                          raw: String(decoding: bytes, as: UTF8.self)) || inFlight(line: lineNumber)
+        }
+        guard lua_type(L, -1) == LUA_TTABLE, bytes.first(where: { $0 != 32 && $0 != 9 }) == 123 else {
+            lua_settop(L, text - 1)
+            return reject(L, line: lineNumber, reason: "not a JSON object",
+                          raw: String(decoding: bytes, as: UTF8.self)) || inFlight(line: lineNumber)
+        }
+        sl_remove(L, text)
+        eventLine = lineNumber
+        if !(options.replay ? replayRecord(L, line: lineNumber) : deliver(L, 0, extra: false)) { return inFlight(line: lineNumber) }
+        return true
     }
 }
 

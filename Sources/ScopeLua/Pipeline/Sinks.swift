@@ -32,6 +32,12 @@ protocol EventSink: AnyObject {
     func close() -> Int32
 }
 
+/// A sink that also takes lines already encoded: the dead-letter file's records.
+protocol RecordSink: EventSink {
+    /// Writes one line (a newline is added): 0 or the errno.
+    func writeLine(_ p: UnsafePointer<CChar>, _ len: Int) -> Int32
+}
+
 /// What became of an event handed to a sink.
 enum SinkWrite {
     case written
@@ -44,7 +50,7 @@ enum SinkWrite {
 }
 
 /// A JSON-lines file, stdout or a pipe (the output), and the dead-letter file.
-extension FileSink: EventSink {
+extension FileSink: RecordSink {
     func write(_ L: LuaState, _ event: Int32, codec: JSONCodec, msgh: Int32) -> SinkWrite {
         guard codec.encode(L, event) else { return .unencodable }
         var len = 0

@@ -54,6 +54,8 @@ public struct RunRequest: Sendable {
         public var checkpointEvery: CheckpointInterval?
         /// `--checkpoint-reset`: forget the committed checkpoint and start over.
         public var checkpointReset = false
+        /// `--workers N`: the stages run in N Lua states on N threads (1: in the main state).
+        public var workers = 1
 
         public init(input: String) {
             self.input = input
@@ -79,6 +81,8 @@ public enum ScriptRunner {
     /// The reader of the pipeline's output went away (EPIPE): the run stopped
     /// gracefully and exits as a shell reports a process that SIGPIPE ended.
     public static let readerGone: Int32 = 128 + SIGPIPE
+    /// The CPUs this process may run on (`--workers auto`).
+    public static var usableCPUs: Int32 { sl_usable_cpus() }
     /// The longest grace period (seconds) `--grace` accepts.
     public static let maxGrace = Int(PipelineRun.maxGrace)
 
@@ -125,8 +129,23 @@ public enum ScriptRunner {
                 status = runRequire(rt, module)
             }
         }
+        // With workers the script's bytes are kept: each worker loads them again.
+        var scriptBytes: [UInt8]?
         if status == success, let script = request.script {
+            if (request.pipeline?.workers ?? 1) > 1 {
+                switch readAll(script == "-" ? 0 : scriptFD) {
+                case .success(let bytes): scriptBytes = bytes
+                case .failure(let problem):
+                    rt.diagnose("scopelua: cannot read \(script == "-" ? "stdin" : script): \(problem)")
+                    return usageError
+                }
+            }
             status = runChunk(rt, name: script, arguments: request.scriptArguments) { L in
+                if let scriptBytes {
+                    return scriptBytes.withUnsafeBufferPointer { b in
+                        b.withMemoryRebound(to: CChar.self) { sl_loadbytes(L, $0.baseAddress, $0.count, script == "-" ? "stdin" : script) }
+                    }
+                }
                 if script == "-" { return luaL_loadfilex(L, nil, nil) }
                 let fd = scriptFD
                 scriptFD = -1  // sl_loadfd closes it
@@ -146,7 +165,8 @@ public enum ScriptRunner {
         }
         var forcedReported = false
         if status == success, let pipelineOptions = request.pipeline {
-            status = runPipeline(rt, pipelineOptions, report: request.report)
+            let factory = pipelineOptions.workers > 1 ? workerFactory(request, scriptBytes: scriptBytes, options: rt.options) : nil
+            status = runPipeline(rt, pipelineOptions, report: request.report, workers: factory)
             forcedReported = sl_stop_forced() != 0
         }
         let stop = sl_stop_signal()
@@ -240,7 +260,7 @@ public enum ScriptRunner {
     }
 
     /// Runs the selected pipeline over the input; prints its report when asked.
-    static func runPipeline(_ rt: Runtime, _ p: RunRequest.PipelineOptions, report: Bool) -> Int32 {
+    static func runPipeline(_ rt: Runtime, _ p: RunRequest.PipelineOptions, report: Bool, workers: WorkerFactory? = nil) -> Int32 {
         guard let definition = selectPipeline(rt, named: p.name) else { return usageError }
         // An input that cannot be read is a usage error, like an unreadable script. It is
         // opened once: the reader gets this descriptor (a FIFO or a pipe loses nothing).
@@ -285,6 +305,8 @@ public enum ScriptRunner {
         options.checkpoint = p.checkpoint
         options.checkpointEvery = p.checkpointEvery
         options.checkpointReset = p.checkpointReset
+        options.workers = workers != nil ? p.workers : 1
+        options.workerFactory = workers
         options.progress = sl_stderr_isatty() != 0
         // From here on a write to a pipe nobody reads fails with EPIPE (the run stops
         // gracefully) instead of killing the process: also for what is left in stdout's
@@ -315,6 +337,57 @@ public enum ScriptRunner {
         case .refused(let message):
             rt.diagnose("scopelua: \(message)")
             return usageError
+        }
+    }
+
+    /// How each worker gets its state: the script's actions (-e, -l) and its bytes run
+    /// again there, with the same `arg`, and the pipeline of the same name is taken.
+    static func workerFactory(_ request: RunRequest, scriptBytes: [UInt8]?, options: RuntimeOptions) -> WorkerFactory {
+        let name = request.script == "-" ? "stdin" : request.script
+        return WorkerFactory { number, diagnostics in
+            var o = options
+            o.diagnostics = diagnostics
+            let rt = Runtime(options: o)
+            setArgTable(rt.L, request)
+            var status = success
+            for action in request.actions where status == success {
+                switch action {
+                case .execute(let chunk):
+                    status = runChunk(rt, name: "=(command line)") { L in
+                        chunk.withCString { sl_loadbuffer(L, $0, strlen($0), "=(command line)") }
+                    }
+                case .require(let module):
+                    status = runRequire(rt, module)
+                }
+            }
+            if status == success, let name, let scriptBytes {
+                status = runChunk(rt, name: name, arguments: request.scriptArguments) { L in
+                    scriptBytes.withUnsafeBufferPointer { b in
+                        b.withMemoryRebound(to: CChar.self) { sl_loadbytes(L, $0.baseAddress, $0.count, name) }
+                    }
+                }
+            }
+            guard status == success else {
+                rt.close()
+                return .failed("its copy of the script failed (the error is above)")
+            }
+            guard let definition = selectPipeline(rt, named: request.pipeline?.name) else {
+                rt.close()
+                return .failed("the script registered no pipeline to run")
+            }
+            return .ready(rt, definition)
+        }
+    }
+
+    /// Everything readable from `fd` (not closed here).
+    static func readAll(_ fd: Int32) -> Result<[UInt8], InputFile.Problem> {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n > 0 { bytes += chunk[0..<n] } else if n == 0 { return .success(bytes) } else if errno != EINTR {
+                return .failure(InputFile.Problem(errno))
+            }
         }
     }
 

@@ -60,6 +60,30 @@ public struct TimerSummary: Equatable, Sendable {
 
     /// The value at quantile `q` (0...1), as the middle of its bucket, capped by max.
     package func quantile(_ q: Double) -> UInt64 { sl_hist_quantile(raw, q) }
+
+    /// A copy of the counters, to be merged into a histogram of another thread.
+    package var snapshot: HistogramSnapshot {
+        let h = raw.pointee
+        let buckets = h.buckets.map { Array(UnsafeBufferPointer(start: $0, count: Int(SL_HIST_BUCKETS))) } ?? []
+        return HistogramSnapshot(count: h.count, total: h.total, totalHigh: h.totalhigh, max: h.max, buckets: buckets)
+    }
+
+    /// Adds the samples of a snapshot (a worker's, at its end) to this histogram.
+    package func merge(_ s: HistogramSnapshot) {
+        raw.pointee.count &+= s.count
+        let (sum, carry) = raw.pointee.total.addingReportingOverflow(s.total)
+        raw.pointee.total = sum
+        raw.pointee.totalhigh &+= s.totalHigh &+ (carry ? 1 : 0)
+        raw.pointee.max = Swift.max(raw.pointee.max, s.max)
+        guard let buckets = raw.pointee.buckets, s.buckets.count == Int(SL_HIST_BUCKETS) else { return }
+        for (i, n) in s.buckets.enumerated() where n != 0 { buckets[i] &+= n }
+    }
+}
+
+/// A histogram's counters as plain data (they cross threads; the histogram does not).
+package struct HistogramSnapshot: Sendable {
+    package var count: UInt64, total: UInt64, totalHigh: UInt64, max: UInt64
+    package var buckets: [UInt64]
 }
 
 /// The run's accounting: resource counts (kept in the state's C data, which the fast

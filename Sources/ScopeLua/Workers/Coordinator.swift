@@ -1,0 +1,554 @@
+import CLua
+import CScopeLua
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a worker gets its Lua state and its pipeline: made on the worker's own thread (a
+/// `Runtime` belongs to the thread that creates it), by loading the script again there.
+///
+/// Why `@unchecked Sendable`: `make` is called once per worker thread; what it captures
+/// (the request, the script's bytes, the runtime options) is only read, and the
+/// options' diagnostics closure writes through the run's `Console`, which locks.
+package struct WorkerFactory: @unchecked Sendable {
+    package enum Made {
+        case ready(Runtime, PipelineDefinition)
+        case failed(String)
+    }
+
+    /// (worker number 1...N, where its diagnostics go) -> its runtime and pipeline.
+    let make: (Int, @escaping @Sendable (String) -> Void) -> Made
+
+    package init(make: @escaping (Int, @escaping @Sendable (String) -> Void) -> Made) {
+        self.make = make
+    }
+}
+
+/// The coordinator's side of a run with workers.
+struct ParallelState {
+    let count: Int
+    let inboxes: [Inbox]
+    let outbox: Outbox
+    let console: Console
+    var threads: [pthread_t] = []
+    var window: ReorderWindow
+    /// Lines read and not yet sent, per worker.
+    var pending: [WorkBatch]
+    /// The worker the last line went to (a batch is sent when the next line goes elsewhere).
+    var lastWorker: Int?
+    /// Lines a batch holds at most.
+    let batchSize: Int
+    let ordered: Bool
+    let partition: ((UnsafeBufferPointer<UInt8>) -> Int?)?
+    /// Barrier acknowledgements this barrier, and whether all said ok.
+    var acks = 0
+    var acksOK = true
+    /// The counts each worker gave at its last barrier, and at its end.
+    var lastCounts: [WorkerCounts]
+    var ends: [WorkerEnd?]
+    /// The counts restored from the checkpoint (the workers count from zero).
+    var restored = WorkerCounts()
+    /// A worker failed: no more lines are dispatched.
+    var failed = false
+    /// Lines written to the output (for the progress line).
+    var written = 0
+    /// A forced stop was passed on to the workers.
+    var forcedPassedOn = false
+}
+
+extension PipelineRun {
+    /// Runs the pipeline on `options.workers` workers: this thread reads the input,
+    /// hands lines to the workers, writes what comes back (in input order unless the
+    /// pipeline says `ordered = false`), runs the barriers and commits the checkpoint
+    /// (docs/ARCHITECTURE.md, "Workers").
+    func executeParallel(_ L: LuaState) -> Outcome {
+        guard let factory = options.workerFactory, inputFD >= 0, !options.replay else {
+            return .refused("--workers needs an input file or stdin (and is not available with --replay)")
+        }
+        checkpointing.source = makeLineSource()
+        if let refused = openCheckpoint() { return refused }
+        defer { checkpointing.store?.close() }
+        if let refused = openSinks(L) { return refused }
+        defer {
+            _ = output?.close()
+            _ = deadLetter?.close()
+        }
+        guard let outbox = Outbox() else { return .failed("cannot start workers: \(String(cString: strerror(errno)))") }
+        let count = options.workers
+        let console = Console()
+        drawsProgress = decideProgress()
+        let diagnostics = rt.options.diagnostics
+        defer { rt.options.diagnostics = diagnostics }
+        rt.options.diagnostics = { line in console.line(line) }
+        let sigpipe = sl_sigpipe_ignore()
+        defer { sl_sigpipe_restore(sigpipe) }
+
+        // Counts: the stages as the workers number them; the checkpoint's counts go on.
+        stages = definition.allStages.map { StageRun(definition: $0, policy: $0.policy ?? .abort, scope: Scope(name: $0.name, parent: rt.root)) }
+        resumeCounters()
+        var state = ParallelState(
+            count: count, inboxes: (0..<count).map { _ in Inbox() }, outbox: outbox, console: console,
+            window: ReorderWindow(capacity: max(4096, count * 1024)),
+            pending: Array(repeating: WorkBatch(), count: count), batchSize: 64, ordered: definition.ordered,
+            partition: definition.partitionBy.map { PipelineRun.partitioner($0, workers: count) },
+            lastCounts: Array(repeating: WorkerCounts(), count: count), ends: Array(repeating: nil, count: count))
+        state.restored = workerCounts(histograms: false)
+        parallel = state
+
+        // The workers: each loads the script in its own state and opens its stages.
+        let resumed = checkpointing.resumed?.position
+        let hasDeadLetter = deadLetter != nil
+        let printsToStderr: Bool = { if case .stdout = options.output { return true } else { return false } }()
+        for i in 0..<count {
+            let inbox = state.inboxes[i], number = i + 1
+            let started = startThread {
+                Self.runWorker(number: number, factory: factory, inbox: inbox, outbox: outbox, console: console,
+                               hasDeadLetter: hasDeadLetter, resumed: resumed, printsToStderr: printsToStderr)
+            }
+            guard let started else {
+                abortMessage = "cannot start worker \(number): \(String(cString: strerror(errno)))"
+                break
+            }
+            parallel?.threads.append(started)
+        }
+
+        if abortMessage == nil { _ = feedWorkers(L) }
+        inputEnded = true
+        finishWorkers()
+        for t in parallel?.threads ?? [] { pthread_join(t, nil) }
+        mergeWorkerCounts()
+        clearProgress()
+        parallel?.console.progress("")
+        flushSinks()
+        closeSinks()
+        finishedAt = sl_monotonic_ns()
+        let signal = sl_stop_signal()
+        let failures = parallel?.ends.compactMap { $0 }.flatMap(\.releaseFailures) ?? []
+        summarize(ended: abortMessage != nil || sinkFailure != nil || !failures.isEmpty || signal != 0)
+        if signal != 0, abortMessage == nil || sl_stop_forced() != 0 { return .stopped(signal: signal) }
+        let releaseErrors = failures.map { "\n\trelease error: \($0)" }.joined()
+        if let abortMessage {
+            let sink = sinkFailure.map { "\n\tand: \($0.message)" } ?? ""
+            return .failed(abortMessage + sink + releaseErrors)
+        }
+        if let sinkFailure {
+            let message = sinkFailure.message + releaseErrors
+            return sinkFailure.brokenPipe ? .readerGone(message) : .failed(message)
+        }
+        if !failures.isEmpty { return .failed(failures.joined(separator: "\n\trelease error: ")) }
+        return .finished
+    }
+
+    /// The worker thread's body: its runtime, its run over the orders it gets, its end.
+    private static func runWorker(number: Int, factory: WorkerFactory, inbox: Inbox, outbox: Outbox, console: Console,
+                                  hasDeadLetter: Bool, resumed: SourcePosition?, printsToStderr: Bool) {
+        let rt: Runtime, definition: PipelineDefinition
+        switch factory.make(number, { console.line($0) }) {
+        case .failed(let message):
+            outbox.post(.ended(worker: number, WorkerEnd(counts: WorkerCounts(), failure: "worker \(number) could not start: \(message)")))
+            return
+        case .ready(let r, let d):
+            rt = r
+            definition = d
+        }
+        WorkerStop.attach(rt.L)
+        let link = WorkerLink(number: number, inbox: inbox, outbox: outbox, hasDeadLetter: hasDeadLetter, resumed: resumed)
+        var options = PipelineRun.Options()
+        options.input = .channel(link)
+        options.output = .channel
+        options.printsToStderr = printsToStderr
+        let run = PipelineRun(rt, definition, options: options)
+        let outcome = run.execute(rt.L, parent: rt.root)
+        run.releaseReferences(rt.L)
+        var end = WorkerEnd(counts: run.workerCounts(histograms: true))
+        if case .failed(let message) = outcome { end.failure = message }
+        if case .refused(let message) = outcome { end.failure = message }
+        end.releaseFailures = run.releaseFailures + rt.releaseAll()
+        let c = rt.resourceCounts
+        end.resources = ResourceCountsSnapshot(acquired: c.acquired, released: c.released, leaked: c.leaked, releaseErrors: c.releaseErrors)
+        end.busyNanos = end.counts.stages.reduce(0) { $0 &+ ($1.histogram?.total ?? 0) }
+        WorkerStop.detach(rt.L)
+        rt.close()
+        outbox.post(.ended(worker: number, end))
+    }
+
+    /// Reads the input and hands its lines to the workers until it ends, a stop, or a
+    /// failure. False when the run must stop without its final barrier.
+    func feedWorkers(_ L: LuaState) -> Bool {
+        guard let source = checkpointing.source else { return false }
+        let reader = source.reader
+        reader.wakeFD = parallel?.outbox.fd ?? -1
+        reader.onIdle = { [unowned self] in
+            self.sendPending()
+            return self.flushBeforeWaiting()
+        }
+        lineReader = reader
+        var lineNumber = source.line
+        while true {
+            source.line = lineNumber
+            guard handleMessages() else { return false }
+            if sl_stop_signal() != 0 { return true }  // the final barrier runs with .stop
+            if !flushIfDue() { return false }
+            if barrierDue, !parallelBarrier(.checkpoint) { return false }
+            showParallelProgress()
+            if parallel?.window.isFull ?? false {
+                // Backpressure: nothing more is read until the oldest lines are done.
+                sendPending()
+                parallel?.outbox.wait(until: nextParallelWakeUp())
+                continue
+            }
+            switch reader.next(deadline: nextParallelWakeUp()) {
+            case .idle:
+                continue
+            case .stopped:
+                return true
+            case .end:
+                return true
+            case .failed(let reason):
+                abortMessage = "cannot read input: \(reason)"
+                return false
+            case .tooLong(let prefix, let length):
+                lineNumber += 1
+                prefix.withUnsafeBufferPointer { dispatch($0, line: lineNumber, tooLong: length) }
+            case .line(let bytes):
+                lineNumber += 1
+                if Self.isBlank(bytes) { continue }
+                dispatch(bytes, line: lineNumber, tooLong: 0)
+            }
+        }
+    }
+
+    /// Puts one line in its worker's batch: by its partition key, else by its number
+    /// (round-robin blocks of `batchSize` lines, the same for every run over the input).
+    private func dispatch(_ bytes: UnsafeBufferPointer<UInt8>, line: Int, tooLong: Int) {
+        guard var p = parallel else { return }
+        parallel = nil  // no copy of the buffers while this mutates them
+        defer { parallel = p }
+        let worker: Int
+        if let partition = p.partition, tooLong == 0 {
+            worker = partition(bytes) ?? 0
+        } else {
+            worker = ((line - 1) / p.batchSize) % p.count
+        }
+        if let last = p.lastWorker, last != worker, !p.pending[last].items.isEmpty {
+            send(&p, last)
+        }
+        p.lastWorker = worker
+        let seq = p.window.add(line: line)
+        let start = p.pending[worker].bytes.count
+        p.pending[worker].bytes.append(contentsOf: bytes)
+        p.pending[worker].items.append(.init(seq: seq, line: line, start: start, end: p.pending[worker].bytes.count, tooLong: tooLong))
+        read = p.restored.read + p.window.next
+        if p.pending[worker].items.count >= p.batchSize { send(&p, worker) }
+    }
+
+    private func send(_ p: inout ParallelState, _ worker: Int) {
+        let batch = p.pending[worker]
+        p.pending[worker] = WorkBatch()
+        p.pending[worker].bytes.reserveCapacity(batch.bytes.count)
+        p.inboxes[worker].send(.batch(batch))
+    }
+
+    /// Sends every batch not yet sent (before the reader waits, a barrier, the end).
+    func sendPending() {
+        guard var p = parallel else { return }
+        parallel = nil
+        defer { parallel = p }
+        for w in 0..<p.count where !p.pending[w].items.isEmpty { send(&p, w) }
+    }
+
+    /// Takes what the workers posted: writes what is due, records barrier
+    /// acknowledgements and ends. False when the run must stop (a worker failed, a sink
+    /// failed).
+    @discardableResult
+    func handleMessages() -> Bool {
+        guard var p = parallel else { return false }
+        parallel = nil
+        defer { parallel = p }
+        for message in p.outbox.take() {
+            switch message {
+            case .results(_, let results):
+                let bytes = ResultBytes(results.bytes)
+                for e in results.entries {
+                    if e.kind == .done {
+                        p.window.markDone(e.seq)
+                        continue
+                    }
+                    let chunk = ReorderWindow.Chunk(kind: e.kind, bytes: bytes, start: e.start, end: e.end)
+                    if p.ordered, p.window.holds(e.seq) {
+                        p.window.keep(chunk, at: e.seq)
+                    } else {
+                        p.written += writeChunk(chunk)
+                    }
+                }
+                var written = 0
+                p.window.drain { written += writeChunk($0) }
+                p.written += written
+            case .barrierDone(let w, let ok, let counts):
+                p.acks += 1
+                p.acksOK = p.acksOK && ok
+                p.lastCounts[w - 1] = counts
+            case .failed(_, let message):
+                if abortMessage == nil { abortMessage = message }
+                stopWorkers(&p, because: "the run stopped: \(message)")
+            case .ended(let w, let end):
+                p.ends[w - 1] = end
+                p.lastCounts[w - 1] = end.counts
+                if let failure = end.failure, abortMessage == nil {
+                    abortMessage = failure
+                    stopWorkers(&p, because: "the run stopped: \(failure)")
+                }
+            }
+        }
+        if sl_stop_forced() != 0, !p.forcedPassedOn {
+            p.forcedPassedOn = true
+            stopWorkers(&p, because: "stop forced")
+        }
+        return !p.failed && sinkFailure == nil
+    }
+
+    private func stopWorkers(_ p: inout ParallelState, because why: String) {
+        p.failed = true
+        for inbox in p.inboxes { inbox.send(.stop(why)) }
+    }
+
+    /// Writes a chunk to its sink. Returns the output lines written (0 or 1).
+    private func writeChunk(_ chunk: ReorderWindow.Chunk) -> Int {
+        guard sinkFailure == nil else { return 0 }
+        return chunk.bytes.bytes.withUnsafeBufferPointer { all -> Int in
+            guard let base = all.baseAddress else { return 0 }
+            let start = UnsafeRawPointer(base + chunk.start).assumingMemoryBound(to: CChar.self)
+            let len = chunk.end - chunk.start
+            switch chunk.kind {
+            case .output:
+                if let file = output as? FileSink {
+                    let code = file.writeLine(start, len)
+                    if code != 0 { _ = sinkFailed(file, errno: code) }
+                }
+                return 1
+            case .deadLetter:
+                if let file = deadLetter {
+                    let code = file.writeLine(start, len)
+                    if code != 0 { _ = sinkFailed(file, errno: code) }
+                }
+                return 0
+            case .done:
+                return 0
+            }
+        }
+    }
+
+    /// A barrier across the workers: each runs its stages' flush once every line sent
+    /// to it has left its pipeline, then the sinks flush and the checkpoint commits the
+    /// position read so far (the watermark: every line before it is done). False when
+    /// the run must stop.
+    func parallelBarrier(_ why: BarrierReason) -> Bool {
+        guard startBarrier(why) else { return false }
+        guard let ok = awaitAcks(), ok else {
+            if abortMessage == nil, sinkFailure == nil { abortMessage = "pipeline '\(definition.name)': a worker's barrier failed" }
+            return false
+        }
+        applyCounts()
+        return commitBarrier()
+    }
+
+    /// Sends the barrier to every worker, after every line read so far.
+    private func startBarrier(_ why: BarrierReason) -> Bool {
+        sendPending()
+        guard var p = parallel, !p.failed else { return false }
+        parallel = nil
+        defer { parallel = p }
+        p.acks = 0
+        p.acksOK = true
+        let lastSeq = p.window.next - 1
+        let committing = checkpointing.source?.line ?? read
+        for inbox in p.inboxes { inbox.send(.barrier(reason: why, lastSeq: lastSeq, committing: committing)) }
+        return true
+    }
+
+    /// Waits for every worker's acknowledgement (writing what arrives meanwhile): whether
+    /// all succeeded, or nil when a worker failed or ended first.
+    private func awaitAcks() -> Bool? {
+        while true {
+            let ok = handleMessages()
+            guard let p = parallel else { return nil }
+            if p.acks >= p.count {
+                return p.acksOK && ok
+            }
+            if !ok || p.ends.contains(where: { $0 != nil }) { return nil }
+            p.outbox.wait(until: nil)
+        }
+    }
+
+    /// After the input: the final barrier (unless the run failed or the stop was forced),
+    /// the verdict to the workers (their stages close), and their ends.
+    func finishWorkers() {
+        guard parallel != nil else { return }
+        var finished = false
+        if abortMessage == nil, sinkFailure == nil, sl_stop_forced() == 0, !(parallel?.failed ?? true),
+           startBarrier(sl_stop_signal() != 0 ? .stop : .end), let ok = awaitAcks(), ok {
+            applyCounts()
+            finished = commitBarrier()
+        }
+        checkpointing.finished = finished
+        if var p = parallel {
+            parallel = nil
+            let verdict: WorkerOrder = finished ? .finish(uncommitted: nil)
+                : .finish(uncommitted: uncommittedEnd ?? abortMessage.map { "the run stopped: \($0)" })
+            for inbox in p.inboxes { inbox.send(verdict) }
+            if !finished { stopWorkers(&p, because: abortMessage.map { "the run stopped: \($0)" } ?? "the run stopped") }
+            p.failed = false
+            parallel = p
+        }
+        // Their ends (and what they wrote while closing).
+        while let p = parallel, p.ends.contains(where: { $0 == nil }) {
+            handleMessages()
+            guard let p = parallel, p.ends.contains(where: { $0 == nil }) else { break }
+            p.outbox.wait(until: sl_monotonic_ns() &+ 100_000_000)
+        }
+        handleMessages()
+        guard var p = parallel else { return }
+        parallel = nil
+        var written = 0
+        p.window.drainAll { written += writeChunk($0) }
+        p.written += written
+        parallel = p
+    }
+
+    /// The run's counts: the checkpoint's plus every worker's latest.
+    private func applyCounts() {
+        guard let p = parallel else { return }
+        var total = p.restored
+        for c in p.lastCounts { total.add(c) }
+        read = total.read
+        rejected = total.rejected
+        retried = total.retried
+        original = total.original
+        fanout = total.fanout
+        fanoutCreated = total.fanoutCreated
+        rejectNotices = total.rejectNotices
+        for (i, s) in stages.enumerated() where i < total.stages.count {
+            let c = total.stages[i]
+            s.calls = c.calls
+            s.errors = c.errors
+            s.skipped = c.skipped
+            s.deadLettered = c.deadLettered
+            s.retried = c.retried
+            s.backoffNanos = c.backoffNanos
+            s.notices = c.notices
+        }
+    }
+
+    /// At the end: the counts as above, lines never done in flight, the workers' stage
+    /// timings merged.
+    private func mergeWorkerCounts() {
+        guard let p = parallel else { return }
+        applyCounts()
+        // The coordinator read every line it dispatched; those not done are in flight.
+        read = p.restored.read + p.window.next
+        inFlightLines = p.window.undoneLines
+        original.inFlight = inFlightLines.count
+        for end in p.ends.compactMap({ $0 }) {
+            for (i, s) in end.counts.stages.enumerated() where i < stages.count {
+                if let h = s.histogram { stages[i].time.merge(h) }
+            }
+        }
+    }
+
+    /// The earliest of a barrier due by time and the next progress update.
+    private func nextParallelWakeUp() -> UInt64? {
+        var wake: UInt64? = drawsProgress ? sl_monotonic_ns() &+ 500_000_000 : nil
+        if checkpointing.dueTime != .max { wake = min(wake ?? checkpointing.dueTime, checkpointing.dueTime) }
+        if output != nil || deadLetter != nil { wake = min(wake ?? nextFlush, nextFlush) }
+        return wake
+    }
+
+    private func showParallelProgress() {
+        guard drawsProgress, let p = parallel else { return }
+        let now = sl_monotonic_ns()
+        guard now &- lastProgress > 500_000_000 else { return }
+        lastProgress = now
+        let seconds = Double(now &- startedAt) / 1e9
+        let rate = Report.rate(seconds > 0 ? Double(p.window.next) / seconds : 0)
+        p.console.progress("scopelua: \(read) events read, \(p.written) out, \(rate) events/s, \(p.count) workers")
+    }
+
+    /// Which worker an event goes to by the value at `path` (a field, or fields joined
+    /// by dots): found without decoding the line (the worker decodes it once).
+    static func partitioner(_ path: String, workers: Int) -> (UnsafeBufferPointer<UInt8>) -> Int? {
+        return { bytes in
+            guard let hash = WorkerStop.partitionHash(path, bytes) else { return nil }
+            return Int(hash % UInt64(workers))
+        }
+    }
+}
+
+extension WorkerCounts {
+    /// Adds another worker's counts (stages by position).
+    mutating func add(_ o: WorkerCounts) {
+        read += o.read
+        rejected += o.rejected
+        retried += o.retried
+        replayed += o.replayed
+        original.add(o.original)
+        fanout.add(o.fanout)
+        fanoutCreated += o.fanoutCreated
+        rejectNotices.add(o.rejectNotices)
+        if stages.count < o.stages.count { stages += Array(repeating: StageCounts(), count: o.stages.count - stages.count) }
+        for (i, s) in o.stages.enumerated() {
+            stages[i].calls += s.calls
+            stages[i].errors += s.errors
+            stages[i].skipped += s.skipped
+            stages[i].deadLettered += s.deadLettered
+            stages[i].retried += s.retried
+            stages[i].backoffNanos &+= s.backoffNanos
+            stages[i].notices.add(s.notices)
+        }
+    }
+}
+
+extension PipelineRun.Outcomes {
+    mutating func add(_ o: Self) {
+        emitted += o.emitted
+        filtered += o.filtered
+        skipped += o.skipped
+        deadLettered += o.deadLettered
+        inFlight += o.inFlight
+    }
+}
+
+extension PipelineRun.Notices {
+    mutating func add(_ o: Self) {
+        count += o.count
+        shown += o.shown
+        if first == nil { first = o.first }
+    }
+}
+
+/// Starts a thread running `body` (joinable). Nil (errno set) if it cannot.
+func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t? {
+    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var thread = pthread_t()
+    var attr = pthread_attr_t()
+    pthread_attr_init(&attr)
+    defer { pthread_attr_destroy(&attr) }
+    pthread_attr_setstacksize(&attr, 16 << 20)  // Lua's C stack (deep pcall nesting) and Swift frames
+    let rc = pthread_create(&thread, &attr, { raw in
+        guard let raw else { return nil }
+        Unmanaged<ThreadBody>.fromOpaque(raw).takeRetainedValue().body()
+        return nil
+    }, box)
+    guard rc == 0 else {
+        Unmanaged<ThreadBody>.fromOpaque(box).release()
+        errno = rc
+        return nil
+    }
+    return thread
+}
+
+/// What a new thread runs (handed through pthread_create's one pointer).
+private final class ThreadBody: @unchecked Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+}
