@@ -114,6 +114,13 @@ extension Report {
             lines.append(text)
         }
         lines.append("  time       elapsed \(seconds(run.elapsed))  \(rate(run.eventsPerSecond)) events/s")
+        if let p = run.parallel {
+            // Per worker: the lines it took, its time in stage calls, its restarts.
+            for (i, end) in p.ends.enumerated() {
+                guard let end else { continue }
+                lines.append("  worker \(i + 1)   read \(end.counts.read)  busy \(seconds(Double(end.busyNanos) / 1e9))  restarts \(end.restarts)  resources acquired \(end.resources.acquired) released \(end.resources.released) leaked \(end.resources.leaked)")
+            }
+        }
         let width = max(5, run.stages.map(\.definition.name.count).max() ?? 5)
         lines.append("  stages     " + pad("stage", width) + "     calls   errors        p50        p99        max    backoff")
         for s in run.stages {

@@ -133,7 +133,10 @@ public enum ScriptRunner {
         var scriptBytes: [UInt8]?
         if status == success, let script = request.script {
             if (request.pipeline?.workers ?? 1) > 1 {
-                switch readAll(script == "-" ? 0 : scriptFD) {
+                let read = readAll(script == "-" ? 0 : scriptFD)
+                if scriptFD >= 0 { close(scriptFD) }
+                scriptFD = -1
+                switch read {
                 case .success(let bytes): scriptBytes = bytes
                 case .failure(let problem):
                     rt.diagnose("scopelua: cannot read \(script == "-" ? "stdin" : script): \(problem)")
@@ -164,6 +167,9 @@ public enum ScriptRunner {
             }
         }
         var forcedReported = false
+        // The run holds no descriptor after it ends (--report says so): counted once the
+        // script is loaded (its own descriptor closed) and the stop machinery set up.
+        let descriptorsAtStart = openDescriptorCount()
         if status == success, let pipelineOptions = request.pipeline {
             let factory = pipelineOptions.workers > 1 ? workerFactory(request, scriptBytes: scriptBytes, options: rt.options) : nil
             status = runPipeline(rt, pipelineOptions, report: request.report, workers: factory)
@@ -194,6 +200,8 @@ public enum ScriptRunner {
         }
         if request.report {
             rt.diagnose(Report.text(rt))
+            // Whatever ran (workers included), the process holds what it held before.
+            rt.diagnose("  descriptors open \(descriptorsAtStart) before the run, \(openDescriptorCount()) after")
         }
         return status
     }
@@ -377,6 +385,18 @@ public enum ScriptRunner {
             }
             return .ready(rt, definition)
         }
+    }
+
+    /// How many descriptors this process has open (-1 if /proc cannot say).
+    static func openDescriptorCount() -> Int {
+        guard let dir = opendir("/proc/self/fd") else { return -1 }
+        var n = 0
+        while let entry = readdir(dir) {
+            let name = entry.pointee.d_name.0
+            if name != 46 { n += 1 }  // not "." or ".."
+        }
+        closedir(dir)
+        return n - 1  // the directory's own descriptor
     }
 
     /// Everything readable from `fd` (not closed here).

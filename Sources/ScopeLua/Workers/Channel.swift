@@ -178,8 +178,10 @@ struct WorkerEnd: Sendable {
     var failure: String?
     var releaseFailures: [String] = []
     var resources = ResourceCountsSnapshot()
-    /// Time spent in stage calls and barriers (ns), and events it took.
+    /// Time spent in stage calls (ns).
     var busyNanos: UInt64 = 0
+    /// How often its state crashed and was replaced.
+    var restarts = 0
 }
 
 struct ResourceCountsSnapshot: Sendable {
