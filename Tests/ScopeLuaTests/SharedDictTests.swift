@@ -62,11 +62,11 @@ import Testing
             d:set(42, "a"); d:set(2.0, "b")
             local bin = "k\\0\\255"
             d:set(bin, "v\\0\\254")
-            return d:get("42"), d:get("2.0"), d:get(2), d.name, d.label, shared.dict("7"):get(42),
+            return d:get("42"), d:get("2.0"), d:get(2), d.label, shared.dict("7"):get(42),
                    d:get(bin) == "v\\0\\254", d:get("k") == nil
             """)
         #expect(run.error == nil)
-        #expect(run.values == [.string("a"), .string("b"), .nil, .string("7"), .string("7"), .string("a"),
+        #expect(run.values == [.string("a"), .string("b"), .nil, .string("7"), .string("a"),
                                .boolean(true), .boolean(true)])
     }
 
@@ -121,7 +121,7 @@ import Testing
               log[#log+1] = #r .. " " .. r[1].kind .. " " .. r[1].label .. " " .. r[1].site .. " " .. r[1].scope
               log[#log+1] = d.kind .. " " .. tostring(d)
             end)
-            log[#log+1] = tostring(d:is_open()) .. " " .. tostring(d)
+            log[#log+1] = tostring(d:is_open()) .. " " .. tostring(d) .. " " .. d.label
             log[#log+1] = select(2, pcall(function() return d:get("n") end))
             local e = shared.dict("hits")
             log[#log+1] = e:incr("n") .. " " .. tostring(e:close()) .. " " .. tostring(e:close())
@@ -136,7 +136,7 @@ import Testing
         #expect(run.text == [
             "1 shared hits test:4 run/scope",
             "shared shared#1 \"hits\" (open, run/scope)",
-            "false shared#1 \"hits\" (released)",
+            "false shared#1 \"hits\" (released) hits",
             "test:11: shared#1 \"hits\" used after release (released at the end of scope run/scope)",
             "2 true false",
             "3 1",
