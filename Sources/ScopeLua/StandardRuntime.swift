@@ -14,6 +14,7 @@ extension Runtime {
             TimerBindings.self,     // timer                    (ScopeLuaResources/Timers)
             SQLBindings.self,       // sql                      (ScopeLuaResources/SQLite)
             JSONBindings.self,      // json                     (ScopeLuaResources/JSON)
+            SharedBindings.self,    // shared                   (ScopeLuaResources/Shared)
             PipelineBindings.self,  // stage, pipeline, ctx     (Bindings/PipelineBindings.swift)
             ExitBindings.self,      // os.exit                  (Bindings/ExitBindings.swift)
         ]

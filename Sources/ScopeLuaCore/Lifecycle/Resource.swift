@@ -43,7 +43,7 @@ package final class RecordArena {
 /// The kinds of resources the runtime knows. `index` keys per-kind tables (metatables,
 /// names) so the hot path never hashes; a plain enum, so using one costs nothing.
 @usableFromInline package enum ResourceKind: Int32, CaseIterable {
-    case file = 0, timer, `defer`, ioFile, sqlite, statement, transaction
+    case file = 0, timer, `defer`, ioFile, sqlite, statement, transaction, shared
 
     /// What scripts see as `h.kind`.
     @usableFromInline package var name: String {
@@ -55,6 +55,7 @@ package final class RecordArena {
         case .sqlite: return "sqlite"
         case .statement: return "statement"
         case .transaction: return "transaction"
+        case .shared: return "shared"
         }
     }
 
@@ -64,6 +65,7 @@ package final class RecordArena {
         case .ioFile: return "io files"
         case .sqlite: return "sqlite connections"
         case .defer: return "deferred calls"
+        case .shared: return "shared dictionary handles"
         default: return name + "s"
         }
     }

@@ -17,6 +17,11 @@ public struct RuntimeOptions {
     /// Extra directory holding Lua modules shipped with scopelua (`stdlib/`); found
     /// automatically when nil.
     public var stdlibPath: String?
+    /// The run's shared dictionaries (`shared.dict`). A class: every copy of these options
+    /// shares the one store, so the runtimes of `--workers N`, each created with a copy of
+    /// the main runtime's options, see the same data (ARCHITECTURE.md, "Shared
+    /// dictionaries"). Give a runtime `SharedStore()` of its own to keep it apart.
+    public var shared = SharedStore()
 
     public init() {}
 }
