@@ -377,7 +377,9 @@ extension PipelineRun {
                 return p.acksOK && ok
             }
             if !ok || p.ends.contains(where: { $0 != nil }) { return nil }
-            p.outbox.wait(until: nil)
+            // What arrives is written out promptly, also while a slow worker is awaited.
+            guard flushIfDue() else { return nil }
+            p.outbox.wait(until: nextParallelWakeUp())
         }
     }
 

@@ -1,0 +1,282 @@
+import Foundation
+import Testing
+@testable import ScopeLua
+
+/// `--workers N` (issue 12): each worker its own Lua state, stages opened, flushed and
+/// closed per worker; the output in input order (or completion order); the counts of
+/// the run summed over the workers; stops, checkpoints and descriptors as with one.
+@Suite(.timeLimit(.minutes(1))) struct WorkerTests {
+    /// `n` events: ids 1...n, users u0...u6.
+    static func events(_ n: Int) -> String {
+        (1...n).map { "{\"id\":\($0),\"user\":{\"id\":\"u\($0 % 7)\"}}\n" }.joined()
+    }
+
+    /// Each worker logs its hooks to `log-<worker>.txt`: open with its scope path, every
+    /// event, flush with the reason, close with the error.
+    static let logging = """
+        local function log(ctx, ...)
+          local f <close> = assert(io.open("log-" .. ctx.worker .. ".txt", "a"))
+          f:write(table.concat({...}, " "), "\\n")
+        end
+        stage "tag" {
+          open = function(ctx) log(ctx, "open", scope.current():path()) end,
+          process = function(ctx, e)
+            log(ctx, "event", e.id, e.user.id, scope.current():path())
+            e.worker = ctx.worker
+            return e
+          end,
+          flush = function(ctx, why) log(ctx, "flush", why) end,
+          close = function(ctx, err) log(ctx, "close", tostring(err)) end,
+        }
+        pipeline "p" { "tag", partition_by = os.getenv("PARTITION") }
+        """
+
+    static func logLines(_ dir: String, worker: Int) -> [String] {
+        (read("\(dir)/log-\(worker).txt") ?? "").split(separator: "\n").map(String.init)
+    }
+
+    static func ids(_ output: String) -> [Int] {
+        output.split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["id"] as? Int
+        }
+    }
+
+    @Test func everyWorkerOpensFlushesAndClosesItsOwnStages() throws {
+        let dir = temporaryDirectory()
+        write(Self.logging, to: "job.lua", in: dir)
+        write(Self.events(1000), to: "in.jsonl", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--workers", "4", "--report"],
+                               directory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        var seen = 0
+        for w in 1...4 {
+            let lines = Self.logLines(dir, worker: w)
+            let hooks = lines.filter { !$0.hasPrefix("event ") }
+            #expect(hooks == ["open run/p/worker\(w)/tag", "flush end", "close nil"], "worker \(w): \(hooks)")
+            let events = lines.filter { $0.hasPrefix("event ") }
+            #expect(!events.isEmpty, "worker \(w) got no event")
+            #expect(events.allSatisfy { $0.hasSuffix(" run/p/worker\(w)/tag/task") })
+            seen += events.count
+        }
+        #expect(seen == 1000)
+        // Input order by default, each event once.
+        let out = read("\(dir)/out.jsonl") ?? ""
+        #expect(Self.ids(out) == Array(1...1000))
+        #expect(r.stderr.contains("  events     read 1000  emitted 1000  filtered 0  skipped 0  dead-lettered 0  rejected 0"), "\(r.stderr)")
+        for w in 1...4 { #expect(r.stderr.contains("  worker \(w)   read "), "\(r.stderr)") }
+    }
+
+    /// Without workers ctx.worker is 1 and the scope path has no worker level.
+    @Test func oneStateHasWorkerOneAndNoWorkerScope() throws {
+        let dir = temporaryDirectory()
+        write(Self.logging, to: "job.lua", in: dir)
+        write(Self.events(3), to: "in.jsonl", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "none"], directory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(Self.logLines(dir, worker: 1).first == "open run/p/tag")
+    }
+
+    /// partition_by = "user.id": every user's events reach one worker, in input order.
+    @Test func aPartitionKeyKeepsEachKeyOnOneWorkerInOrder() throws {
+        let dir = temporaryDirectory()
+        write(Self.logging, to: "job.lua", in: dir)
+        write(Self.events(700), to: "in.jsonl", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--workers", "3"],
+                               directory: dir, environment: ["PARTITION": "user.id"])
+        #expect(r.status == 0, "\(r.stderr)")
+        var workerOf: [String: Int] = [:]
+        var total = 0
+        for w in 1...3 {
+            var last: [String: Int] = [:]
+            for line in Self.logLines(dir, worker: w) where line.hasPrefix("event ") {
+                let parts = line.split(separator: " ")
+                let id = Int(parts[1]) ?? 0, user = String(parts[2])
+                #expect(workerOf[user, default: w] == w, "\(user) on workers \(workerOf[user] ?? 0) and \(w)")
+                workerOf[user] = w
+                #expect(id > last[user, default: 0], "\(user): \(id) after \(last[user, default: 0])")
+                last[user] = id
+                total += 1
+            }
+        }
+        #expect(total == 700)
+        #expect(workerOf.count == 7)
+        #expect(Set(workerOf.values).count > 1, "every user on one worker: \(workerOf)")
+        #expect(Self.ids(read("\(dir)/out.jsonl") ?? "") == Array(1...700))
+    }
+
+    /// A job whose worker 1 waits at its first event until `go` exists, and whose
+    /// worker 2 says when it has finished its last line (256: it gets lines 65...128 and
+    /// 193...256 of 300).
+    static let slowFirst = """
+        local function exists(p) local f = io.open(p) if f then f:close() end return f ~= nil end
+        local function touch(p) local f <close> = assert(io.open(p, "w")) end
+        stage "s" {
+          process = function(ctx, e)
+            if e.id == 1 then
+              touch("waiting")
+              while not exists("go") do timer.sleep(0.005) end
+            end
+            if e.id == 256 then touch("worker2-done") end
+            return e
+          end,
+        }
+        pipeline "p" { "s", ordered = os.getenv("ORDERED") ~= "0" }
+        """
+
+    /// Ordered, the output is in input order however long line 1 takes; unordered,
+    /// worker 2's lines are written while worker 1 still waits at line 1.
+    @Test(arguments: [true, false]) func orderedAndUnorderedOutput(ordered: Bool) throws {
+        let dir = temporaryDirectory()
+        write(Self.slowFirst, to: "job.lua", in: dir)
+        write(Self.events(300), to: "in.jsonl", in: dir)
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: scopeluaPath)
+        child.arguments = ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--workers", "2"]
+        child.currentDirectoryURL = URL(fileURLWithPath: dir)
+        child.environment = ProcessInfo.processInfo.environment.merging(["ORDERED": ordered ? "1" : "0"]) { $1 }
+        child.standardError = FileHandle.nullDevice
+        try child.run()
+        defer { if child.isRunning { kill(child.processIdentifier, SIGKILL) } }
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(dir)/waiting") })
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(dir)/worker2-done") })
+        if !ordered {
+            // Written (and flushed) while line 1 is still in worker 1's stage.
+            #expect(waitUntil { Self.ids(read("\(dir)/out.jsonl") ?? "").count >= 128 })
+        }
+        write("", to: "go", in: dir)
+        child.waitUntilExit()
+        #expect(child.terminationStatus == 0)
+        let ids = Self.ids(read("\(dir)/out.jsonl") ?? "")
+        #expect(ids.sorted() == Array(1...300))
+        if ordered {
+            #expect(ids == Array(1...300))
+        } else {
+            #expect(ids.first != 1, "unordered output waited for line 1: \(ids.prefix(5))")
+        }
+    }
+
+    /// Every policy across workers: the counts add up for the run, and they are those of
+    /// the same run in one state.
+    @Test func theCountsOfTheRunAddUpAcrossWorkers() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "filter" { process = function(ctx, e) if e.id % 5 == 0 then return nil end return e end }
+            stage "skipper" { process = function(ctx, e) if e.id % 7 == 0 then error("seven") end return e end, on_error = "skip" }
+            stage "dead" { process = function(ctx, e) if e.id % 11 == 0 then error("eleven") end return e end, on_error = "dead_letter" }
+            stage "retry" {
+              process = function(ctx, e)
+                if e.id % 13 == 0 then error("thirteen") end
+                if e.id % 3 == 0 then ctx:emit({ id = -e.id }) end
+                return e
+              end,
+              on_error = { retry = 1, ["then"] = "dead_letter" },
+            }
+            pipeline "p" { "filter", "skipper", "dead", "retry" }
+            """, to: "job.lua", in: dir)
+        let input = (1...997).map { $0 % 101 == 0 ? "broken \($0)\n" : "{\"id\":\($0)}\n" }.joined()
+        write(input, to: "in.jsonl", in: dir)
+        func run(_ workers: String) throws -> (ProcessResult, String, String) {
+            let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "out-\(workers).jsonl",
+                                                  "--dead-letter", "dead-\(workers).jsonl", "--workers", workers, "--report"], directory: dir)
+            return (r, read("\(dir)/out-\(workers).jsonl") ?? "", read("\(dir)/dead-\(workers).jsonl") ?? "")
+        }
+        let (one, oneOut, oneDead) = try run("1")
+        let (four, fourOut, fourDead) = try run("4")
+        #expect(one.status == 0 && four.status == 0, "\(four.stderr)")
+        let events = { (r: ProcessResult) in r.stderr.split(separator: "\n").filter { $0.hasPrefix("  events") || $0.hasPrefix("  fan-out") } }
+        #expect(events(one) == events(four), "\(four.stderr)")
+        #expect(events(four).first?.contains("read 997  emitted ") == true)
+        // The same lines, in the same order; the same dead letters (their lines included).
+        #expect(oneOut == fourOut)
+        let deadLines = { (text: String) in
+            text.split(separator: "\n").map { line -> String in
+                let o = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:]
+                return "\(o["line"] ?? "-") \(o["stage"] ?? "input") \(o["error"] ?? "")"
+            }
+        }
+        #expect(deadLines(oneDead) == deadLines(fourDead))
+        #expect(deadLines(fourDead).contains("101 input not valid JSON: Expected value but found invalid token at character 1"), "\(deadLines(fourDead).prefix(3))")
+        // Per stage as in one state.
+        let stageLine = { (r: ProcessResult, name: String) in
+            r.stderr.split(separator: "\n").first { $0.contains(" \(name) ") && $0.hasPrefix("             ") }?.split(separator: " ").prefix(3)
+        }
+        for name in ["filter", "skipper", "dead", "retry"] {
+            #expect(stageLine(one, name) == stageLine(four, name), "\(name)")
+        }
+    }
+
+    /// shared.dict: one dictionary for every worker of the run.
+    @Test func aSharedDictionaryIsTheRunsNotTheWorkers() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "count" {
+              open = function(ctx) ctx.state.d = shared.dict("counts") end,
+              process = function(ctx, e)
+                ctx.state.d:incr("events")
+                if ctx.state.d:add("user:" .. e.user.id, ctx.worker) then ctx.state.d:incr("users") end
+                return e
+              end,
+              close = function(ctx)
+                local d = ctx.state.d
+                if d:incr("closed") == 3 then
+                  local f <close> = assert(io.open("totals.txt", "w"))
+                  f:write(d:get("events"), " ", d:get("users"))
+                end
+              end,
+            }
+            pipeline "p" { "count" }
+            """, to: "job.lua", in: dir)
+        write(Self.events(999), to: "in.jsonl", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "none", "--workers", "3"], directory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(read("\(dir)/totals.txt") == "999 7")
+    }
+
+    /// A run with 4 workers, each with a database and a file open in its stage, holds no
+    /// descriptor more after it ended than before (the process's own count, --report).
+    @Test func descriptorsAreBackAfterARunWithFourWorkers() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "db" {
+              open = function(ctx)
+                ctx.state.db = assert(sql.open("w" .. ctx.worker .. ".db"))
+                ctx.state.db:exec("CREATE TABLE IF NOT EXISTS t(id INTEGER)")
+                ctx.state.log = assert(io.open("w" .. ctx.worker .. ".log", "w"))
+              end,
+              process = function(ctx, e)
+                ctx.state.db:exec("INSERT INTO t VALUES (?)", e.id)
+                ctx.state.log:write(e.id, "\\n")
+                return e
+              end,
+            }
+            pipeline "p" { "db" }
+            """, to: "job.lua", in: dir)
+        write(Self.events(400), to: "in.jsonl", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--workers", "4", "--report"],
+                               directory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        let line = r.stderr.split(separator: "\n").first { $0.contains("descriptors open") }.map(String.init) ?? ""
+        let numbers = line.split(separator: " ").compactMap { Int($0) }
+        #expect(numbers.count == 2 && numbers[0] == numbers[1], "\(line)")
+        #expect(r.stderr.contains("leaked 0"), "\(r.stderr)")
+    }
+
+    @Test func workersIsCheckedOnTheCommandLine() throws {
+        let dir = temporaryDirectory()
+        write(Self.logging, to: "job.lua", in: dir)
+        for (args, message) in [
+            (["--workers", "0"], "--workers must be a number from 1 to 256, or 'auto' for one per core (got '0')"),
+            (["--workers", "x"], "--workers must be a number from 1 to 256, or 'auto' for one per core (got 'x')"),
+            (["--workers", "2", "--input", "in.jsonl", "--replay"], "--workers cannot be used with --replay"),
+        ] {
+            var full = ["run", "job.lua"] + args
+            if !args.contains("--input") { full += ["--input", "in.jsonl"] }
+            let r = try runProcess(scopeluaPath, full, directory: dir)
+            #expect(r.status == 2, "\(args)")
+            #expect(r.stderr.contains(message), "\(r.stderr)")
+        }
+        write(Self.events(5), to: "in.jsonl", in: dir)
+        let auto = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "none", "--workers", "auto"], directory: dir)
+        #expect(auto.status == 0, "\(auto.stderr)")
+    }
+}
