@@ -7,6 +7,15 @@
 local outdir = os.getenv("ANALYTICS_OUT") or "out"
 local totals = { seen = 0, kept = 0, kinds = {} }
 
+-- With --workers N every worker is a Lua state of its own that opens its own stages:
+-- each writes files of its own (events-2.log, analytics-2.db for worker 2; worker 1
+-- keeps the plain names). One SQLite file has one writer at a time, and each worker
+-- holds its batch transaction until its flush: sharing one would serialize them.
+local function per_worker(ctx, path)
+  if ctx.workers == 1 or ctx.worker == 1 then return path end
+  return (path:gsub("(%.%w+)$", "-" .. ctx.worker .. "%1"))
+end
+
 stage "drop_views" {
   process = function(ctx, e)
     totals.seen = totals.seen + 1
@@ -26,7 +35,7 @@ stage "log_events" {
   open = function(ctx)                            -- runs in the stage scope: the file lives as long as the stage
     -- A resumed run (--checkpoint) appends. The log is written as events pass, not in
     -- flush: the events after the last checkpoint are logged again (at-least-once).
-    ctx.state.log = assert(fs.open(ctx.config.path, ctx.resumed and "a" or "w"))
+    ctx.state.log = assert(fs.open(per_worker(ctx, ctx.config.path), ctx.resumed and "a" or "w"))
   end,
   process = function(ctx, e)
     ctx.state.log:write(json.encode(e), "\n")
@@ -41,7 +50,7 @@ stage "log_events" {
 stage "db_sink" {
   open = function(ctx)
     local s = ctx.state
-    s.db = assert(sql.open(ctx.config.path))
+    s.db = assert(sql.open(per_worker(ctx, ctx.config.path)))
     if not ctx.resumed then s.db:exec("DROP TABLE IF EXISTS events") end  -- a resumed run keeps what was committed
     s.db:exec("CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, user TEXT, kind TEXT, amount REAL, bucket INTEGER)")
     -- OR REPLACE: if the run died after this commit but before the checkpoint's, the
@@ -69,7 +78,7 @@ stage "count" {
     return e
   end,
   close = function(ctx, err)
-    io.stderr:write(("seen=%d kept=%d click=%d buy=%d\n"):format(
+    io.stderr:write(("%sseen=%d kept=%d click=%d buy=%d\n"):format(ctx.workers > 1 and "worker " .. ctx.worker .. ": " or "",
       totals.seen, totals.kept, totals.kinds.click or 0, totals.kinds.buy or 0))
   end,
 }

@@ -408,10 +408,11 @@ package final class PipelineRun {
         Lua.push(L, def.name)
         Lua.setField(L, -2, "name")
         var resumedAt = checkpointing.resumed?.position
-        var worker = 1
+        var worker = 1, workers = 1
         if case .channel(let link) = options.input {
             resumedAt = link.resumed
             worker = link.number
+            workers = link.workers
         }
         lua_pushboolean(L, resumedAt != nil ? 1 : 0)
         Lua.setField(L, -2, "resumed")
@@ -422,6 +423,8 @@ package final class PipelineRun {
         }
         lua_pushinteger(L, lua_Integer(worker))
         Lua.setField(L, -2, "worker")
+        lua_pushinteger(L, lua_Integer(workers))
+        Lua.setField(L, -2, "workers")
         lua_rawgeti(L, Lua.registry, lua_Integer(config))
         Lua.setField(L, -2, "config")
         lua_createtable(L, 0, 0)

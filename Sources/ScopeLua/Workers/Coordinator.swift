@@ -103,7 +103,7 @@ extension PipelineRun {
         for i in 0..<count {
             let inbox = state.inboxes[i], number = i + 1
             let started = startThread {
-                Self.runWorker(number: number, factory: factory, inbox: inbox, outbox: outbox, console: console,
+                Self.runWorker(number: number, workers: count, factory: factory, inbox: inbox, outbox: outbox, console: console,
                                hasDeadLetter: hasDeadLetter, resumed: resumed, printsToStderr: printsToStderr)
             }
             guard let started else {
@@ -141,7 +141,7 @@ extension PipelineRun {
     }
 
     /// The worker thread's body: its runtime, its run over the orders it gets, its end.
-    private static func runWorker(number: Int, factory: WorkerFactory, inbox: Inbox, outbox: Outbox, console: Console,
+    private static func runWorker(number: Int, workers: Int, factory: WorkerFactory, inbox: Inbox, outbox: Outbox, console: Console,
                                   hasDeadLetter: Bool, resumed: SourcePosition?, printsToStderr: Bool) {
         let rt: Runtime, definition: PipelineDefinition
         switch factory.make(number, { console.line($0) }) {
@@ -153,7 +153,7 @@ extension PipelineRun {
             definition = d
         }
         WorkerStop.attach(rt.L)
-        let link = WorkerLink(number: number, inbox: inbox, outbox: outbox, hasDeadLetter: hasDeadLetter, resumed: resumed)
+        let link = WorkerLink(number: number, workers: workers, inbox: inbox, outbox: outbox, hasDeadLetter: hasDeadLetter, resumed: resumed)
         var options = PipelineRun.Options()
         options.input = .channel(link)
         options.output = .channel

@@ -10,6 +10,8 @@ import Glibc
 package final class WorkerLink {
     /// 1...N: ctx.worker, the scope `workerN`.
     let number: Int
+    /// How many workers the run has (ctx.workers).
+    let workers: Int
     let inbox: Inbox
     let outbox: Outbox
     /// Whether the run has a dead-letter file (else dead letters go to stderr, as without workers).
@@ -24,8 +26,9 @@ package final class WorkerLink {
     /// The last event this worker finished.
     var lastDone = -1
 
-    init(number: Int, inbox: Inbox, outbox: Outbox, hasDeadLetter: Bool, resumed: SourcePosition?) {
+    init(number: Int, workers: Int, inbox: Inbox, outbox: Outbox, hasDeadLetter: Bool, resumed: SourcePosition?) {
         self.number = number
+        self.workers = workers
         self.inbox = inbox
         self.outbox = outbox
         self.hasDeadLetter = hasDeadLetter
