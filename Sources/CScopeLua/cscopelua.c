@@ -36,15 +36,28 @@ static _Thread_local struct {
   int pending;
 } lastfailure;
 
+/* --memory-limit: Lua code (unguarded) that would take the state over its limit gets
+ * NULL, which Lua answers as above (an emergency collection, a retry, then "not enough
+ * memory" raised in the script). The runtime's own allocations (guarded) may go over it:
+ * they are small and bounded, and refusing them would abort. `memused` counts what the
+ * state holds (when `ptr` is NULL, `osize` is a type tag, not a size). */
 static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   sl_StateInfo *info = (sl_StateInfo *)ud;
+  size_t old = ptr == NULL ? 0 : osize;
   if (nsize == 0) {
     free(ptr);
+    info->memused -= old <= info->memused ? old : info->memused;
+    return NULL;
+  }
+  if (info->memlimit != 0 && nsize > old && !info->guarded
+      && info->memused - (old <= info->memused ? old : info->memused) + nsize > info->memlimit) {
+    info->memexceeded = 1;
     return NULL;
   }
   void *p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize);
   if (p != NULL) {
     if (lastfailure.pending) lastfailure.pending = 0;  /* a read, not a write, per allocation */
+    info->memused = info->memused - (old <= info->memused ? old : info->memused) + nsize;
     return p;
   }
   if (!info->guarded) return NULL;
@@ -70,7 +83,20 @@ lua_State *sl_newstate(void) {
   *(sl_StateInfo **)lua_getextraspace(L) = info;
   /* luaL_newstate's allocator is realloc/free too, so blocks it made are ours to free. */
   lua_setallocf(L, sl_alloc, info);
+  /* What the state holds already (Lua's count is exact): the allocator counts from there. */
+  info->memused = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
   return L;
+}
+
+void sl_setmemlimit(lua_State *L, size_t limit) {
+  sl_info(L)->memlimit = limit;
+}
+
+int sl_memexceeded(lua_State *L) {
+  sl_StateInfo *info = sl_info(L);
+  int was = info->memexceeded;
+  info->memexceeded = 0;
+  return was;
 }
 
 void sl_closestate(lua_State *L) {

@@ -22,6 +22,19 @@ public enum Report {
     }
 
     /// `1.25ms`, `830ns`, `2.40s`.
+    /// A size in bytes as people read it: `512 B`, `64 KiB`, `1.5 MiB`, `2 GiB`.
+    package static func bytes(_ n: Int) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(n), unit = 0
+        while value >= 1024, unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        let tenths = Int((value * 10).rounded())
+        let text = tenths % 10 == 0 ? String(tenths / 10) : "\(tenths / 10).\(tenths % 10)"
+        return "\(text) \(units[unit])"
+    }
+
     package static func seconds(_ s: Double) -> String {
         func fixed(_ v: Double, _ digits: Int) -> String {
             let scale = Double([1, 10, 100, 1000][min(digits, 3)])

@@ -147,6 +147,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Run the stages in N workers, each its own Lua state on its own thread ('auto': one per core; default 1: in the main state). Each worker loads the script and opens its own stages; lines go to workers in blocks of 64 (or by the pipeline's partition_by key); the output keeps input order unless the pipeline says ordered = false.", valueName: "N|auto"))
     var workers: String?
 
+    @Option(name: .customLong("memory-limit"), help: ArgumentHelp("The most memory Lua code may hold in each Lua state (each worker's, with --workers): bytes, or with a unit, 64MB, 512MiB, 2G (units of 1024). Beyond it an allocation fails as Lua's 'not enough memory' in the script; with --workers the worker whose state ran out is replaced by a fresh one, and the event it was processing follows its stage's on_error.", valueName: "SIZE"))
+    var memoryLimit: String?
+
     @Flag(help: "Run the script's top level (where stages and pipelines are registered) and check its pipelines, then stop: no stage opens, no input is read. Exit 0 or 1.")
     var check = false
 
@@ -184,6 +187,24 @@ struct Run: ParsableCommand {
         return interval
     }
 
+    /// `--memory-limit`: bytes, or a number with K, M, G (KB, MB, GB, KiB, MiB, GiB: all
+    /// powers of 1024), at least 1 MiB (a state needs some to start).
+    static func size(_ text: String) throws -> Int {
+        let units: [(String, Int)] = [("KIB", 1 << 10), ("MIB", 1 << 20), ("GIB", 1 << 30), ("KB", 1 << 10), ("MB", 1 << 20),
+                                      ("GB", 1 << 30), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("B", 1)]
+        let upper = text.uppercased().filter { $0 != " " }
+        var number = upper, scale = 1
+        for (suffix, factor) in units where upper.hasSuffix(suffix) {
+            number = String(upper.dropLast(suffix.count))
+            scale = factor
+            break
+        }
+        guard let value = Double(number), value.isFinite, value * Double(scale) >= Double(1 << 20), value * Double(scale) < 1e18 else {
+            throw ValidationError("--memory-limit must be a size of at least 1MB: bytes, or a number with KB, MB or GB (got '\(text)')")
+        }
+        return Int(value * Double(scale))
+    }
+
     /// The most workers a run may have.
     static let maxWorkers = 256
 
@@ -202,7 +223,7 @@ struct Run: ParsableCommand {
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
     static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--replay", "--follow", "--grace", "--report", "--trace", "--check",
-                                          "--checkpoint", "--checkpoint-every", "--checkpoint-reset", "--workers"]
+                                          "--checkpoint", "--checkpoint-every", "--checkpoint-reset", "--workers", "--memory-limit"]
 
     /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
     /// at most two edits away, the closest first.
@@ -267,6 +288,7 @@ struct Run: ParsableCommand {
             case "--checkpoint-every": checkpointEvery = try inline ?? value(name)
             case "--checkpoint-reset": checkpointReset = true
             case "--workers": workers = try inline ?? value(name)
+            case "--memory-limit": memoryLimit = try inline ?? value(name)
             case "--grace":
                 let text = try inline ?? value(name)
                 guard let g = Double(text) else {
@@ -344,6 +366,7 @@ struct Run: ParsableCommand {
                                               execute: execute, library: library)
         var options = RuntimeOptions()
         options.trace = trace
+        options.memoryLimit = try memoryLimit.map(Self.size)
         let status = ScriptRunner.run(request, options: options)
         if status != 0 { throw ExitCode(status) }
     }

@@ -306,7 +306,16 @@ typedef struct sl_StateInfo {
   char *jsonbuf;
   size_t jsoncap;
   const void *jsonarraymt;
+  /* --memory-limit: what Lua code may allocate in this state (0: no limit), and what
+   * the state holds now (see sl_alloc). */
+  size_t memlimit, memused;
+  int memexceeded;   /* an allocation was refused for the limit since the last look */
 } sl_StateInfo;
+
+/* Sets the state's memory limit in bytes (0: none), counting from what it holds now. */
+void sl_setmemlimit(lua_State *L, size_t limit);
+/* Whether an allocation was refused for the limit since the last call (and forgets it). */
+int sl_memexceeded(lua_State *L);
 
 /* Appends a label's histogram to info->timers; returns 0 when out of memory. */
 int sl_timers_push(sl_StateInfo *info, sl_Hist *h);

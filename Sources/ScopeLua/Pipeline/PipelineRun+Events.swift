@@ -61,6 +61,15 @@ extension PipelineRun {
                 // The call (or a release in its task scope) failed.
                 _ = rt.mergeErrors(L, primary: status == LUA_OK ? 0 : result, failures: failures)
             }
+            if status == LUA_ERRMEM, case .channel(let link) = options.input {
+                // A worker whose state ran out of memory is replaced (Workers/): the
+                // event's policy applies with the crash as its error (no retry in it).
+                let why = "worker \(link.number) crashed: \(Self.firstLine(Lua.describe(L, -1)))\(memoryLimitNote) in stage '\(stage.definition.name)'; its state is replaced by a fresh one"
+                crashed = why
+                sl_pop(L, 1)
+                Lua.push(L, why)
+                if case .retry(_, _, let then) = policy { policy = then }
+            }
             let error = lua_gettop(L)
             stage.errors += 1
             if stage.notices.first == nil {
@@ -74,7 +83,7 @@ extension PipelineRun {
             if case .retry(let times, let backoff, let then) = policy {
                 // A stage that returned the wrong kind of value would return it again:
                 // its `then` applies at once.
-                if attempt < times, !returnedOther {
+                if attempt < times, !returnedOther, crashed == nil {
                     // A stop does not wait out a backoff (it could outlast the grace
                     // period): the retry does not happen, the event stays in flight and
                     // the run stops.
@@ -113,6 +122,12 @@ extension PipelineRun {
                 return false
             }
         }
+    }
+
+    /// ` (the state's --memory-limit, 64 MiB)` when the state has a limit.
+    var memoryLimitNote: String {
+        let limit = rt.info.pointee.memlimit
+        return limit > 0 ? " (the state's --memory-limit, \(Report.bytes(Int(clamping: limit))))" : ""
     }
 
     /// After a call of `stage`'s process or flush in its task scope: the traceback of a

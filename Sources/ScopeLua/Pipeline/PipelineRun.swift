@@ -180,6 +180,8 @@ package final class PipelineRun {
     var lastProgress: UInt64 = 0
     /// Barriers and the checkpoint (Barrier.swift).
     var checkpointing = Checkpointing()
+    /// Why this worker's state must be replaced (it ran out of memory), once it did.
+    var crashed: String?
     /// A worker's release failures (its coordinator reports them).
     var releaseFailures: [String] = []
     /// Coordinating workers (Workers/Coordinator.swift).
@@ -291,6 +293,8 @@ package final class PipelineRun {
                 closeError = finishWorker(L, link, reason: reason, committing: committing)
             case .stopped(let why):
                 closeError = why
+            case .crashed:
+                closeError = crashed
             case .failed:
                 if let abortMessage { link.outbox.post(.failed(worker: link.number, message: abortMessage)) }
             }

@@ -104,6 +104,19 @@ final class Inbox: @unchecked Sendable {
         }
     }
 
+    /// Puts an order back at the head of the queue (a crashed worker's unfinished batch,
+    /// for the state that replaces it).
+    func putBack(_ order: WorkerOrder) {
+        monitor.locked {
+            if head > 0 {
+                head -= 1
+                orders[head] = order
+            } else {
+                orders.insert(order, at: 0)
+            }
+        }
+    }
+
     /// The next order, or nil at `deadline`. A `.stop` jumps the queue: what waits
     /// behind it is dropped (the coordinator counts it in flight).
     func next(deadline: UInt64?) -> WorkerOrder? {

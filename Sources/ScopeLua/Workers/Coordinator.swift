@@ -143,34 +143,58 @@ extension PipelineRun {
     /// The worker thread's body: its runtime, its run over the orders it gets, its end.
     private static func runWorker(number: Int, workers: Int, factory: WorkerFactory, inbox: Inbox, outbox: Outbox, console: Console,
                                   hasDeadLetter: Bool, resumed: SourcePosition?, printsToStderr: Bool) {
-        let rt: Runtime, definition: PipelineDefinition
-        switch factory.make(number, { console.line($0) }) {
-        case .failed(let message):
-            outbox.post(.ended(worker: number, WorkerEnd(counts: WorkerCounts(), failure: "worker \(number) could not start: \(message)")))
+        var carried: WorkerCounts?
+        var restarts = 0
+        var releaseFailures: [String] = []
+        var resources = ResourceCountsSnapshot()
+        while true {
+            let rt: Runtime, definition: PipelineDefinition
+            switch factory.make(number, { console.line($0) }) {
+            case .failed(let message):
+                var end = WorkerEnd(counts: carried ?? WorkerCounts(), failure: "worker \(number) could not start: \(message)")
+                end.restarts = restarts
+                outbox.post(.ended(worker: number, end))
+                return
+            case .ready(let r, let d):
+                rt = r
+                definition = d
+            }
+            WorkerStop.attach(rt.L)
+            let link = WorkerLink(number: number, workers: workers, inbox: inbox, outbox: outbox, hasDeadLetter: hasDeadLetter, resumed: resumed)
+            link.carried = carried
+            var options = PipelineRun.Options()
+            options.input = .channel(link)
+            options.output = .channel
+            options.printsToStderr = printsToStderr
+            let run = PipelineRun(rt, definition, options: options)
+            let outcome = run.execute(rt.L, parent: rt.root)
+            run.releaseReferences(rt.L)
+            var end = WorkerEnd(counts: run.workerCounts(histograms: true))
+            if case .failed(let message) = outcome { end.failure = message }
+            if case .refused(let message) = outcome { end.failure = message }
+            releaseFailures += run.releaseFailures + rt.releaseAll()
+            let c = rt.resourceCounts
+            resources.acquired += c.acquired
+            resources.released += c.released
+            resources.leaked += c.leaked
+            resources.releaseErrors += c.releaseErrors
+            WorkerStop.detach(rt.L)
+            rt.close()
+            if let crash = run.crashed, end.failure == nil, run.abortMessage == nil {
+                // Torn down (its scopes released above); a fresh state opens the stages
+                // again and takes the next lines.
+                console.line("scopelua: \(crash)")
+                carried = end.counts
+                restarts += 1
+                continue
+            }
+            end.releaseFailures = releaseFailures
+            end.resources = resources
+            end.restarts = restarts
+            end.busyNanos = end.counts.stages.reduce(0) { $0 &+ ($1.histogram?.total ?? 0) }
+            outbox.post(.ended(worker: number, end))
             return
-        case .ready(let r, let d):
-            rt = r
-            definition = d
         }
-        WorkerStop.attach(rt.L)
-        let link = WorkerLink(number: number, workers: workers, inbox: inbox, outbox: outbox, hasDeadLetter: hasDeadLetter, resumed: resumed)
-        var options = PipelineRun.Options()
-        options.input = .channel(link)
-        options.output = .channel
-        options.printsToStderr = printsToStderr
-        let run = PipelineRun(rt, definition, options: options)
-        let outcome = run.execute(rt.L, parent: rt.root)
-        run.releaseReferences(rt.L)
-        var end = WorkerEnd(counts: run.workerCounts(histograms: true))
-        if case .failed(let message) = outcome { end.failure = message }
-        if case .refused(let message) = outcome { end.failure = message }
-        end.releaseFailures = run.releaseFailures + rt.releaseAll()
-        let c = rt.resourceCounts
-        end.resources = ResourceCountsSnapshot(acquired: c.acquired, released: c.released, leaked: c.leaked, releaseErrors: c.releaseErrors)
-        end.busyNanos = end.counts.stages.reduce(0) { $0 &+ ($1.histogram?.total ?? 0) }
-        WorkerStop.detach(rt.L)
-        rt.close()
-        outbox.post(.ended(worker: number, end))
     }
 
     /// Reads the input and hands its lines to the workers until it ends, a stop, or a
@@ -506,6 +530,7 @@ extension WorkerCounts {
             stages[i].retried += s.retried
             stages[i].backoffNanos &+= s.backoffNanos
             stages[i].notices.add(s.notices)
+            if let h = s.histogram { stages[i].histogram = stages[i].histogram.map { $0.adding(h) } ?? h }
         }
     }
 }

@@ -25,6 +25,8 @@ package final class WorkerLink {
     var own = false
     /// The last event this worker finished.
     var lastDone = -1
+    /// The counts of the states this worker had before (each crashed and was replaced).
+    var carried: WorkerCounts?
 
     init(number: Int, workers: Int, inbox: Inbox, outbox: Outbox, hasDeadLetter: Bool, resumed: SourcePosition?) {
         self.number = number
@@ -108,6 +110,8 @@ enum ChannelEnd {
     case final(BarrierReason, lastSeq: Int, committing: Int)
     /// Told to stop (another worker failed): close with this error.
     case stopped(String)
+    /// The worker's state ran out of memory (`crashed`): it closes and is replaced.
+    case crashed
     /// This worker must stop: its abort (abortMessage) or a forced stop.
     case failed
 }
@@ -127,7 +131,7 @@ extension PipelineRun {
             switch order {
             case .batch(let batch):
                 let ok = batch.bytes.withUnsafeBufferPointer { bytes in
-                    for item in batch.items {
+                    for (k, item) in batch.items.enumerated() {
                         if link.inbox.stopRequested || sl_stop_forced() != 0 { return true }
                         link.seq = item.seq
                         link.own = true
@@ -142,6 +146,14 @@ extension PipelineRun {
                         }
                         guard taken, original.inFlight == 0 else { return false }
                         link.done(item.seq)
+                        if crashed != nil {
+                            // The lines after it go to the state that replaces this one.
+                            var rest = WorkBatch()
+                            rest.bytes = batch.bytes
+                            rest.items = Array(batch.items[(k + 1)...])
+                            if !rest.items.isEmpty { link.inbox.putBack(.batch(rest)) }
+                            return true
+                        }
                         eventLine = 0
                         if !fireTimers(L) { return false }
                     }
@@ -149,6 +161,7 @@ extension PipelineRun {
                 }
                 link.post()
                 if !ok { return .failed }
+                if crashed != nil { return .crashed }
             case .barrier(let reason, let lastSeq, let committing):
                 link.seq = lastSeq
                 link.own = false
@@ -199,6 +212,13 @@ extension PipelineRun {
             StageCounts(calls: s.calls, errors: s.errors, skipped: s.skipped, deadLettered: s.deadLettered,
                         retried: s.retried, backoffNanos: s.backoffNanos, notices: s.notices,
                         histogram: histograms ? s.time.snapshot : nil)
+        }
+        // What the states this worker replaced had counted.
+        if case .channel(let link) = options.input, let carried = link.carried {
+            var withCarried = carried
+            if !histograms { for i in withCarried.stages.indices { withCarried.stages[i].histogram = nil } }
+            withCarried.add(c)
+            return withCarried
         }
         return c
     }

@@ -84,6 +84,22 @@ public struct TimerSummary: Equatable, Sendable {
 package struct HistogramSnapshot: Sendable {
     package var count: UInt64, total: UInt64, totalHigh: UInt64, max: UInt64
     package var buckets: [UInt64]
+
+    /// Both snapshots' samples in one.
+    package func adding(_ o: HistogramSnapshot) -> HistogramSnapshot {
+        var sum = self
+        sum.count &+= o.count
+        let (t, carry) = total.addingReportingOverflow(o.total)
+        sum.total = t
+        sum.totalHigh &+= o.totalHigh &+ (carry ? 1 : 0)
+        sum.max = Swift.max(max, o.max)
+        if buckets.count == o.buckets.count {
+            for i in buckets.indices { sum.buckets[i] &+= o.buckets[i] }
+        } else if buckets.isEmpty {
+            sum.buckets = o.buckets
+        }
+        return sum
+    }
 }
 
 /// The run's accounting: resource counts (kept in the state's C data, which the fast

@@ -17,6 +17,9 @@ public struct RuntimeOptions {
     /// Extra directory holding Lua modules shipped with scopelua (`stdlib/`); found
     /// automatically when nil.
     public var stdlibPath: String?
+    /// `--memory-limit`: what Lua code may allocate in the state, in bytes (nil: no
+    /// limit). Beyond it, Lua code gets "not enough memory" (sl_alloc).
+    public var memoryLimit: Int?
     /// The run's shared dictionaries (`shared.dict`). A class: every copy of these options
     /// shares the one store, so the runtimes of `--workers N`, each created with a copy of
     /// the main runtime's options, see the same data (ARCHITECTURE.md, "Shared
@@ -121,6 +124,7 @@ public final class Runtime {
         // lua.c runs scripts with the generational collector; so do we (rule 5), and it
         // keeps short-lived handles cheap.
         _ = sl_gcgenerational(L)
+        if let limit = options.memoryLimit, limit > 0 { sl_setmemlimit(L, limit) }
     }
 
     deinit {
