@@ -171,3 +171,93 @@ import Testing
         #expect(read("\(dir)/tick-2")?.hasPrefix("run/p/worker2/tick/timer\n") == true, "\(read("\(dir)/tick-2") ?? "")")
     }
 }
+
+/// Crash isolation and aborts with workers (issue 12).
+@Suite(.timeLimit(.minutes(1))) struct WorkerCrashTests {
+    static let job = """
+        local function log(ctx, ...)
+          local f <close> = assert(io.open("log-" .. ctx.worker .. ".txt", "a"))
+          f:write(table.concat({...}, " "), "\\n")
+        end
+        stage "hog" {
+          open = function(ctx) log(ctx, "open") end,
+          process = function(ctx, e)
+            if e.id == tonumber(os.getenv("HOG")) then
+              local t = {}
+              for i = 1, 1e9 do t[i] = ("x"):rep(100) .. i end
+            end
+            if e.id == tonumber(os.getenv("FAIL")) then error("no such user") end
+            return e
+          end,
+          close = function(ctx, err) log(ctx, "close", tostring(err)) end,
+          on_error = os.getenv("POLICY") or "dead_letter",
+        }
+        pipeline "p" { "hog" }
+        """
+
+    static let crash = "worker 2 crashed: not enough memory (the state's --memory-limit, 64 MiB) in stage 'hog'; its state is replaced by a fresh one"
+
+    /// Line 77 goes to worker 2 (lines 65...128), whose stage exhausts its state's memory:
+    /// the worker's stages close with the crash, a fresh state opens them again and takes
+    /// the rest of its lines; the event is dead-lettered with the crash as its error; the
+    /// other worker goes on; the run completes.
+    @Test func aWorkerThatRunsOutOfMemoryIsReplacedAndTheRunCompletes() throws {
+        let dir = temporaryDirectory()
+        write(Self.job, to: "job.lua", in: dir)
+        write(WorkerTests.events(300), to: "in.jsonl", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--dead-letter", "dead.jsonl",
+                                              "--workers", "2", "--memory-limit", "64MB", "--report"],
+                               directory: dir, environment: ["HOG": "77"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(read("\(dir)/log-1.txt") == "open\nclose nil\n")
+        #expect(read("\(dir)/log-2.txt") == "open\nclose \(Self.crash)\nopen\nclose nil\n")
+        #expect(WorkerTests.ids(read("\(dir)/out.jsonl") ?? "") == Array(1...76) + Array(78...300))
+        let dead = read("\(dir)/dead.jsonl") ?? ""
+        #expect(dead.contains("\"line\":77"), "\(dead)")
+        #expect(dead.contains("\"error\":\"\(Self.crash)\""), "\(dead)")
+        #expect(r.stderr.contains("  events     read 300  emitted 299  filtered 0  skipped 0  dead-lettered 1  rejected 0"), "\(r.stderr)")
+        #expect(r.stderr.contains("  worker 2   read 128  busy "), "\(r.stderr)")
+        #expect(r.stderr.contains("restarts 1  resources acquired"), "\(r.stderr)")
+    }
+
+    /// Without workers the same error follows the policy and the state goes on.
+    @Test func withoutWorkersRunningOutOfMemoryIsTheStagesError() throws {
+        let dir = temporaryDirectory()
+        write(Self.job, to: "job.lua", in: dir)
+        write(WorkerTests.events(100), to: "in.jsonl", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--dead-letter", "dead.jsonl",
+                                              "--memory-limit", "64MB"],
+                               directory: dir, environment: ["HOG": "77"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(read("\(dir)/log-1.txt") == "open\nclose nil\n")
+        #expect((read("\(dir)/dead.jsonl") ?? "").contains("\"error\":\"not enough memory\""))
+        #expect(WorkerTests.ids(read("\(dir)/out.jsonl") ?? "").count == 99)
+    }
+
+    /// An abort in one worker stops the run: the other workers stop between events and
+    /// close with the abort as their error, nothing is committed, exit 1; the counts add
+    /// up (what was dispatched and not finished is in flight).
+    @Test func anAbortInOneWorkerStopsTheRun() throws {
+        let dir = temporaryDirectory()
+        write(Self.job, to: "job.lua", in: dir)
+        write(WorkerTests.events(3000), to: "in.jsonl", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--workers", "3", "--report"],
+                               directory: dir, environment: ["FAIL": "150", "POLICY": "abort"])
+        #expect(r.status == 1, "\(r.stderr)")
+        let abort = "pipeline 'p' aborted: stage 'hog' failed on line 150 (id 150): job.lua:12: no such user"
+        #expect(r.stderr.contains("scopelua: \(abort)"), "\(r.stderr)")
+        // Line 150 is worker 3's (129...192): it closes with the abort; the others with the stop.
+        #expect(read("\(dir)/log-3.txt")?.hasPrefix("open\nclose \(abort)") == true, "\(read("\(dir)/log-3.txt") ?? "")")
+        for w in [1, 2] {
+            #expect(read("\(dir)/log-\(w).txt")?.hasPrefix("open\nclose the run stopped: \(abort)") == true, "\(read("\(dir)/log-\(w).txt") ?? "")")
+        }
+        let events = r.stderr.split(separator: "\n").first { $0.hasPrefix("  events") }.map(String.init) ?? ""
+        let numbers = events.split(separator: " ").compactMap { Int($0) }
+        // read = emitted + filtered + skipped + dead-lettered + rejected + retried(0) + in flight
+        #expect(numbers.count >= 8, "\(events)")
+        if numbers.count >= 8 {
+            #expect(numbers[0] == numbers[1] + numbers[2] + numbers[3] + numbers[4] + numbers[5] + numbers[7], "\(events)")
+        }
+        #expect(events.contains("in-flight"), "\(events)")
+    }
+}
