@@ -43,7 +43,7 @@ extension PipelineRun {
         if options.replay { parts.append("replayed \(replay.count)") }
         if original.inFlight > 0 {
             let what = options.input.isList ? "event" : "line"
-            parts.append("in flight \(original.inFlight) (\(what)\(inFlightLines.count == 1 ? "" : "s") \(inFlightLines.map(String.init).joined(separator: ", ")))")
+            parts.append("in flight \(original.inFlight) (\(what)\(inFlightLines.count == 1 ? "" : "s") \(Report.ranges(inFlightLines)))")
         }
         var line = "pipeline '\(definition.name)': " + parts.joined(separator: ", ")
         if fanoutCreated > 0 {

@@ -84,13 +84,26 @@ extension Report {
         Lua.setField(L, -2, "timers")
     }
 
+    /// Line numbers, consecutive ones as ranges: `3, 7-9, 12`.
+    static func ranges(_ lines: [Int]) -> String {
+        var parts: [String] = []
+        var i = 0
+        while i < lines.count {
+            var j = i
+            while j + 1 < lines.count, lines[j + 1] == lines[j] + 1 { j += 1 }
+            parts.append(j > i ? "\(lines[i])-\(lines[j])" : String(lines[i]))
+            i = j + 1
+        }
+        return parts.joined(separator: ", ")
+    }
+
     /// The pipeline part of `--report`, as a readable table.
     package static func pipelineText(_ run: PipelineRun) -> String {
         var lines = ["pipeline \(run.definition.name)"]
         // In flight only when there is something: a run that ended normally has none.
         var inFlight = ""
         if run.original.inFlight > 0 {
-            let lines = run.inFlightLines.map(String.init).joined(separator: ", ")
+            let lines = Report.ranges(run.inFlightLines)
             let what = run.options.input.isList ? "event" : "line"
             inFlight = "  in-flight \(run.original.inFlight) (\(what)\(run.inFlightLines.count == 1 ? "" : "s") \(lines))"
         }
