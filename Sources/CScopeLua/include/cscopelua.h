@@ -447,7 +447,8 @@ enum { SL_STOP_MAXTARGETS = 64 };
  * stop's tick) for a run of the state `L`, with `grace` seconds, and makes `L` the first
  * target, on the calling thread; also makes `L`'s coroutine.resume / coroutine.wrap
  * record the coroutine they run (a stop must reach it) and its debug.sethook unable to
- * lift a forced stop. */
+ * lift a forced stop. Pair it with sl_stop_uninstall, on the same thread, while `L` is
+ * still open. A stop under way (not reset) is not given to `L`. */
 void sl_stop_install(lua_State *L, double grace);
 /* Restores the default handlers, stops the timer, removes the stop hooks of the targets
  * of the calling thread (their states must still be open) and frees their slots. A
@@ -461,7 +462,7 @@ void sl_stop_uninstall(void);
  * coroutine.wrap / debug.sethook as sl_stop_install does. A stop already under way
  * reaches it at once (forced: its first instruction raises; graceful: as if it had come
  * now). Returns 1, or 0 when all SL_STOP_MAXTARGETS slots are taken: the state then is no
- * target (see above). Idempotent. */
+ * target (see above). Idempotent on the attaching thread. */
 int sl_stop_attach(lua_State *L);
 /* A worker, on the thread that attached `L`, before closing `L` (and before the thread
  * ends): removes a stop hook still set and frees the slot, race-free against a stop
