@@ -61,9 +61,9 @@ void sl_interrupt(lua_State *L) {
  * decides (holds, owed) is decided on the target's own thread.
  *
  * A slot's life: FREE -> SETUP (its thread fills it in) -> LIVE (handlers may use it)
- * -> CLOSING -> FREE, and LIVE -> ORPHAN when sl_stop_uninstall, on another thread,
- * forgets a target still attached (only its owner's detach frees it). A handler on
- * another thread uses a slot only between enter() and leave(): `users` counts them, and
+ * -> CLOSING -> FREE, and LIVE -> ORPHAN -> CLOSING when sl_stop_uninstall, on another
+ * thread, forgets a target still attached (only its owner's detach frees it). A handler
+ * uses a slot only between enter() and leave(): `users` counts them, and
  * closing a slot (on its owner's thread, before the state is closed) first takes it out
  * of reach (CLOSING), then waits for `users` to reach 0, then removes its hooks. So no
  * handler ever touches a state being closed, nor signals a thread that has detached. */
