@@ -205,8 +205,9 @@ struct Run: ParsableCommand {
         return Int(value * Double(scale))
     }
 
-    /// The most workers a run may have.
-    static let maxWorkers = 256
+    /// The most workers a run may have (a forced stop reaches 64 states: the main one and
+    /// 63 workers, signals.c).
+    static let maxWorkers = 63
 
     /// `--workers`: a count from 1 to `maxWorkers`, or `auto` (the cores this process
     /// may run on).

@@ -265,8 +265,8 @@ import Testing
         let dir = temporaryDirectory()
         write(Self.logging, to: "job.lua", in: dir)
         for (args, message) in [
-            (["--workers", "0"], "--workers must be a number from 1 to 256, or 'auto' for one per core (got '0')"),
-            (["--workers", "x"], "--workers must be a number from 1 to 256, or 'auto' for one per core (got 'x')"),
+            (["--workers", "0"], "--workers must be a number from 1 to 63, or 'auto' for one per core (got '0')"),
+            (["--workers", "64"], "--workers must be a number from 1 to 63, or 'auto' for one per core (got '64')"),
             (["--workers", "2", "--input", "in.jsonl", "--replay"], "--workers cannot be used with --replay"),
         ] {
             var full = ["run", "job.lua"] + args

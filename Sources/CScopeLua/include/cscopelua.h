@@ -310,6 +310,9 @@ typedef struct sl_StateInfo {
    * the state holds now (see sl_alloc). */
   size_t memlimit, memused;
   int memexceeded;   /* an allocation was refused for the limit since the last look */
+  /* 1 + the index of the state's stop target (signals.c, sl_stop_attach), 0: none.
+   * Written and read on the state's own thread only. */
+  int stopslot;
 } sl_StateInfo;
 
 /* Sets the state's memory limit in bytes (0: none), counting from what it holds now. */
@@ -437,15 +440,44 @@ void sl_pushclosure(lua_State *L, sl_SwiftFunction fn, int nup);
  * steps (see signals.c): graceful (the run's Lua code gets the error "stopped by SIGTERM"
  * at its next instruction, a pipeline stops between events), forced after a second
  * signal or the grace period (every Lua instruction raises, nothing can catch or remove
- * it), and a last resort one more grace period later (output flushed, _exit). */
+ * it), and a last resort one more grace period later (output flushed, _exit).
+ *
+ * The stop reaches its *targets* (ARCHITECTURE.md, "Stopping a run"): the run's state
+ * (sl_stop_install) and worker states (sl_stop_attach), at most SL_STOP_MAXTARGETS in
+ * all, each used by one thread of its own (rule 6). The signal and whether the stop is
+ * forced are process-wide; the holds (sl_stop_pipeline, sl_stop_release) are per state.
+ * A state that is no target (tests run many runtimes) neither holds nor is interrupted
+ * by a stop; its code may still poll sl_stop_signal. The target's thread must not block
+ * the arm signal (a real-time signal, SIGRTMIN + 2; SIGUSR2 where there is none) that
+ * the stop uses to have that thread arm its own state. */
+enum { SL_STOP_MAXTARGETS = 64 };
 
 /* Installs the handlers for SIGINT, SIGTERM and SIGALRM (the grace period and the forced
- * stop's tick) for a run of the state `L`, with `grace` seconds; also makes `L`'s
- * coroutine.resume / coroutine.wrap record the coroutine they run (a stop must reach
- * it) and its debug.sethook unable to lift a forced stop. */
+ * stop's tick) for a run of the state `L`, with `grace` seconds, and makes `L` the first
+ * target, on the calling thread; also makes `L`'s coroutine.resume / coroutine.wrap
+ * record the coroutine they run (a stop must reach it) and its debug.sethook unable to
+ * lift a forced stop. Pair it with sl_stop_uninstall, on the same thread, while `L` is
+ * still open. A stop under way (not reset) is not given to `L`. */
 void sl_stop_install(lua_State *L, double grace);
-/* Restores the default handlers and removes a stop hook still set. */
+/* Restores the default handlers, stops the timer, removes the stop hooks of the targets
+ * of the calling thread (their states must still be open) and frees their slots. A
+ * target still attached on another thread is forgotten: no stop reaches it any more, its
+ * own thread removes its hooks (through the arm signal), and its slot is free once that
+ * thread detaches it. */
 void sl_stop_uninstall(void);
+/* A worker: makes the state `L` (any thread of it) a target of the calling thread, which
+ * must be the only one to use `L` until sl_stop_detach, and must live until then. Call it
+ * after sl_stop_install, before running Lua in `L`. Replaces `L`'s coroutine.resume /
+ * coroutine.wrap / debug.sethook as sl_stop_install does. A stop already under way
+ * reaches it at once (forced: its first instruction raises; graceful: as if it had come
+ * now). Returns 1, or 0 when all SL_STOP_MAXTARGETS slots are taken: the state then is no
+ * target (see above). Idempotent on the attaching thread. */
+int sl_stop_attach(lua_State *L);
+/* A worker, on the thread that attached `L`, before closing `L` (and before the thread
+ * ends): removes a stop hook still set and frees the slot, race-free against a stop
+ * handler on any thread (it waits, a few instructions at most, for a handler using the
+ * slot on another thread to finish). Harmless for a state that is no target. */
+void sl_stop_detach(lua_State *L);
 /* The first stop signal received (0 if none). */
 int sl_stop_signal(void);
 /* Nonzero once the stop was forced (second signal or grace period over). */
@@ -456,11 +488,13 @@ int sl_stop_fd(void);
 void sl_stop_reset(void);
 /* Pushes the stop's message: "stopped by SIGTERM", "... (forced)". */
 void sl_stop_pusherror(lua_State *L);
-/* A pipeline's event loop is in control from `entering` 1 to 0: a graceful stop does
- * not interrupt its Lua code, the loop polls sl_stop_signal and stops between events. */
+/* A pipeline's event loop is in control of `L`'s state from `entering` 1 to 0: a graceful
+ * stop does not interrupt its Lua code, the loop polls sl_stop_signal and stops between
+ * events. Per target: other states are not held. On the state's own thread. */
 void sl_stop_pipeline(lua_State *L, int entering);
-/* Release code (a deferred function) runs from `entering` 1 to 0: a graceful stop waits
- * for its end; after a forced stop it may run Lua for one more grace period. */
+/* Release code (a deferred function) runs in `L`'s state from `entering` 1 to 0: a
+ * graceful stop waits for its end; after a forced stop it may run Lua for one more grace
+ * period. Per target, on the state's own thread. */
 void sl_stop_release(lua_State *L, int entering);
 
 /* lua_CFunction running luaL_tolstring on argument 1 (it may call __tostring, which

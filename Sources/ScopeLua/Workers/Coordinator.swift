@@ -66,6 +66,10 @@ extension PipelineRun {
         guard let factory = options.workerFactory, inputFD >= 0, !options.replay else {
             return .refused("--workers needs an input file or stdin (and is not available with --replay)")
         }
+        // The main state runs no Lua meanwhile: a graceful stop must not be left armed on
+        // it for the code that runs after the run (the pipeline hold, as in one state).
+        sl_stop_pipeline(L, 1)
+        defer { sl_stop_pipeline(L, 0) }
         checkpointing.source = makeLineSource()
         if let refused = openCheckpoint() { return refused }
         defer { checkpointing.store?.close() }
