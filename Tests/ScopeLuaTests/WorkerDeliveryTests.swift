@@ -261,3 +261,39 @@ import Testing
         #expect(events.contains("in-flight"), "\(events)")
     }
 }
+
+/// A forced stop reaches a worker stuck in Lua (its state is a stop target of its own).
+@Suite(.timeLimit(.minutes(1))) struct WorkerForcedStopTests {
+    /// SIGTERM, then the grace period runs out (two signals sent back to back may reach
+    /// the process as one): the forced stop interrupts the worker spinning in Lua (even
+    /// through pcall), the run ends with 143.
+    @Test func theForcedStopReachesAWorkerStuckInALoop() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "spin" {
+              process = function(ctx, e)
+                if e.id == 70 then
+                  local f <close> = assert(io.open("reached", "w"))
+                  f:close()
+                  while true do pcall(function() while true do end end) end
+                end
+                return e
+              end,
+            }
+            pipeline "p" { "spin" }
+            """, to: "job.lua", in: dir)
+        write(WorkerTests.events(200), to: "in.jsonl", in: dir)
+        let child = try CheckpointTests.start(["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--workers", "2", "--grace", "1"],
+                                              in: dir)
+        defer { if child.isRunning { kill(child.processIdentifier, SIGKILL) } }
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(dir)/reached") })
+        kill(child.processIdentifier, SIGTERM)
+        #expect(waitUntil { !child.isRunning })
+        child.waitUntilExit()
+        let stderr = read("\(dir)/stderr.txt") ?? ""
+        #expect(child.terminationStatus == 143, "\(stderr)")
+        #expect(stderr.contains("stage 'spin': 1 error, the first on line 70 (id 70): stopped by SIGTERM (forced)"), "\(stderr)")
+        #expect(stderr.contains("stop forced"), "\(stderr)")
+        #expect(!stderr.contains("did not end within the grace period"), "\(stderr)")
+    }
+}
