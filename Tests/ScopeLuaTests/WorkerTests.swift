@@ -261,6 +261,19 @@ import Testing
         #expect(r.stderr.contains("leaked 0"), "\(r.stderr)")
     }
 
+    /// The script's top level runs in every worker too: with the events on stdout, what
+    /// a worker's copy prints goes to stderr (the main state's print came before the events).
+    @Test func aWorkersCopyOfTheScriptPrintsToStderrWhenTheEventsGoToStdout() throws {
+        let dir = temporaryDirectory()
+        write("print('loading', 1)\nstage 's' { process = function(ctx, e) return e end }\npipeline 'p' { 's' }\n", to: "job.lua", in: dir)
+        write(Self.events(3), to: "in.jsonl", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--workers", "2"], directory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.hasPrefix("loading\t1\n{"), "\(r.stdout)")
+        #expect(Self.ids(r.stdout) == [1, 2, 3], "\(r.stdout)")
+        #expect(r.stderr == "loading\t1\nloading\t1\n", "\(r.stderr)")
+    }
+
     @Test func workersIsCheckedOnTheCommandLine() throws {
         let dir = temporaryDirectory()
         write(Self.logging, to: "job.lua", in: dir)

@@ -357,6 +357,21 @@ public enum ScriptRunner {
             o.diagnostics = diagnostics
             let rt = Runtime(options: o)
             setArgTable(rt.L, request)
+            // The events go to stdout: what the worker's copy of the script prints while it
+            // loads goes to stderr (the main state printed it to stdout already, before
+            // the events).
+            let quiet = request.pipeline?.output == "-"
+            if quiet {
+                Bindings.getGlobal(rt.L, "print")
+                let shim = "local t, s = tostring, select return function(...) local n, o = s('#', ...), {} for i = 1, n do o[i] = t((s(i, ...))) end io.stderr:write(table.concat(o, '\\t'), '\\n') end"
+                if shim.withCString({ sl_loadbuffer(rt.L, $0, strlen($0), "=(worker print)") }) == LUA_OK, sl_pcall(rt.L, 0, 1, 0) == LUA_OK {
+                    lua_pushvalue(rt.L, -1)
+                    Lua.setRegistryField(rt.L, "scopelua.print.worker")
+                    Bindings.setGlobal(rt.L, "print")
+                } else {
+                    sl_pop(rt.L, 1)
+                }
+            }
             var status = success
             for action in request.actions where status == success {
                 switch action {
@@ -374,6 +389,15 @@ public enum ScriptRunner {
                         b.withMemoryRebound(to: CChar.self) { sl_loadbytes(L, $0.baseAddress, $0.count, name) }
                     }
                 }
+            }
+            if quiet {
+                // Lua's own print back (the run puts the stderr one in place again while
+                // it runs), unless the script assigned another.
+                Bindings.getGlobal(rt.L, "print")
+                Lua.getRegistryField(rt.L, "scopelua.print.worker")
+                let untouched = lua_rawequal(rt.L, -1, -2) != 0
+                sl_pop(rt.L, 2)
+                if untouched { Bindings.setGlobal(rt.L, "print") } else { sl_pop(rt.L, 1) }
             }
             guard status == success else {
                 rt.close()
