@@ -20,7 +20,7 @@ events="$root/scripts/data/events.jsonl"
 
 # The example scripts, in the order they run. A script in scripts/ missing here fails
 # the stage (see check_example_list): a new example is run or explicitly left out.
-example_names=(tour db_cleanup analytics log_events db_stage timing nested)
+example_names=(tour db_cleanup analytics analytics_workers log_events db_stage timing nested)
 
 check_example_list() {
   local f name missing=0
@@ -79,6 +79,19 @@ example_analytics() {
   expect "kept.jsonl has 1327 lines" [ "$(lines_of "$dir/kept.jsonl")" -eq 1327 ]
   expect "events.log has 1327 lines" [ "$(lines_of "$dir/events.log")" -eq 1327 ]
   expect "analytics.db has 1327 rows" [ "$(sql_count "$dir/analytics.db" 'SELECT count(*) FROM events')" = 1327 ]
+}
+
+# analytics.lua with 2 workers: each worker its own log and database, the run's counts
+# and output as with one.
+example_analytics_workers() {
+  ANALYTICS_OUT="$dir" pipeline_example analytics.lua --output "$dir/kept.jsonl" --workers 2
+  expect "event accounting" contains "$dir/stderr" "read 2000  emitted 1327  filtered 673  skipped 0  dead-lettered 0  rejected 0"
+  expect "kept.jsonl has 1327 lines" [ "$(lines_of "$dir/kept.jsonl")" -eq 1327 ]
+  expect "kept.jsonl is in input order" [ "$(grep -o '"id":[0-9]*' "$dir/kept.jsonl" | cut -d: -f2 | sort -n -c 2>&1)" = "" ]
+  expect "the two logs have 1327 lines" [ $(($(lines_of "$dir/events.log") + $(lines_of "$dir/events-2.log"))) -eq 1327 ]
+  expect "the two databases have 1327 rows" [ $(($(sql_count "$dir/analytics.db" 'SELECT count(*) FROM events') + $(sql_count "$dir/analytics-2.db" 'SELECT count(*) FROM events'))) -eq 1327 ]
+  expect "each worker counted" [ "$(grep -c '^worker [12]: seen=' "$dir/stderr")" -eq 2 ]
+  expect "no descriptor left open" grep -qE "descriptors open ([0-9]+) before the run, \1 after" "$dir/stderr"
 }
 
 example_log_events() {
