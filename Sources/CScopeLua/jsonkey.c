@@ -153,15 +153,26 @@ static inline void skipspace(Scan *s) {
   while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r')) s->p++;
 }
 
-/* Why: one piece of a string's unescaped bytes to where they go. */
-static inline void emit(Sink *o, const unsigned char *b, size_t n) {
+/* Why: one piece of a string's unescaped bytes to where they go. Inlined, and keys are
+ * compared byte by byte (most differ in length or at once): a memcmp call per key was an
+ * eighth of the scan's time on the benchmark events. */
+static inline __attribute__((always_inline)) void emit(Sink *o, const unsigned char *b, size_t n) {
   if (o == NULL) return;
   if (o->mode == COMPARE) {
-    if (!o->differs) {
-      if (n > o->namelen - o->at || memcmp(o->name + o->at, b, n) != 0) o->differs = 1;
-      else o->at += n;
+    if (o->differs) return;
+    if (n > o->namelen - o->at) {
+      o->differs = 1;
+      return;
     }
-  } else if (o->mode == HASH) {
+    const unsigned char *name = o->name + o->at;
+    for (size_t i = 0; i < n; i++) {
+      if (name[i] != b[i]) {
+        o->differs = 1;
+        return;
+      }
+    }
+    o->at += n;
+  } else {
     hashadd(&o->hash, b, n);
   }
 }
