@@ -6,11 +6,11 @@
  * object keys in one pass over the line's bytes and hashes its canonical form, with no
  * Lua state and no allocation.
  *
- * The grammar is jsondecode.c's, exactly: what it rejects is SL_KEY_INVALID here, with
- * its quirks ("-.5" is a number, "1." too; leading zeros, hex, '+', inf and nan are not;
- * the text ends at the first NUL byte, as the decoder's C string does; at most 1000
- * nested objects and arrays). Of two equal keys in one object the later wins, as in the
- * decoder. The runner's own checks on a line (valid UTF-8, '{' first) are not repeated:
+ * The grammar is jsondecode.c's, exactly: what it rejects (short of running out of
+ * memory) is SL_KEY_INVALID here, with its quirks ("-.5" is a number, "1." too; leading
+ * zeros, hex, '+', inf and nan are not; the text ends at the first NUL byte, as the
+ * decoder's C string does; at most 1000 nested objects and arrays). Of two equal keys in
+ * one object the later wins, as in the decoder. The runner's own checks on a line (valid UTF-8, '{' first) are not repeated:
  * a line failing them still gets its key, and its worker rejects it.
  *
  * The canonical form, so that two lines whose decoded values at the path are equal in
@@ -71,6 +71,7 @@ static inline uint64_t loadle(const unsigned char *b) {
   return w;
 }
 
+/* Why: every hash starts from the value's type (the tags above). */
 static void hashstart(Hash *x, int tag) {
   x->h = SEED ^ ((uint64_t)tag * MUL);
   x->tail = 0;
@@ -120,6 +121,7 @@ static uint64_t hashword(int tag, uint64_t w) {
   return hashend(&x);
 }
 
+/* Why: a string from Lua (sl_jsonkey_value) and a container's text are hashed whole. */
 static uint64_t hashbytes(int tag, const unsigned char *b, size_t len) {
   Hash x;
   hashstart(&x, tag);
@@ -136,8 +138,9 @@ typedef struct {
   const unsigned char *p, *end;
 } Scan;
 
-/* Where a string's unescaped bytes go: nowhere (a skipped string: no sink), compared with a path
- * component (a key that may be the next step of the path), or into a hash (the value). */
+/* Where a string's unescaped bytes go: nowhere (a skipped string: no sink), compared
+ * with a path component (a key that may be the next step of the path), or into a hash
+ * (the value). */
 typedef struct {
   enum { COMPARE, HASH } mode; /* a NULL sink skips */
   const unsigned char *name;  /* COMPARE: the component, its length, how much matched */
@@ -146,6 +149,7 @@ typedef struct {
   Hash hash;                  /* HASH */
 } Sink;
 
+/* Why: the decoder's digits, whatever the locale says (isdigit may). */
 static inline int isdigit_(unsigned char c) { return c >= '0' && c <= '9'; }
 
 /* Why: the decoder's whitespace, exactly (no \f or \v). */
@@ -177,6 +181,7 @@ static inline __attribute__((always_inline)) void emit(Sink *o, const unsigned c
   }
 }
 
+/* Why: jsondecode.c's hexdigit: a \u escape's digits, either case. */
 static int hexdigit(unsigned char c) {
   if (c >= '0' && c <= '9') return c - '0';
   c |= 0x20;
@@ -196,6 +201,7 @@ static long hex4(const unsigned char *p) {
   return v;
 }
 
+/* Why: a \u escape's code point as the decoder writes it (jsondecode.c's utf8). */
 static size_t utf8(unsigned char *out, unsigned long c) {
   if (c < 0x80) { out[0] = (unsigned char)c; return 1; }
   if (c < 0x800) { out[0] = (unsigned char)(0xC0 | (c >> 6)); out[1] = (unsigned char)(0x80 | (c & 0x3F)); return 2; }
@@ -226,10 +232,10 @@ static inline const unsigned char *plainrun(const unsigned char *p, const unsign
   return p;
 }
 
-/* A string at s->p (its opening quote), as the decoder reads it: its unescaped bytes go
- * to `o`. Returns 0 where the decoder fails: no closing quote before the end or a NUL,
- * an unknown escape, a \u escape without four hex digits, a lone low surrogate, a high
- * one not followed by \u and a low one. */
+/* Why: keys and string values, read as the decoder reads them. A string at s->p (its
+ * opening quote): its unescaped bytes go to `o`. Returns 0 where the decoder fails: no
+ * closing quote before the end or a NUL, an unknown escape, a \u escape without four
+ * hex digits, a lone low surrogate, a high one not followed by \u and a low one. */
 static int string(Scan *s, Sink *o) {
   const unsigned char *p = s->p + 1, *end = s->end;
   for (;;) {
@@ -337,10 +343,11 @@ static double slowfloat(const unsigned char *digits, const unsigned char *mend, 
   return strtod(buf, NULL);
 }
 
-/* A number at s->p (a '-' or a digit), as jsondecode.c's numbertoken reads it: its value
- * into `out` unless NULL. Returns 0 where the decoder fails: a leading zero followed by a
- * digit or x, no digit in the mantissa ("-", "-.", "-e1"). Like the decoder, it stops
- * before an 'e' with no digit after it (the 'e' then fails as the next token). */
+/* Why: a number is validated, and its value computed when it is the key. A number at
+ * s->p (a '-' or a digit), as jsondecode.c's numbertoken reads it: its value into `out`
+ * unless NULL. Returns 0 where the decoder fails: a leading zero followed by a digit or
+ * x, no digit in the mantissa ("-", "-.", "-e1"). Like the decoder, it stops before an
+ * 'e' with no digit after it (the 'e' then fails as the next token). */
 static int number(Scan *s, Num *out) {
   const unsigned char *p = s->p, *end = s->end;
   int neg = *p == '-';
@@ -447,8 +454,8 @@ int sl_jsonkey_value(lua_State *L, int idx, uint64_t *hash) {
   }
 }
 
-/* true, false or null at s->p (the decoder compares the bytes; what follows them is the
- * next token's business). Returns the tag, or 0. */
+/* Why: the literals, as the decoder compares them: true, false or null at s->p, the
+ * bytes alone (what follows them is the next token's business). Returns the tag, or 0. */
 static int literal(Scan *s) {
   size_t left = (size_t)(s->end - s->p);
   if (left >= 4 && memcmp(s->p, "true", 4) == 0) { s->p += 4; return TAG_TRUE; }
