@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the JSON codec (json.decode / json.encode, Fuzz/json_fuzz.c)
-# with libFuzzer, AddressSanitizer and UndefinedBehaviorSanitizer, for a bounded time.
+# Coverage-guided fuzzing of the JSON codec (json.decode / json.encode) and of the
+# partition-key scanner against it (jsonkey.c), one target (Fuzz/json_fuzz.c), with
+# libFuzzer, AddressSanitizer and UndefinedBehaviorSanitizer, for a bounded time.
 #
 #   scripts/fuzz-json.sh [seconds]      (default 60)
 #
@@ -51,6 +52,7 @@ mkdir -p "$out"
 "$clang" -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   "${linker[@]}" -I"$root/Sources/CScopeLua/include" $(pkg-config --cflags lua5.4) \
   "$root/Fuzz/json_fuzz.c" "$root/Sources/CScopeLua/jsondecode.c" "$root/Sources/CScopeLua/jsonencode.c" \
+  "$root/Sources/CScopeLua/jsonkey.c" \
   $(pkg-config --libs lua5.4) -lm -o "$out/json_fuzz"
 
 rm -rf "$out/corpus"

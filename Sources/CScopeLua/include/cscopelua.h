@@ -347,6 +347,43 @@ void sl_pushjsondecode(lua_State *L);
  * 1 MiB; both directions call it at their end (jsonencode.c). */
 void sl_json_trim(sl_StateInfo *info);
 
+/* ---- partition keys (jsonkey.c) ----------------------------------------------------
+ * Why: `--workers N` sends the events of one `partition_by` key to one worker, in input
+ * order, and the dispatcher must choose the worker from the raw line without decoding
+ * it (ARCHITECTURE.md, "Partition keys"). One pass over the bytes, no Lua state, no
+ * allocation, stack use fixed; safe on any thread. */
+
+/* A path of object keys: `partition_by = "user.id"` is the components "user" and "id".
+ * Component i is the bytes names[ends[i-1] .. ends[i]) (names[0 .. ends[0]) for the
+ * first); a component may hold any byte, '.' and NUL included, and may be empty. */
+typedef struct sl_KeyPath {
+  const uint8_t *names;  /* the components' bytes, one after another */
+  const size_t *ends;    /* `count` offsets: ends[i] is just past component i in names */
+  size_t count;          /* at least 1 */
+} sl_KeyPath;
+
+typedef enum sl_KeyOutcome {
+  SL_KEY_FOUND = 0,    /* *hash is the hash of the value's canonical form */
+  SL_KEY_MISSING = 1,  /* a valid object, but a key of the path is absent, or the path
+                          goes through a value that is not an object */
+  SL_KEY_INVALID = 2   /* json.decode rejects the line, or it is not an object */
+} sl_KeyOutcome;
+
+/* Finds the value at `path` in the JSON object `line` (`len` bytes, no terminator
+ * needed; nothing at or after line[len] is read) and hashes its canonical form: a
+ * string by its unescaped bytes, a number by its value (an integral double as that
+ * integer: 1, 1.0 and 1e0 are one key), true, false and null by their type, an object
+ * or array by its text as written. The grammar, the nesting limit and "the later of two
+ * equal keys wins" are json.decode's (jsondecode.c). `hash` is written only for
+ * SL_KEY_FOUND. Linear in `len`. */
+sl_KeyOutcome sl_jsonkey(const uint8_t *line, size_t len, const sl_KeyPath *path, uint64_t *hash);
+
+/* The hash sl_jsonkey gives a line whose value at the path decodes to the value at
+ * `idx`: a string, a number, a boolean or json.null (the NULL light userdata). Returns 0
+ * (no hash) for anything else: a table's key is its text, which a decoded table no
+ * longer has. Never raises. */
+int sl_jsonkey_value(lua_State *L, int idx, uint64_t *hash);
+
 /* The handle __close's C path for the open timer.measure handle in box `b` at index 1
  * (see fastpath.c): releases and detaches it and returns 1, or returns 0 for anything
  * Swift must release. */
