@@ -104,6 +104,19 @@ import Testing
         #expect(Self.ids(read("\(dir)/out.jsonl") ?? "") == Array(1...700))
     }
 
+    /// partition_by and ordered are checked when the pipeline is registered.
+    @Test func partitionByAndOrderedAreCheckedAtRegistration() throws {
+        for (fields, message) in [
+            ("partition_by = 'a..b'", "pipeline 'p': partition_by \"a..b\" has an empty name between two dots"),
+            ("partition_by = ''", "pipeline 'p': partition_by is empty: it names a field (\"user\") or a path through nested objects (\"user.id\")"),
+            ("partition_by = 3", "pipeline 'p': partition_by must be a string naming a field (\"user\" or \"user.id\"), got a number"),
+            ("ordered = 'yes'", "pipeline 'p': ordered must be true (output in input order, the default) or false (in completion order), got a string"),
+        ] {
+            let r = runLua("stage 's' { process = function(ctx, e) return e end }\nlocal ok, e = pcall(pipeline, 'p', { 's', \(fields) }) return e")
+            #expect(r.text.contains(message), "\(fields): \(r.text)")
+        }
+    }
+
     /// A job whose worker 1 waits at its first event until `go` exists, and whose
     /// worker 2 says when it has finished its last line (256: it gets lines 65...128 and
     /// 193...256 of 300).

@@ -309,13 +309,12 @@ enum PipelineBindings: RuntimeModule {
         switch Lua.rawField(L, def, "partition_by") {
         case LUA_TNIL: break
         case LUA_TSTRING:
-            let path = Lua.string(L, -1) ?? ""
-            let parts = path.split(separator: ".", omittingEmptySubsequences: false)
-            guard !path.isEmpty, !parts.contains(where: \.isEmpty) else {
-                Lua.pushError(L, "pipeline '\(name)': partition_by must name a field (\"user\") or a path of fields (\"user.id\"), got \"\(path)\"")
+            do {
+                definitionObject.partitionBy = try PartitionKey(path: Lua.string(L, -1) ?? "")
+            } catch {
+                Lua.pushError(L, "pipeline '\(name)': \(error.message)")
                 return false
             }
-            definitionObject.partitionBy = path
         default:
             Lua.pushError(L, "pipeline '\(name)': partition_by must be a string naming a field (\"user\" or \"user.id\"), got a \(Lua.typeName(L, -1))")
             return false

@@ -122,7 +122,7 @@ package final class PipelineDefinition {
     let site: String?
     /// `partition_by = "user.id"`: with workers, events with the same value there go to
     /// the same worker (Workers/Coordinator.swift).
-    var partitionBy: String?
+    var partitionBy: PartitionKey?
     /// `ordered = false`: with workers, the output is written as events finish, not in
     /// input order.
     var ordered = true

@@ -163,7 +163,7 @@ extension PipelineRun {
                 rt = r
                 definition = d
             }
-            WorkerStop.attach(rt.L)
+            _ = sl_stop_attach(rt.L)
             let link = WorkerLink(number: number, workers: workers, inbox: inbox, outbox: outbox, hasDeadLetter: hasDeadLetter, resumed: resumed)
             link.carried = carried
             var options = PipelineRun.Options()
@@ -182,7 +182,7 @@ extension PipelineRun {
             resources.released += c.released
             resources.leaked += c.leaked
             resources.releaseErrors += c.releaseErrors
-            WorkerStop.detach(rt.L)
+            sl_stop_detach(rt.L)
             rt.close()
             if let crash = run.crashed, end.failure == nil, run.abortMessage == nil {
                 // Torn down (its scopes released above); a fresh state opens the stages
@@ -506,9 +506,9 @@ extension PipelineRun {
 
     /// Which worker an event goes to by the value at `path` (a field, or fields joined
     /// by dots): found without decoding the line (the worker decodes it once).
-    static func partitioner(_ path: String, workers: Int) -> (UnsafeBufferPointer<UInt8>) -> Int? {
+    static func partitioner(_ key: PartitionKey, workers: Int) -> (UnsafeBufferPointer<UInt8>) -> Int? {
         return { bytes in
-            guard let hash = WorkerStop.partitionHash(path, bytes) else { return nil }
+            guard case .key(let hash) = key.locate(bytes) else { return nil }
             return Int(hash % UInt64(workers))
         }
     }
