@@ -336,6 +336,22 @@ def worker_totals(stderr, fields):
     return " ".join(f"{k}={totals.get(k, 0):x}" if k == "xor" else f"{k}={totals.get(k, 0)}" for k in fields)
 
 
+def idle_share(seconds=1.0):
+    """The share of the machine's CPU time that was idle over the next `seconds`
+    (/proc/stat), or None where there is no /proc/stat."""
+    def sample():
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+        return sum(ticks), ticks[3] + ticks[4]  # idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return None
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
 def workers(args):
     """--workers 2 against --workers 1 (the stages in the main state, no coordinator),
     alternating, with a control: two --workers 1 runs at once, each over half the events,
@@ -353,10 +369,10 @@ def workers(args):
             with open(path, "w") as f:
                 f.writelines(part)
         del lines
-        load = os.getloadavg()[0]
-        print(f"workers: {args.n} events, {args.runs} alternating runs, {os.cpu_count()} cores "
-              f"(load average {load:.2f} before the runs)")
-        if load > 0.5:
+        idle = idle_share()
+        print(f"workers: {args.n} events, {args.runs} alternating runs, {os.cpu_count()} cores"
+              + (f" ({idle:.0%} idle over the second before the runs)" if idle is not None else ""))
+        if idle is not None and idle < 0.9:
             print("  note: the machine is busy; 2 workers need 2 idle cores (see the control's figure)")
 
         def rounds(label, cmd, env):
@@ -442,7 +458,9 @@ def workers(args):
             sys.exit(f"bench: analytics-1 counts differ with 1 and 2 workers: {counts}")
         print(f"analytics-1 ({counts[1]}), output to a file, a log and a database per worker")
         rounds("analytics-1", analytics_cmd, analytics_env)
-        print(f"(load average {os.getloadavg()[0]:.2f} after the runs)")
+        idle = idle_share()
+        if idle is not None:
+            print(f"({idle:.0%} idle over the second after the runs)")
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
