@@ -7,6 +7,8 @@
                                                          (--luajit: also LuaJIT; --wal: baselines in WAL mode like scopelua)
   Benchmarks/bench.py json [--runs 7] [--n 200000]       scopelua's json vs lua-cjson: decode + encode every event
   Benchmarks/bench.py checkpoint [--runs 5] [--n 200000] analytics-1 with --checkpoint (default interval) vs without
+  Benchmarks/bench.py workers [--runs 5] [--n 200000]    --workers 2 vs --workers 1: the CPU-bound pipeline
+                                                         (Benchmarks/cpu_pipeline.lua), then analytics-1
 
 Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
 the medians are compared. Build first: swift build -c release. Everything used lives in
@@ -14,6 +16,8 @@ Benchmarks/ (events come from gen_events.py); the Lua baselines need Debian's lu
 lua-cjson and lua-sql-sqlite3 (and luajit for --luajit), and bench.py names what is missing.
 """
 import argparse
+import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -290,6 +294,174 @@ def checkpoint(args):
               f"round by round: median {(statistics.median(rounds) - 1) * 100:+.1f}%")
 
 
+def run_rusage(cmd, env=None, stderr=subprocess.DEVNULL):
+    """Runs cmd (stdout to /dev/null): wall seconds, CPU seconds (user + system, every
+    thread of the child), and what it wrote on stderr when stderr is subprocess.PIPE."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=env, text=True)
+    err = proc.stderr.read() if stderr == subprocess.PIPE else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed (exit {proc.returncode}):\n{err}")
+    return wall, usage.ru_utime + usage.ru_stime, err
+
+
+def canonical_digest(path):
+    """A digest of a JSON-lines file that does not depend on the order of each object's
+    keys (a Lua table's order of keys changes from one state to the next, so two runs,
+    or two workers, write the same event with its keys in different orders)."""
+    h = hashlib.sha256()
+    with open(path) as f:
+        for line in f:
+            h.update(json.dumps(json.loads(line), sort_keys=True).encode())
+            h.update(b"\n")
+    return h.hexdigest()
+
+
+def worker_totals(stderr, fields):
+    """The totals a pipeline's stages printed when they closed, one line per worker
+    (`worker N: ... name=value ...`), added up; `xor` values are xored instead."""
+    totals = {}
+    for line in stderr.splitlines():
+        for word in line.split():
+            name, _, value = word.partition("=")
+            if name not in fields:
+                continue
+            if name == "xor":
+                totals[name] = totals.get(name, 0) ^ int(value, 16)
+            else:
+                totals[name] = totals.get(name, 0) + int(value)
+    return " ".join(f"{k}={totals.get(k, 0):x}" if k == "xor" else f"{k}={totals.get(k, 0)}" for k in fields)
+
+
+def idle_share(seconds=1.0):
+    """The share of the machine's CPU time that was idle over the next `seconds`
+    (/proc/stat), or None where there is no /proc/stat."""
+    def sample():
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+        return sum(ticks), ticks[3] + ticks[4]  # idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return None
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def workers(args):
+    """--workers 2 against --workers 1 (the stages in the main state, no coordinator),
+    alternating, with a control: two --workers 1 runs at once, each over half the events,
+    which is what the machine gives two busy threads right now (on a shared machine,
+    other jobs take cores; the control says when they did). First the CPU-bound pipeline
+    (Benchmarks/cpu_pipeline.lua), its output to /dev/null (every event is still encoded,
+    and written by the main thread), then analytics-1 (scripts/analytics.lua: a log file
+    and a SQLite database per worker, the output to a file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        events = generate_events(args.n, tmp)
+        halves = [os.path.join(tmp, "first-half.jsonl"), os.path.join(tmp, "second-half.jsonl")]
+        with open(events) as f:
+            lines = f.readlines()
+        for path, part in zip(halves, (lines[:len(lines) // 2], lines[len(lines) // 2:])):
+            with open(path, "w") as f:
+                f.writelines(part)
+        del lines
+        idle = idle_share()
+        print(f"workers: {args.n} events, {args.runs} alternating runs, {os.cpu_count()} cores"
+              + (f" ({idle:.0%} idle over the second before the runs)" if idle is not None else ""))
+        if idle is not None and idle < 0.9:
+            print("  note: the machine is busy; 2 workers need 2 idle cores (see the control's figure)")
+
+        def rounds(label, cmd, env):
+            """cmd(workers, input, tag) and env(tag): alternating rounds of --workers 1,
+            --workers 2 and the control; prints the medians, returns the 2/1 ratio."""
+            t = {k: {"wall": [], "cpu": []} for k in ("1", "2", "control")}
+            for _ in range(args.runs):
+                for w in ("1", "2"):
+                    wall, cpu_s, _ = run_rusage(cmd(int(w), events, w), env=env(w))
+                    t[w]["wall"].append(wall)
+                    t[w]["cpu"].append(cpu_s)
+                start = time.perf_counter()
+                procs = [subprocess.Popen(cmd(1, half, f"half{i}"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          env=env(f"half{i}")) for i, half in enumerate(halves)]
+                usage = [os.wait4(p.pid, 0) for p in procs]
+                t["control"]["wall"].append(time.perf_counter() - start)
+                t["control"]["cpu"].append(sum(u[2].ru_utime + u[2].ru_stime for u in usage))
+                if any(os.waitstatus_to_exitcode(u[1]) != 0 for u in usage):
+                    sys.exit(f"bench: the control run of {label} failed")
+            m = {k: statistics.median(v["wall"]) for k, v in t.items()}
+            c = {k: statistics.median(v["cpu"]) for k, v in t.items()}
+            names = {"1": f"{label} --workers 1", "2": f"{label} --workers 2",
+                     "control": "control: 2 runs at once, half each"}
+            width = max(len(n) for n in names.values())
+            for k, name in names.items():
+                print(f"  {name:<{width}}  median {m[k]:6.3f}s  {args.n / m[k]:8.0f} events/s   "
+                      f"(min {min(t[k]['wall']):.3f}s; CPU {c[k]:.2f}s)")
+            per_round = [a / b for a, b in zip(t["1"]["wall"], t["2"]["wall"])]
+            print(f"  2 workers / 1 worker: {m['1'] / m['2']:.2f}x  (round by round: median {statistics.median(per_round):.2f}x); "
+                  f"the control: {m['1'] / m['control']:.2f}x; CPU time of 2 workers: {c['2'] / c['1']:.2f}x the 1-worker run's")
+            return m["1"] / m["2"]
+
+        # The CPU-bound pipeline. The check: the same events out (keys in any order) and
+        # the same totals, with 1 and 2 workers.
+        script = here("cpu_pipeline.lua")
+
+        def cpu_cmd(w, path, tag, output="/dev/null"):
+            return [SCOPELUA, "run", script, "--input", path, "--workers", str(w), "--output", output]
+
+        fields = ("events", "xor", "cents", "click", "view", "buy")
+        digests, totals = {}, {}
+        for w in (1, 2):
+            out = os.path.join(tmp, f"cpu-{w}.jsonl")
+            err = run_rusage(cpu_cmd(w, events, "", output=out), stderr=subprocess.PIPE)[2]
+            digests[w], totals[w] = canonical_digest(out), worker_totals(err, fields)
+            os.remove(out)
+        if len(set(digests.values())) != 1 or len(set(totals.values())) != 1:
+            sys.exit(f"bench: 1 and 2 workers differ: {digests} {totals}")
+        print(f"cpu_pipeline.lua: the same {args.n} events out with 1 and 2 workers ({totals[1]})")
+        rounds("cpu_pipeline", cpu_cmd, lambda tag: None)
+        print("  (target for the CPU pipeline: at least 1.8x on 2 cores)")
+
+        if shutil.which("lua5.4") and loads("lua5.4", "cjson"):
+            base = []
+            for _ in range(args.runs):
+                with open(events) as stdin:
+                    start = time.perf_counter()
+                    subprocess.run(["lua5.4", script], stdin=stdin, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, check=True)
+                    base.append(time.perf_counter() - start)
+            mb = statistics.median(base)
+            print(f"  plain lua5.4 (lua-cjson), one state: median {mb:.3f}s  {args.n / mb:.0f} events/s (after the rounds above)")
+
+        # analytics-1: each worker its own log and database (scripts/analytics.lua).
+        analytics = os.path.join(ROOT, "scripts", "analytics.lua")
+
+        def out_dir(tag):
+            path = os.path.join(tmp, f"analytics-{tag}")
+            os.makedirs(path, exist_ok=True)
+            return path
+
+        def analytics_cmd(w, path, tag):
+            return [SCOPELUA, "run", analytics, "--input", path, "--workers", str(w),
+                    "--output", os.path.join(out_dir(tag), "kept.jsonl")]
+
+        def analytics_env(tag):
+            return dict(os.environ, ANALYTICS_OUT=out_dir(tag))
+
+        counts = {w: worker_totals(run_rusage(analytics_cmd(w, events, str(w)), env=analytics_env(str(w)),
+                                              stderr=subprocess.PIPE)[2], ("seen", "kept", "click", "buy"))
+                  for w in (1, 2)}
+        if len(set(counts.values())) != 1:
+            sys.exit(f"bench: analytics-1 counts differ with 1 and 2 workers: {counts}")
+        print(f"analytics-1 ({counts[1]}), output to a file, a log and a database per worker")
+        rounds("analytics-1", analytics_cmd, analytics_env)
+        idle = idle_share()
+        if idle is not None:
+            print(f"({idle:.0%} idle over the second after the runs)")
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -318,6 +490,10 @@ def main():
     c.add_argument("--runs", type=int, default=5)
     c.add_argument("--n", type=int, default=200000)
     c.set_defaults(fn=checkpoint)
+    w = sub.add_parser("workers", help="--workers 2 vs --workers 1: a CPU-bound pipeline, then analytics-1")
+    w.add_argument("--runs", type=int, default=5)
+    w.add_argument("--n", type=int, default=200000)
+    w.set_defaults(fn=workers)
     args = p.parse_args()
     if not os.path.exists(SCOPELUA):
         sys.exit("bench: build first: swift build -c release")
