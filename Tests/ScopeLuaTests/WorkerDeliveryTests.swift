@@ -197,26 +197,26 @@ import Testing
 
     static let crash = "worker 2 crashed: not enough memory (the state's --memory-limit, 64 MiB) in stage 'hog'; its state is replaced by a fresh one"
 
-    /// Line 77 goes to worker 2 (lines 65...128), whose stage exhausts its state's memory:
+    /// Line 300 goes to worker 2 (lines 257...512), whose stage exhausts its state's memory:
     /// the worker's stages close with the crash, a fresh state opens them again and takes
     /// the rest of its lines; the event is dead-lettered with the crash as its error; the
     /// other worker goes on; the run completes.
     @Test func aWorkerThatRunsOutOfMemoryIsReplacedAndTheRunCompletes() throws {
         let dir = temporaryDirectory()
         write(Self.job, to: "job.lua", in: dir)
-        write(WorkerTests.events(300), to: "in.jsonl", in: dir)
+        write(WorkerTests.events(600), to: "in.jsonl", in: dir)
         let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--dead-letter", "dead.jsonl",
                                               "--workers", "2", "--memory-limit", "64MB", "--report"],
-                               directory: dir, environment: ["HOG": "77"])
+                               directory: dir, environment: ["HOG": "300"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(read("\(dir)/log-1.txt") == "open\nclose nil\n")
         #expect(read("\(dir)/log-2.txt") == "open\nclose \(Self.crash)\nopen\nclose nil\n")
-        #expect(WorkerTests.ids(read("\(dir)/out.jsonl") ?? "") == Array(1...76) + Array(78...300))
+        #expect(WorkerTests.ids(read("\(dir)/out.jsonl") ?? "") == Array(1...299) + Array(301...600))
         let dead = read("\(dir)/dead.jsonl") ?? ""
-        #expect(dead.contains("\"line\":77"), "\(dead)")
+        #expect(dead.contains("\"line\":300"), "\(dead)")
         #expect(dead.contains("\"error\":\"\(Self.crash)\""), "\(dead)")
-        #expect(r.stderr.contains("  events     read 300  emitted 299  filtered 0  skipped 0  dead-lettered 1  rejected 0"), "\(r.stderr)")
-        #expect(r.stderr.contains("  worker 2   read 128  busy "), "\(r.stderr)")
+        #expect(r.stderr.contains("  events     read 600  emitted 599  filtered 0  skipped 0  dead-lettered 1  rejected 0"), "\(r.stderr)")
+        #expect(r.stderr.contains("  worker 2   read 256  busy "), "\(r.stderr)")
         #expect(r.stderr.contains("restarts 1  resources acquired"), "\(r.stderr)")
     }
 
@@ -242,11 +242,11 @@ import Testing
         write(Self.job, to: "job.lua", in: dir)
         write(WorkerTests.events(3000), to: "in.jsonl", in: dir)
         let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--workers", "3", "--report"],
-                               directory: dir, environment: ["FAIL": "150", "POLICY": "abort"])
+                               directory: dir, environment: ["FAIL": "600", "POLICY": "abort"])
         #expect(r.status == 1, "\(r.stderr)")
-        let abort = "pipeline 'p' aborted: stage 'hog' failed on line 150 (id 150): job.lua:12: no such user"
+        let abort = "pipeline 'p' aborted: stage 'hog' failed on line 600 (id 600): job.lua:12: no such user"
         #expect(r.stderr.contains("scopelua: \(abort)"), "\(r.stderr)")
-        // Line 150 is worker 3's (129...192): it closes with the abort; the others with the stop.
+        // Line 600 is worker 3's (513...768): it closes with the abort; the others with the stop.
         #expect(read("\(dir)/log-3.txt")?.hasPrefix("open\nclose \(abort)") == true, "\(read("\(dir)/log-3.txt") ?? "")")
         for w in [1, 2] {
             #expect(read("\(dir)/log-\(w).txt")?.hasPrefix("open\nclose the run stopped: \(abort)") == true, "\(read("\(dir)/log-\(w).txt") ?? "")")

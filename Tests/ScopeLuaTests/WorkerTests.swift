@@ -118,8 +118,8 @@ import Testing
     }
 
     /// A job whose worker 1 waits at its first event until `go` exists, and whose
-    /// worker 2 says when it has finished its last line (256: it gets lines 65...128 and
-    /// 193...256 of 300).
+    /// worker 2 says when it has finished its last line (512: it gets lines 257...512 of
+    /// 600; lines go to workers in blocks of 256).
     static let slowFirst = """
         local function exists(p) local f = io.open(p) if f then f:close() end return f ~= nil end
         local function touch(p) local f <close> = assert(io.open(p, "w")) end
@@ -129,7 +129,7 @@ import Testing
               touch("waiting")
               while not exists("go") do timer.sleep(0.005) end
             end
-            if e.id == 256 then touch("worker2-done") end
+            if e.id == 512 then touch("worker2-done") end
             return e
           end,
         }
@@ -141,7 +141,7 @@ import Testing
     @Test(arguments: [true, false]) func orderedAndUnorderedOutput(ordered: Bool) throws {
         let dir = temporaryDirectory()
         write(Self.slowFirst, to: "job.lua", in: dir)
-        write(Self.events(300), to: "in.jsonl", in: dir)
+        write(Self.events(600), to: "in.jsonl", in: dir)
         let child = Process()
         child.executableURL = URL(fileURLWithPath: scopeluaPath)
         child.arguments = ["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--workers", "2"]
@@ -154,15 +154,15 @@ import Testing
         #expect(waitUntil { FileManager.default.fileExists(atPath: "\(dir)/worker2-done") })
         if !ordered {
             // Written (and flushed) while line 1 is still in worker 1's stage.
-            #expect(waitUntil { Self.ids(read("\(dir)/out.jsonl") ?? "").count >= 128 })
+            #expect(waitUntil { Self.ids(read("\(dir)/out.jsonl") ?? "").count >= 256 })
         }
         write("", to: "go", in: dir)
         child.waitUntilExit()
         #expect(child.terminationStatus == 0)
         let ids = Self.ids(read("\(dir)/out.jsonl") ?? "")
-        #expect(ids.sorted() == Array(1...300))
+        #expect(ids.sorted() == Array(1...600))
         if ordered {
-            #expect(ids == Array(1...300))
+            #expect(ids == Array(1...600))
         } else {
             #expect(ids.first != 1, "unordered output waited for line 1: \(ids.prefix(5))")
         }

@@ -15,7 +15,7 @@ extension PipelineRun {
     func openSinks(_ L: LuaState) -> Outcome? {
         if case .channel(let link) = options.input {
             // A worker's sinks: its coordinator writes what they take.
-            output = ChannelSink(link, kind: .output)
+            output = link.discardsOutput ? DiscardSink() : ChannelSink(link, kind: .output)
             deadLetter = link.hasDeadLetter ? ChannelSink(link, kind: .deadLetter) : nil
             return nil
         }

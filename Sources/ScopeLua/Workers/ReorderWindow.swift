@@ -50,6 +50,13 @@ struct ReorderWindow {
     /// Whether `seq` is still waiting here (not written yet).
     func holds(_ seq: Int) -> Bool { seq >= base && seq < next }
 
+    /// Whether a chunk for line `seq` (its own, or one that comes after it) may be written
+    /// at once: every line before it is written, and nothing kept comes before it.
+    func writableNow(_ seq: Int, own: Bool) -> Bool {
+        if seq < base { return true }
+        return own && seq == base && slots[seq % capacity].chunks.isEmpty
+    }
+
     /// Keeps a chunk until line `seq` is written (after what the line itself produced).
     mutating func keep(_ chunk: Chunk, at seq: Int) {
         slots[seq % capacity].chunks.append(chunk)

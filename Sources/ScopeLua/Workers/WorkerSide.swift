@@ -27,6 +27,8 @@ package final class WorkerLink {
     var lastDone = -1
     /// The counts of the states this worker had before (each crashed and was replaced).
     var carried: WorkerCounts?
+    /// `--output none`: events are counted, not encoded (only the done marks go back).
+    var discardsOutput = false
 
     init(number: Int, workers: Int, inbox: Inbox, outbox: Outbox, hasDeadLetter: Bool, resumed: SourcePosition?) {
         self.number = number
