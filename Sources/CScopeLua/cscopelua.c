@@ -36,31 +36,8 @@ static _Thread_local struct {
   int pending;
 } lastfailure;
 
-/* --memory-limit: Lua code (unguarded) that would take the state over its limit gets
- * NULL, which Lua answers as above (an emergency collection, a retry, then "not enough
- * memory" raised in the script). The runtime's own allocations (guarded) may go over it:
- * they are small and bounded, and refusing them would abort. `memused` counts what the
- * state holds (when `ptr` is NULL, `osize` is a type tag, not a size). */
-static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  sl_StateInfo *info = (sl_StateInfo *)ud;
-  size_t old = ptr == NULL ? 0 : osize;
-  if (nsize == 0) {
-    free(ptr);
-    info->memused -= old <= info->memused ? old : info->memused;
-    return NULL;
-  }
-  if (info->memlimit != 0 && nsize > old && !info->guarded
-      && info->memused - (old <= info->memused ? old : info->memused) + nsize > info->memlimit) {
-    info->memexceeded = 1;
-    return NULL;
-  }
-  void *p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize);
-  if (p != NULL) {
-    if (lastfailure.pending) lastfailure.pending = 0;  /* a read, not a write, per allocation */
-    info->memused = info->memused - (old <= info->memused ? old : info->memused) + nsize;
-    return p;
-  }
-  if (!info->guarded) return NULL;
+/* A failed allocation while the runtime holds the state (see above). */
+static void *guardedfailure(const void *ptr, size_t osize, size_t nsize) {
   if (lastfailure.pending && lastfailure.ptr == ptr && lastfailure.osize == osize && lastfailure.nsize == nsize) {
     fprintf(stderr, "scopelua: out of memory while the runtime held the Lua state (%zu bytes)\n", nsize);
     abort();
@@ -70,6 +47,49 @@ static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   lastfailure.nsize = nsize;
   lastfailure.pending = 1;
   return NULL;
+}
+
+/* --memory-limit: Lua code (unguarded) that would take the state over its limit gets
+ * NULL, which Lua answers as above (an emergency collection, a retry, then "not enough
+ * memory" raised in the script). The runtime's own allocations (guarded) may go over it:
+ * they are small and bounded, and refusing them would abort. `memused` counts what the
+ * state holds (when `ptr` is NULL, `osize` is a type tag, not a size). A separate
+ * function: a state without a limit pays one test per allocation, no counting. */
+static void *limitedalloc(sl_StateInfo *info, void *ptr, size_t osize, size_t nsize) {
+  size_t old = ptr == NULL ? 0 : osize;
+  size_t base = info->memused - (old <= info->memused ? old : info->memused);
+  if (nsize == 0) {
+    free(ptr);
+    info->memused = base;
+    return NULL;
+  }
+  if (nsize > old && !info->guarded && base + nsize > info->memlimit) {
+    info->memexceeded = 1;
+    return NULL;
+  }
+  void *p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize);
+  if (p != NULL) {
+    if (lastfailure.pending) lastfailure.pending = 0;
+    info->memused = base + nsize;
+    return p;
+  }
+  return info->guarded ? guardedfailure(ptr, osize, nsize) : NULL;
+}
+
+static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  sl_StateInfo *info = (sl_StateInfo *)ud;
+  if (info->memlimit != 0) return limitedalloc(info, ptr, osize, nsize);
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  void *p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize);
+  if (p != NULL) {
+    if (lastfailure.pending) lastfailure.pending = 0;  /* a read, not a write, per allocation */
+    return p;
+  }
+  if (!info->guarded) return NULL;
+  return guardedfailure(ptr, osize, nsize);
 }
 
 lua_State *sl_newstate(void) {
@@ -83,13 +103,14 @@ lua_State *sl_newstate(void) {
   *(sl_StateInfo **)lua_getextraspace(L) = info;
   /* luaL_newstate's allocator is realloc/free too, so blocks it made are ours to free. */
   lua_setallocf(L, sl_alloc, info);
-  /* What the state holds already (Lua's count is exact): the allocator counts from there. */
-  info->memused = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
   return L;
 }
 
 void sl_setmemlimit(lua_State *L, size_t limit) {
-  sl_info(L)->memlimit = limit;
+  sl_StateInfo *info = sl_info(L);
+  /* What the state holds now (Lua's count is exact): the allocator counts from there. */
+  info->memused = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+  info->memlimit = limit;
 }
 
 int sl_memexceeded(lua_State *L) {
