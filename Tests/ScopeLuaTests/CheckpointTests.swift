@@ -148,7 +148,7 @@ import Testing
 
     /// Runs the command until it blocks where `environment` says (the marker file
     /// `reached` appears), then kills it with SIGKILL. Returns whether it got there.
-    static func killWhenBlocked(in dir: String, _ environment: [String: String],
+    static func killWhenBlocked(in dir: String, _ environment: [String: String], command: [String] = command,
                                 sourceLocation: SourceLocation = #_sourceLocation) throws -> Bool {
         try? FileManager.default.removeItem(atPath: "\(dir)/reached")
         let child = try start(command, in: dir, environment: environment)

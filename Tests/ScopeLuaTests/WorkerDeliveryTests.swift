@@ -83,14 +83,7 @@ import Testing
 
     static func killWhenBlocked(in dir: String, _ environment: [String: String],
                                 sourceLocation: SourceLocation = #_sourceLocation) throws -> Bool {
-        try? FileManager.default.removeItem(atPath: "\(dir)/reached")
-        let child = try CheckpointTests.start(command, in: dir, environment: environment)
-        let reached = waitUntil { FileManager.default.fileExists(atPath: "\(dir)/reached") || !child.isRunning }
-        let blocked = reached && child.isRunning
-        kill(child.processIdentifier, SIGKILL)
-        child.waitUntilExit()
-        #expect(blocked, "the run did not block (\(environment)): \(read("\(dir)/stderr.txt") ?? "")", sourceLocation: sourceLocation)
-        return blocked
+        try CheckpointTests.killWhenBlocked(in: dir, environment, command: command, sourceLocation: sourceLocation)
     }
 
     /// The output and dead letters as multisets, and the rows of both workers' databases.

@@ -248,8 +248,11 @@ package final class PipelineRun {
         defer { rt.logContext = nil }
         // A reader that goes away is an EPIPE on the output (a graceful stop), not a
         // SIGPIPE that kills the process before the stages close.
-        let sigpipe = sl_sigpipe_ignore()
-        defer { sl_sigpipe_restore(sigpipe) }
+        // (Not in a worker: it writes no descriptor, and the disposition is the process's,
+        // which the coordinator set.)
+        let worker: Bool = { if case .channel = options.input { return true } else { return false } }()
+        let sigpipe = worker ? -1 : sl_sigpipe_ignore()
+        defer { if !worker { sl_sigpipe_restore(sigpipe) } }
         defer {
             // Normally closed (and checked) below; this covers the early returns.
             _ = output?.close()
@@ -582,7 +585,7 @@ package final class PipelineRun {
             case .tooLong(let prefix, let length):
                 lineNumber += 1
                 read += 1
-                guard reject(L, line: lineNumber, reason: "line is \(length) bytes long (the limit is \(reader.limit >> 20) MiB)",
+                guard reject(L, line: lineNumber, reason: Self.tooLong(length, limit: reader.limit),
                              raw: String(decoding: prefix, as: UTF8.self) + "...") else { return inFlight(line: lineNumber) }
             case .line(let bytes):
                 lineNumber += 1
@@ -590,6 +593,11 @@ package final class PipelineRun {
                 if !takeLine(L, bytes, line: lineNumber, codec: codec) { return false }
             }
         }
+    }
+
+    /// Why a line over the reader's limit is rejected.
+    static func tooLong(_ length: Int, limit: Int) -> String {
+        "line is \(length) bytes long (the limit is \(limit >> 20) MiB)"
     }
 
     /// Whether a line holds nothing but spaces and tabs (it is not an event).

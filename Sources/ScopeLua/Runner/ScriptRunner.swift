@@ -118,17 +118,7 @@ public enum ScriptRunner {
         defer { sl_stop_uninstall() }
         if request.report { ExitBindings.reportAtExit(L) }
 
-        var status = success
-        for action in request.actions where status == success {
-            switch action {
-            case .execute(let chunk):
-                status = runChunk(rt, name: "=(command line)") { L in
-                    chunk.withCString { sl_loadbuffer(L, $0, strlen($0), "=(command line)") }
-                }
-            case .require(let module):
-                status = runRequire(rt, module)
-            }
-        }
+        var status = runActions(rt, request.actions)
         // With workers the script's bytes are kept: each worker loads them again.
         var scriptBytes: [UInt8]?
         if status == success, let script = request.script {
@@ -372,17 +362,7 @@ public enum ScriptRunner {
                     sl_pop(rt.L, 1)
                 }
             }
-            var status = success
-            for action in request.actions where status == success {
-                switch action {
-                case .execute(let chunk):
-                    status = runChunk(rt, name: "=(command line)") { L in
-                        chunk.withCString { sl_loadbuffer(L, $0, strlen($0), "=(command line)") }
-                    }
-                case .require(let module):
-                    status = runRequire(rt, module)
-                }
-            }
+            var status = runActions(rt, request.actions)
             if status == success, let name, let scriptBytes {
                 status = runChunk(rt, name: name, arguments: request.scriptArguments) { L in
                     scriptBytes.withUnsafeBufferPointer { b in
@@ -498,6 +478,22 @@ public enum ScriptRunner {
         }
         for a in arguments { Lua.push(L, a) }
         return finishCall(rt, nargs: Int32(clamping: arguments.count))
+    }
+
+    /// `-e` and `-l` in command-line order, until one fails. Returns the exit status.
+    static func runActions(_ rt: Runtime, _ actions: [RunRequest.Action]) -> Int32 {
+        var status = success
+        for action in actions where status == success {
+            switch action {
+            case .execute(let chunk):
+                status = runChunk(rt, name: "=(command line)") { L in
+                    chunk.withCString { sl_loadbuffer(L, $0, strlen($0), "=(command line)") }
+                }
+            case .require(let module):
+                status = runRequire(rt, module)
+            }
+        }
+        return status
     }
 
     /// `-l MODULE`: `MODULE = require "MODULE"`.

@@ -141,7 +141,7 @@ extension PipelineRun {
                         let taken: Bool
                         if item.tooLong > 0 {
                             read += 1
-                            taken = reject(L, line: item.line, reason: "line is \(item.tooLong) bytes long (the limit is \(LineReader.defaultLimit >> 20) MiB)",
+                            taken = reject(L, line: item.line, reason: Self.tooLong(item.tooLong, limit: LineReader.defaultLimit),
                                            raw: String(decoding: slice, as: UTF8.self) + "...") || inFlight(line: item.line)
                         } else {
                             taken = takeLine(L, slice, line: item.line, codec: codec)
