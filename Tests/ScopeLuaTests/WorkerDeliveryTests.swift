@@ -290,3 +290,25 @@ import Testing
         #expect(!stderr.contains("did not end within the grace period"), "\(stderr)")
     }
 }
+
+/// --follow with workers: a file that appears later, then is rotated; what was written
+/// reaches the output while the input is idle; SIGTERM ends the run (143).
+@Suite(.timeLimit(.minutes(1))) struct WorkerFollowTests {
+    @Test func followingALateAndRotatedFileWithWorkers() throws {
+        let dir = temporaryDirectory()
+        write("stage 's' { process = function(ctx, e) e.w = ctx.worker return e end }\npipeline 'p' { 's' }\n", to: "job.lua", in: dir)
+        let child = try CheckpointTests.start(["run", "job.lua", "--input", "in.jsonl", "--follow", "--output", "out.jsonl", "--workers", "2"], in: dir)
+        defer { if child.isRunning { kill(child.processIdentifier, SIGKILL) } }
+        #expect(waitUntil { (read("\(dir)/stderr.txt") ?? "").contains("waiting for input in.jsonl to appear") })
+        write(WorkerTests.events(300), to: "in.jsonl", in: dir)
+        #expect(waitUntil { WorkerTests.ids(read("\(dir)/out.jsonl") ?? "").count == 300 }, "\(read("\(dir)/stderr.txt") ?? "")")
+        try FileManager.default.moveItem(atPath: "\(dir)/in.jsonl", toPath: "\(dir)/in.jsonl.1")
+        write((301...310).map { "{\"id\":\($0)}\n" }.joined(), to: "in.jsonl", in: dir)
+        #expect(waitUntil { WorkerTests.ids(read("\(dir)/out.jsonl") ?? "").count == 310 })
+        kill(child.processIdentifier, SIGTERM)
+        child.waitUntilExit()
+        #expect(child.terminationStatus == 143, "\(read("\(dir)/stderr.txt") ?? "")")
+        #expect(WorkerTests.ids(read("\(dir)/out.jsonl") ?? "") == Array(1...310))
+        #expect((read("\(dir)/out.jsonl") ?? "").contains("\"w\":2"))
+    }
+}

@@ -79,7 +79,7 @@ extension PipelineRun {
     /// pipeline says `ordered = false`), runs the barriers and commits the checkpoint
     /// (docs/ARCHITECTURE.md, "Workers").
     func executeParallel(_ L: LuaState) -> Outcome {
-        guard let factory = options.workerFactory, inputFD >= 0, !options.replay else {
+        guard let factory = options.workerFactory, inputFD >= 0 || options.follow, !options.replay else {
             return .refused("--workers needs an input file or stdin (and is not available with --replay)")
         }
         // The main state runs no Lua meanwhile: a graceful stop must not be left armed on
