@@ -33,6 +33,15 @@ let package = Package(
             pkgConfig: "sqlite3",
             providers: [.apt(["libsqlite3-dev"])]
         ),
+        // Debian's libhiredis-dev (0.14.1 on bookworm): the redis module's client. Only
+        // ScopeLuaResources uses it; no Redis client exists among the Swift packages here.
+        // Not through pkg-config: hiredis.pc's cflags carry -D_FILE_OFFSET_BITS=64, which
+        // SwiftPM refuses with a warning on every build; the header is found as
+        // <hiredis/hiredis.h> on the default path and the module map links the library.
+        .systemLibrary(
+            name: "CHiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
         // Debian's libedit-dev: line editing and history for the REPL.
         .systemLibrary(
             name: "CEdit",
@@ -52,11 +61,11 @@ let package = Package(
             dependencies: ["CLua", "CScopeLua"],
             swiftSettings: librarySettings
         ),
-        // One folder per resource kind (files, timers, SQLite) and JSON, each a module
-        // that installs itself into a runtime.
+        // One folder per resource kind (files, timers, SQLite, shared dictionaries, Redis)
+        // and JSON, each a module that installs itself into a runtime.
         .target(
             name: "ScopeLuaResources",
-            dependencies: ["ScopeLuaCore", "CLua", "CScopeLua", "CSQLite"],
+            dependencies: ["ScopeLuaCore", "CLua", "CScopeLua", "CSQLite", "CHiredis"],
             swiftSettings: librarySettings
         ),
         // The pipeline engine, the script runner, and what a standard runtime installs.

@@ -9,6 +9,7 @@ packages=(
   pkg-config
   liblua5.4-dev      # the embedded Lua 5.4 (headers + library, found by pkg-config)
   libsqlite3-dev     # SQLite's C library (the sql module)
+  libhiredis-dev     # Redis' C client library (the redis module)
   lua-cjson          # the plain-Lua baseline; tests compare scopelua's json with it
   libedit-dev        # line editing in the REPL
   lua5.4             # stock lua, for the parity tests and the baselines
@@ -16,6 +17,7 @@ packages=(
   python3            # benchmark driver and the Python baselines
   tmux               # drives the REPL as a user would, in end-to-end tests
   sqlite3            # CI checks the databases the example scripts write
+  redis-server       # the redis module's tests start their own servers (not as a service)
   valgrind           # CI runs memcheck on the release build (scripts/valgrind-scripts.sh)
   binutils           # objcopy: the debug-info-free copy valgrind reads
 )

@@ -15,6 +15,7 @@ extension Runtime {
             SQLBindings.self,       // sql                      (ScopeLuaResources/SQLite)
             JSONBindings.self,      // json                     (ScopeLuaResources/JSON)
             SharedBindings.self,    // shared                   (ScopeLuaResources/Shared)
+            RedisBindings.self,     // redis                    (ScopeLuaResources/Redis)
             PipelineBindings.self,  // stage, pipeline, ctx     (Bindings/PipelineBindings.swift)
             ExitBindings.self,      // os.exit                  (Bindings/ExitBindings.swift)
         ]

@@ -43,7 +43,7 @@ package final class RecordArena {
 /// The kinds of resources the runtime knows. `index` keys per-kind tables (metatables,
 /// names) so the hot path never hashes; a plain enum, so using one costs nothing.
 @usableFromInline package enum ResourceKind: Int32, CaseIterable {
-    case file = 0, timer, `defer`, ioFile, sqlite, statement, transaction, shared
+    case file = 0, timer, `defer`, ioFile, sqlite, statement, transaction, shared, redis
 
     /// What scripts see as `h.kind`.
     @usableFromInline package var name: String {
@@ -56,6 +56,7 @@ package final class RecordArena {
         case .statement: return "statement"
         case .transaction: return "transaction"
         case .shared: return "shared"
+        case .redis: return "redis"
         }
     }
 
@@ -66,12 +67,13 @@ package final class RecordArena {
         case .sqlite: return "sqlite connections"
         case .defer: return "deferred calls"
         case .shared: return "shared dictionary handles"
+        case .redis: return "redis connections"
         default: return name + "s"
         }
     }
 
     @usableFromInline package var index: Int { Int(rawValue) }
-    @usableFromInline static let count = 8
+    @usableFromInline static let count = 9
 }
 
 /// How a resource stopped being open.
