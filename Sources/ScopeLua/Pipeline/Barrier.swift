@@ -69,6 +69,7 @@ extension PipelineRun {
         case .stdin: return "stdin"
         case .list: return "the input list"
         case .channel(let link): return "worker \(link.number)'s input"
+        case .stream: return streamSource?.label ?? "the Redis stream"
         }
     }
 
@@ -81,6 +82,7 @@ extension PipelineRun {
         case .collect: return "the collected list"
         case .function: return "the output function"
         case .channel: return "the coordinator"
+        case .stream(let url): return RedisEndpoint.masked(url)
         }
     }
 
@@ -91,7 +93,8 @@ extension PipelineRun {
     /// and seeks the input there. A refusal (exit 2) truncates nothing: the sinks are
     /// opened after this.
     func openCheckpoint() -> Outcome? {
-        checkpointing.every = options.checkpointEvery ?? (options.checkpoint != nil ? .standard : nil)
+        // A Redis stream acknowledges its entries at barriers: they run by default.
+        checkpointing.every = options.checkpointEvery ?? (options.checkpoint != nil || streamSource != nil ? .standard : nil)
         guard let path = options.checkpoint else { return nil }
         guard let source = checkpointing.source, source.identity() != nil else {
             return .refused("--checkpoint \(path): the input \(inputName) is not a regular file (stdin, a pipe): what was read cannot be read again, so a run over it cannot resume; give the input as a file")
@@ -291,10 +294,15 @@ extension PipelineRun {
     /// flushed (and synced, with a checkpoint), then the checkpoint commits. False when
     /// the run must stop.
     func commitBarrier() -> Bool {
-        let durable = checkpointing.store != nil
+        let durable = checkpointing.store != nil || streamSource != nil
         for sink in [output, deadLetter as EventSink?].compactMap({ $0 }) {
             let code = sink.flush(durable: durable)
             if code != 0 { return sinkFailed(sink, errno: code) }
+        }
+        // What was read before this barrier is done and durable: a Redis stream's entries
+        // are acknowledged now, never before.
+        if let stream = streamSource, let problem = stream.acknowledge() {
+            rt.diagnose("scopelua: cannot acknowledge entries of \(stream.label): \(problem) (they stay pending and are delivered again)")
         }
         if let store = checkpointing.store, let source = checkpointing.source {
             guard let identity = source.identity() else {

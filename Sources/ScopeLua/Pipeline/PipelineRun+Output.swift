@@ -27,6 +27,7 @@ extension PipelineRun {
             case .stdin: return "stdin"
             case .list: return "the input list"
             case .channel: return "the coordinator's lines"
+            case .stream: return "the Redis stream"
             }
         }()
         var opened: [(fd: Int32, path: String, what: String)] = []
@@ -99,6 +100,14 @@ extension PipelineRun {
         case .stdout: output = FileSink(stdout: ())
         case .discard: output = DiscardSink()
         case .function(let ref): output = FunctionSink(function: ref)
+        case .stream(let url):
+            switch RedisStreamSink.open(url) {
+            case .success(let sink): output = sink
+            case .failure(let problem):
+                _ = deadLetter?.close()
+                deadLetter = nil
+                return .failed("cannot open output \(problem.message)")
+            }
         case .path, .collect, .channel: break
         }
         return nil
@@ -107,7 +116,8 @@ extension PipelineRun {
     /// Records the first failure of a sink (the run then stops). Returns false.
     func sinkFailed(_ sink: EventSink, errno code: Int32) -> Bool {
         if sinkFailure == nil {
-            sinkFailure = ("cannot write \(sink.what) \(sink.name): \(String(cString: strerror(code)))",
+            let reason = (sink as? RedisStreamSink)?.problem ?? String(cString: strerror(code))
+            sinkFailure = ("cannot write \(sink.what) \(sink.name): \(reason)",
                            code == EPIPE && sink === output)
         }
         return false
@@ -234,6 +244,10 @@ extension PipelineRun {
             lua_pushinteger(L, lua_Integer(eventLine))
             Lua.setField(L, -2, "line")
         }
+        if let streamEntry {
+            Lua.push(L, streamEntry)
+            Lua.setField(L, -2, "entry")
+        }
         if extra {
             lua_pushboolean(L, 1)
             Lua.setField(L, -2, "emitted")
@@ -248,7 +262,7 @@ extension PipelineRun {
     func reject(_ L: LuaState, line: Int, reason: String, raw: String?) -> Bool {
         // The first few are shown as they happen (also when the dead-letter file has
         // them), the rest summed up at the end.
-        let place = replayPlace ?? "\(options.input.isList ? "event" : "line") \(line)"
+        let place = replayPlace ?? streamEntry.map { "entry \($0)" } ?? "\(options.input.isList ? "event" : "line") \(line)"
         rejectNotices.count += 1
         if rejectNotices.first == nil { rejectNotices.first = "on \(place): \(reason)" }
         if rejectNotices.shown < Notices.shownAtMost {
@@ -262,6 +276,10 @@ extension PipelineRun {
         lua_createtable(L, 0, 4)
         lua_pushinteger(L, lua_Integer(line))
         Lua.setField(L, -2, "line")
+        if let streamEntry {
+            Lua.push(L, streamEntry)
+            Lua.setField(L, -2, "entry")
+        }
         if let raw {
             Lua.push(L, raw)
             Lua.setField(L, -2, "raw")

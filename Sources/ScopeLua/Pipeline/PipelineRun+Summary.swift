@@ -103,7 +103,7 @@ extension PipelineRun {
             if let id { return "an event emitted by a timer (id \(id))" }
             return "an event emitted by a timer (\(eventJSON(L, event)))"
         }
-        let place = replayPlace ?? "\(options.input.isList ? "event" : "line") \(eventLine)"
+        let place = replayPlace ?? streamEntry.map { "entry \($0)" } ?? "\(options.input.isList ? "event" : "line") \(eventLine)"
         let described = extra ? "an event emitted for \(place)" : place
         return id.map { "\(described) (id \($0))" } ?? described
     }

@@ -20,8 +20,9 @@ package final class PipelineRun {
         /// `descriptor`: already open (and checked) by the caller, who closes it.
         /// `channel`: a worker's (Workers/): lines come from the coordinator, and what
         /// leaves the pipeline goes back to it.
-        package enum Input { case path(String), descriptor(Int32, name: String), list(Int32), stdin, channel(WorkerLink) }
-        package enum Output { case path(String), function(Int32), collect, stdout, discard, channel }
+        /// `stream`: a Redis stream's consumer group (RedisStream.swift).
+        package enum Input { case path(String), descriptor(Int32, name: String), list(Int32), stdin, channel(WorkerLink), stream(String) }
+        package enum Output { case path(String), function(Int32), collect, stdout, discard, channel, stream(String) }
         package var input: Input = .stdin
         package var output: Output = .stdout
         var deadLetter: String?
@@ -180,6 +181,9 @@ package final class PipelineRun {
     var lastProgress: UInt64 = 0
     /// Barriers and the checkpoint (Barrier.swift).
     var checkpointing = Checkpointing()
+    /// A Redis stream input, and the id of its entry going through the stages.
+    var streamSource: RedisStreamSource?
+    var streamEntry: String?
     /// Why this worker's state must be replaced (it ran out of memory), once it did.
     var crashed: String?
     /// A worker's release failures (its coordinator reports them).
@@ -221,6 +225,12 @@ package final class PipelineRun {
         case .descriptor(let fd, _): inputFD = fd
         case .stdin: inputFD = 0
         case .list, .channel: inputFD = -1
+        case .stream(let url):
+            inputFD = -1
+            switch RedisStreamSource.open(url) {
+            case .success(let source): streamSource = source
+            case .failure(let problem): return .failed("cannot read input \(problem.message)")
+            }
         }
         if options.workers > 1 { return executeParallel(L) }
         if inputFD >= 0 { checkpointing.source = makeLineSource() }
@@ -529,6 +539,9 @@ package final class PipelineRun {
             return feedLines(L, checkpointing.source ?? makeLineSource())
         case .channel:
             return false  // see execute
+        case .stream:
+            guard let source = streamSource else { return false }
+            return feedStream(L, source)
         }
     }
 

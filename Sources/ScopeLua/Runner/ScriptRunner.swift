@@ -239,7 +239,7 @@ public enum ScriptRunner {
     /// so a typo in a path is a usage error, not a failure after the stages opened).
     static func unwritableOutput(_ p: RunRequest.PipelineOptions) -> String? {
         var targets: [(String, String)] = []
-        if p.output != "-", p.output != "none" { targets.append(("output", p.output)) }
+        if p.output != "-", p.output != "none", !RedisStreamURL.isStream(p.output) { targets.append(("output", p.output)) }
         if let d = p.deadLetter { targets.append(("dead-letter file", d)) }
         for (what, path) in targets {
             var st = stat()
@@ -265,7 +265,9 @@ public enum ScriptRunner {
         var options = PipelineRun.Options()
         var inputFD: Int32 = -1
         defer { if inputFD >= 0 { close(inputFD) } }
-        if p.follow {
+        if RedisStreamURL.isStream(p.input) {
+            options.input = .stream(p.input)
+        } else if p.follow {
             // A file followed by its name may not exist yet (the run waits for it);
             // anything but a regular file is refused.
             guard p.input != "-" else {
@@ -296,6 +298,7 @@ public enum ScriptRunner {
         switch p.output {
         case "-": options.output = .stdout
         case "none": options.output = .discard
+        case let url where RedisStreamURL.isStream(url): options.output = .stream(url)
         default: options.output = .path(p.output)
         }
         options.deadLetter = p.deadLetter
@@ -418,6 +421,17 @@ public enum ScriptRunner {
     /// `--checkpoint` over stdin: what was read from a stream cannot be read again, so
     /// the run could never resume (a pipe given by name is refused when it is opened).
     static func unresumableInput(_ p: RunRequest.PipelineOptions) -> String? {
+        if RedisStreamURL.isStream(p.input) {
+            if let checkpoint = p.checkpoint {
+                return "--checkpoint \(checkpoint): a Redis stream input needs no checkpoint file: the consumer group's pending list is its checkpoint (entries are acknowledged after each barrier, --checkpoint-every)"
+            }
+            if p.follow { return "--follow follows a file: a Redis stream input is read until SIGINT/SIGTERM (or its idle_exit)" }
+            if p.replay { return "--replay reads a dead-letter file: give the file as --input" }
+            if p.workers > 1 {
+                return "--workers with a Redis stream input: run several scopelua processes as consumers of the group instead (each gets its own entries)"
+            }
+            return nil
+        }
         guard let checkpoint = p.checkpoint, p.input == "-" else { return nil }
         return "--checkpoint \(checkpoint) needs an input file: stdin is a stream, which cannot be read again after a crash (give --input FILE)"
     }

@@ -8,20 +8,20 @@
 /// and query values may be percent-encoded (`%40` for `@`). A value given twice (the
 /// database in the path and in the query, a password in both places) is an error, not a
 /// silent choice. `rediss://` (TLS) is refused: hiredis 0.14 has no TLS.
-struct RedisEndpoint: Equatable {
-    enum Address: Equatable {
+package struct RedisEndpoint: Equatable {
+    package enum Address: Equatable {
         case tcp(host: String, port: Int32)
         case unix(path: String)
     }
 
-    var address: Address
+    package var address: Address
     var username: [UInt8]?
     var password: [UInt8]?
-    var db: Int64?
+    package var db: Int64?
 
     /// The URL as messages and `h.label` show it: normalized, and never with the
     /// password (`redis://app@127.0.0.1:6379/2`, `unix:///run/redis.sock?db=2`).
-    var label: String {
+    package var label: String {
         let user = username.map { percentEncoded($0) + "@" } ?? ""
         let db = self.db ?? 0
         switch address {
@@ -40,7 +40,7 @@ struct RedisEndpoint: Equatable {
 
     /// Parses `text`; the error says what is wrong in a user's words (the caller adds the
     /// URL, masked).
-    static func parse(_ text: String) -> Result<RedisEndpoint, URLError> {
+    package static func parse(_ text: String) -> Result<RedisEndpoint, URLError> {
         do {
             return .success(try parseOrThrow(Array(text.utf8)))
         } catch {
@@ -48,8 +48,8 @@ struct RedisEndpoint: Equatable {
         }
     }
 
-    struct URLError: Error, Equatable {
-        var reason: String
+    package struct URLError: Error, Equatable {
+        package var reason: String
         init(_ reason: String) { self.reason = reason }
     }
 
@@ -217,7 +217,7 @@ struct RedisEndpoint: Equatable {
     }
 
     /// `url` for an error message: a password in it (userinfo or query) replaced by `***`.
-    static func masked(_ url: String) -> String {
+    package static func masked(_ url: String) -> String {
         var bytes = Array(url.utf8)
         let star = Array("***".utf8)
         // The query's password=...
