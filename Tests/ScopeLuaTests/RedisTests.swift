@@ -445,7 +445,8 @@ import Testing
     // MARK: - In a run
 
     /// The usual shape: a stage opens one connection in `open`, uses it per event (a
-    /// pipeline of counters), and the stage scope releases it at the end.
+    /// pipeline of counters), and the stage scope releases it at the end; with
+    /// `--workers 2` each worker has its own.
     @Test func aStageUsesAConnectionOpenedInOpen() throws {
         let server = try RedisServer.start()
         defer { server.stop() }
@@ -475,6 +476,16 @@ import Testing
         #expect(try server.cli("HGET", "kinds", "a") == "3")
         #expect(try server.cli("HLEN", "kinds") == "3")
         #expect(try server.clients().isEmpty)  // the process ended: nothing of it is connected
+        // With workers, each runs `open` in its own state: a connection each.
+        let parallel = try scopelua(["run", "job.lua", "--input", "in.jsonl", "--output", "out.jsonl", "--workers", "2"],
+                                    directory: dir)
+        #expect(parallel.status == 0, "\(parallel.stderr)")
+        #expect(try server.cli("GET", "total") == "10")
+        #expect(try server.cli("HGET", "kinds", "a") == "6")
+        let parallelTotals = (read("\(dir)/out.jsonl") ?? "").split(separator: "\n").compactMap { line in
+            line.split(separator: "\"total\":").last.flatMap { Int($0.prefix { $0.isNumber }) }
+        }
+        #expect(parallelTotals.sorted() == [6, 7, 8, 9, 10])
     }
 
     /// SIGTERM while a command blocks in the server: the graceful stop lets the command
