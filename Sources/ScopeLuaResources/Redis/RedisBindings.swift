@@ -298,7 +298,7 @@ package enum RedisBindings: RuntimeModule {
         lua_settop(L, 2)
         // The function may have released the connection, or broken it with a call of its own.
         guard let (connection, context) = connection(rt, L) else { return raise }
-        let count = Int(lua_rawlen(L, 2) / 2)
+        let count = Int(truncatingIfNeeded: lua_rawlen(L, 2) / 2)  // a table's length fits
         var request: [UInt8] = []
         var names: [String] = []
         names.reserveCapacity(count)
@@ -356,7 +356,7 @@ package enum RedisBindings: RuntimeModule {
             return raise
         }
         let list = top + 1
-        let n = lua_Integer(lua_rawlen(L, list))
+        let n = lua_Integer(truncatingIfNeeded: lua_rawlen(L, list))  // a table's length fits
         command.bytes.withUnsafeBytes { buf in
             _ = lua_pushlstring(L, buf.baseAddress?.assumingMemoryBound(to: CChar.self), buf.count)
         }
