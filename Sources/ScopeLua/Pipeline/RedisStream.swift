@@ -509,6 +509,7 @@ extension PipelineRun {
                     streamEntry = nil
                     guard ok else { return false }
                     source.handedOut(entry.id)
+                    if barrierDue, !barrier(L, .checkpoint) { return false }
                 }
             }
         }
