@@ -136,13 +136,13 @@ import Testing
         #expect(try Self.pending(server) == 0)
     }
 
-    /// Three consumers of one group over 20 000 entries; one is killed with kill -9 in the
+    /// Three consumers of one group over 100 000 entries; one is killed with kill -9 in the
     /// middle; the others claim its pending entries once they are idle for claim_idle:
     /// every entry's effect is in the output stream, none missing, nothing pending.
     @Test func threeConsumersOneKilledTheOthersClaimItsEntries() throws {
         let server = try RedisServer.start()
         defer { server.stop() }
-        let total = 20_000
+        let total = 100_000
         let dir = try Self.setUp(server, entries: total)
         func args(_ c: String) -> [String] {
             ["run", "job.lua", "--input", Self.input(server, consumer: c, "&claim_idle=0.3&idle_exit=1&count=50"),
