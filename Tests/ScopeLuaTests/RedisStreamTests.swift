@@ -165,6 +165,27 @@ import Testing
         #expect(try Self.pending(server) == 0)
     }
 
+    /// Without idle_exit a consumer waits for new entries until SIGTERM, which ends it
+    /// promptly (a read blocks at most `block`), after the final barrier acknowledged what
+    /// it finished.
+    @Test func sigtermEndsAConsumerWaitingForEntries() throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let dir = try Self.setUp(server, entries: 10)
+        let child = try Self.start(["run", "job.lua", "--input", Self.input(server, consumer: "c1", ""), "--output", "\(server.url)/out"],
+                                   in: dir, environment: ["CONSUMER": "c1"])
+        defer { if child.isRunning { kill(child.processIdentifier, SIGKILL) } }
+        #expect(waitUntil { (try? Self.outputIDs(server)) == Array(1...10) })
+        #expect(waitUntil { (try? Self.pending(server)) == 0 })  // acknowledged when the stream went idle
+        _ = try server.cli("XADD", "events", "*", "event", "{\"id\":11}")
+        #expect(waitUntil { (try? Self.outputIDs(server)) == Array(1...11) })
+        kill(child.processIdentifier, SIGTERM)
+        #expect(waitUntil(seconds: 5) { !child.isRunning })
+        child.waitUntilExit()
+        #expect(child.terminationStatus == 143, "\(read("\(dir)/stderr-c1.txt") ?? "")")
+        #expect(try Self.pending(server) == 0)
+    }
+
     @Test func badStreamURLsAndUnreachableServersAreClearErrors() throws {
         let dir = temporaryDirectory()
         write(Self.job, to: "job.lua", in: dir)
