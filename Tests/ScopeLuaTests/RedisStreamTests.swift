@@ -98,11 +98,13 @@ import Testing
         let child = try Self.start(args, in: dir, environment: ["BLOCK_AT": "250", "CONSUMER": "c1"])
         defer { if child.isRunning { kill(child.processIdentifier, SIGKILL) } }
         #expect(waitUntil { FileManager.default.fileExists(atPath: "\(dir)/reached") })
-        // The barrier at 150 acknowledged 1...150 (it runs before the read that passes 150).
+        // The barrier after entry 150 acknowledged 1...150 (EventSource.ack(upTo:)).
         let pendingAtKill = try Self.pending(server)
         kill(child.processIdentifier, SIGKILL)
         child.waitUntilExit()
-        #expect(pendingAtKill > 0 && pendingAtKill <= 250, "\(pendingAtKill) pending")
+        // Exactly what was read after that barrier: 151...200 of the second read, and
+        // 201...300, the read it blocked in (entries come 100 at a time).
+        #expect(pendingAtKill == 150, "\(pendingAtKill) pending")
         #expect(try Self.pending(server) == pendingAtKill)
         let r = try runProcess(scopeluaPath, args, directory: dir, environment: ["CONSUMER": "c1"])
         #expect(r.status == 0, "\(r.stderr)")

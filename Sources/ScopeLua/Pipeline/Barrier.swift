@@ -299,11 +299,7 @@ extension PipelineRun {
             let code = sink.flush(durable: durable)
             if code != 0 { return sinkFailed(sink, errno: code) }
         }
-        // What was read before this barrier is done and durable: a Redis stream's entries
-        // are acknowledged now, never before.
-        if let stream = streamSource, let problem = stream.acknowledge() {
-            rt.diagnose("scopelua: cannot acknowledge entries of \(stream.label): \(problem) (they stay pending and are delivered again)")
-        }
+
         if let store = checkpointing.store, let source = checkpointing.source {
             guard let identity = source.identity() else {
                 abortMessage = "cannot commit checkpoint \(store.path): the input \(inputName) is no longer a regular file"
@@ -320,7 +316,12 @@ extension PipelineRun {
             }
             checkpointing.barriers += 1
             checkpointing.committed = record.position
-            source.ack(upTo: record.position)  // only once the commit is durable
+        }
+        // What was read before this barrier is done and durable (committed): the source
+        // may let it go now, never before (a Redis stream acknowledges its entries).
+        let source: EventSource? = streamSource ?? checkpointing.source
+        if let source, let problem = source.ack(upTo: source.position) {
+            rt.diagnose("scopelua: cannot acknowledge what was read from \(source.name): \(problem) (it stays pending and is delivered again)")
         }
         scheduleBarrier()
         return true

@@ -114,7 +114,7 @@ extension String {
 /// pending entries (what it read before a crash and never acknowledged), then new ones,
 /// and now and then the entries other consumers left pending for longer than
 /// `claim_idle` (they died). Entries are acknowledged only after a barrier.
-final class RedisStreamSource {
+final class RedisStreamSource: EventSource {
     struct Entry {
         var id: String
         var fields: [([UInt8], [UInt8])]
@@ -154,6 +154,23 @@ final class RedisStreamSource {
     private(set) var claimed = 0
 
     var label: String { url.label }
+    var name: String { url.label }
+
+    /// Entries handed out by this run (`line`); a stream has no byte offset.
+    var position: SourcePosition { SourcePosition(offset: 0, line: handedOutCount) }
+    private var handedOutCount = 0
+
+    /// A stream is not read again from a position: its group's pending list is where it
+    /// resumes.
+    func identity() -> SourceIdentity? { nil }
+    func resume(from position: SourcePosition) -> String? {
+        "\(label) resumes from its consumer group's pending entries, not from a position"
+    }
+
+    func ack(upTo position: SourcePosition) -> String? {
+        let count = min(unacknowledged.count, max(0, position.line - (handedOutCount - unacknowledged.count)))
+        return acknowledge(first: count)
+    }
 
     private init(url: RedisStreamURL, client: RedisClient, group: String, consumer: String, count: Int, blockMs: Int,
                  claimIdleMs: Int, maxDeliveries: Int, fieldsFormat: Bool, idleExit: UInt64?) {
@@ -355,15 +372,17 @@ final class RedisStreamSource {
     /// An entry was handed to the pipeline (it is acknowledged at the next barrier).
     func handedOut(_ id: String) {
         unacknowledged.append(id)
+        handedOutCount += 1
     }
 
-    /// Every entry handed out is done (a barrier committed): XACK them. Nil, or why not
-    /// (they stay pending and are delivered again: at-least-once).
-    func acknowledge() -> String? {
-        guard !unacknowledged.isEmpty else { return nil }
+    /// The first `count` entries handed out and not acknowledged are done (a barrier
+    /// committed): XACK them. Nil, or why not (they stay pending and are delivered again:
+    /// at-least-once).
+    private func acknowledge(first count: Int) -> String? {
+        guard count > 0 else { return nil }
         var done = 0
-        while done < unacknowledged.count {
-            let chunk = unacknowledged[done..<min(unacknowledged.count, done + 1000)]
+        while done < count {
+            let chunk = unacknowledged[done..<min(count, done + 1000)]
             let reply = client.call([bytes("XACK"), bytes(url.stream), bytes(group)] + chunk.map(bytes))
             switch reply {
             case .failure(let p): return p.message
@@ -372,8 +391,8 @@ final class RedisStreamSource {
             }
             done += chunk.count
         }
-        acknowledged += unacknowledged.count
-        unacknowledged.removeAll(keepingCapacity: true)
+        acknowledged += count
+        unacknowledged.removeFirst(count)
         return nil
     }
 }

@@ -20,14 +20,15 @@ protocol EventSource: AnyObject {
     /// Starts reading after `position` (a committed one). Nil, or why it cannot.
     func resume(from position: SourcePosition) -> String?
     /// Everything up to `position` is durable downstream (the barrier committed it): a
-    /// source that holds events until they are done (a queue's pending entries) lets
-    /// them go now. Called after every checkpoint commit, never before.
-    func ack(upTo position: SourcePosition)
+    /// source that holds events until they are done (a Redis group's pending entries)
+    /// lets them go now. Called after every barrier's commit, never before. Nil, or why
+    /// it could not (the events are then delivered again: at-least-once).
+    func ack(upTo position: SourcePosition) -> String?
 }
 
 extension EventSource {
     /// A file needs no acknowledgement: the checkpoint's position is all it keeps.
-    func ack(upTo position: SourcePosition) {}
+    func ack(upTo position: SourcePosition) -> String? { nil }
 }
 
 /// A place in an input of lines: the byte offset after a line, and that line's number.
