@@ -12,7 +12,8 @@
   Benchmarks/bench.py redis [--runs 5] [--n 200000]      analytics-1 as 2 consumers of a Redis stream's group vs
                                                          2 Python consumers (Benchmarks/redis_consumer.py, redis-py)
                                                          (--count 1000: entries per XREADGROUP, a commit and an XACK
-                                                         each; --wal: Python's database in WAL like scopelua's)
+                                                         each; --wal: Python's database in WAL like scopelua's;
+                                                         --hiredis: redis-py with its C parser)
 
 Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
 the medians are compared. Build first: swift build -c release. Everything used lives in
@@ -472,9 +473,11 @@ def workers(args):
             print(f"({idle:.0%} idle over the second after the runs)")
 
 # redis-py for the Python consumer comes from PyPI, into a venv under the build directory
-# (ignored by git like .build/): created by the first run of the redis mode.
+# (ignored by git like .build/): created by the first run of the redis mode. With --hiredis
+# a second venv also has hiredis, the C reply parser redis-py uses when it is installed.
 VENV = os.path.join(ROOT, ".build-bench", "venv")
 REDIS_PY = "redis==5.0.1"
+HIREDIS = "hiredis==3.5.0"
 
 
 def apt_install(packages):
@@ -489,22 +492,25 @@ def apt_install(packages):
     subprocess.run(apt + ["install", "-y", "-qq"] + packages, check=True, stdout=subprocess.DEVNULL)
 
 
-def venv_python():
-    """The Python of .build-bench/venv, with redis-py installed; made (python3 -m venv,
-    pip install redis==5.0.1) when it is missing. A Debian python3 without its venv
-    module gets python3-venv first."""
-    python = os.path.join(VENV, "bin", "python")
-    version = REDIS_PY.split("==")[1]
-    probe = f"import redis, sys; sys.exit(redis.__version__ != {version!r})"
+def venv_python(hiredis=False):
+    """The Python of .build-bench/venv (venv-hiredis with hiredis), with redis-py
+    installed; made (python3 -m venv, pip install redis==5.0.1 [hiredis==...]) when it is
+    missing. A Debian python3 without its venv module gets python3-venv first."""
+    venv = VENV + ("-hiredis" if hiredis else "")
+    packages = [REDIS_PY] + ([HIREDIS] if hiredis else [])
+    python = os.path.join(venv, "bin", "python")
+    probe = "import sys, redis; sys.exit(redis.__version__ != %r)" % REDIS_PY.split("==")[1]
+    if hiredis:
+        probe += "; import hiredis; sys.exit(hiredis.__version__ != %r)" % HIREDIS.split("==")[1]
     if os.path.exists(python) and subprocess.run([python, "-c", probe], stderr=subprocess.DEVNULL).returncode == 0:
         return python
     base = sys.executable
     if subprocess.run([base, "-c", "import ensurepip, venv"], stderr=subprocess.DEVNULL).returncode != 0:
         apt_install(["python3-venv"])
         base = "/usr/bin/python3"
-    print(f"bench: making {os.path.relpath(VENV, ROOT)} with {REDIS_PY} from PyPI", file=sys.stderr)
-    subprocess.run([base, "-m", "venv", "--clear", VENV], check=True)
-    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", REDIS_PY], check=True)
+    print(f"bench: making {os.path.relpath(venv, ROOT)} with {' '.join(packages)} from PyPI", file=sys.stderr)
+    subprocess.run([base, "-m", "venv", "--clear", venv], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check"] + packages, check=True)
     return python
 
 
@@ -600,7 +606,7 @@ def redis_stream(args):
     exited: idle_exit after their last read, once nothing is pending in the group; that
     idle wait is the same for both sides and is subtracted from the wall time."""
     need_packages("the redis benchmark", [("redis-server", None, "redis-server"), ("redis-cli", None, "redis-tools")])
-    python = venv_python()
+    python = venv_python(args.hiredis)
     count, idle, stream = args.count, args.idle_exit, "events"
     analytics = os.path.join(ROOT, "scripts", "analytics.lua")
     with tempfile.TemporaryDirectory() as tmp:
@@ -625,8 +631,10 @@ def redis_stream(args):
                 sys.exit(f"bench: loading the stream failed: {load.stdout.decode()}{load.stderr.decode()}")
             last_id = server.cli("XINFO", "STREAM", stream).splitlines()
             last_id = last_id[last_id.index("last-generated-id") + 1]
-            versions = subprocess.run([python, "-c", "import redis, sys; print(sys.version.split()[0], redis.__version__)"],
-                                      capture_output=True, text=True, check=True).stdout.split()
+            versions = subprocess.run([python, "-c", "import redis, sys; from redis.utils import HIREDIS_AVAILABLE as h; "
+                                       "print(sys.version.split()[0], redis.__version__, "
+                                       "'(hiredis parser)' if h else '(its pure-Python parser)')"],
+                                      capture_output=True, text=True, check=True).stdout.split(maxsplit=2)
             server_version = server.cli("INFO", "server").split("redis_version:")[1].split()[0]
 
             def out_dir(side, consumer):
@@ -697,7 +705,7 @@ def redis_stream(args):
             print(f"redis: analytics-1 from a stream of {args.n} entries ({expected_text}), 2 consumers per group, "
                   f"COUNT {count} with a commit and an XACK per batch, idle_exit {idle:g}s, {args.runs} alternating runs, "
                   f"{os.cpu_count()} cores" + (f" ({idle_before:.0%} idle over the second before)" if idle_before is not None else ""))
-            print(f"  redis-server {server_version} on 127.0.0.1:{server.port}; Python {versions[0]} with redis-py {versions[1]}; "
+            print(f"  redis-server {server_version} on 127.0.0.1:{server.port}; Python {versions[0]} with redis-py {versions[1]} {versions[2].strip()}; "
                   f"Python's database in {'WAL' if args.wal else 'rollback-journal'} mode (scopelua's sql.open: WAL)")
             if idle_before is not None and idle_before < 0.9:
                 print("  note: the machine is busy; 2 consumers and the server need 2 idle cores")
@@ -765,6 +773,8 @@ def main():
     rs.add_argument("--idle-exit", type=float, default=0.2, help="seconds without entries after which a consumer exits")
     rs.add_argument("--wal", action="store_true",
                     help="the Python consumers' database in WAL mode, as scopelua's sql.open (default: SQLite's rollback journal)")
+    rs.add_argument("--hiredis", action="store_true",
+                    help="the Python consumers with hiredis, redis-py's C reply parser (.build-bench/venv-hiredis)")
     rs.set_defaults(fn=redis_stream)
     args = p.parse_args()
     if not os.path.exists(SCOPELUA):

@@ -126,7 +126,6 @@ def main(argv):
     outdir, wal = argv[2], argv[3:] == ["--wal"]
     counts = Counts()
     encode = json.JSONEncoder(separators=(",", ":")).encode
-    consumer = Consumer(p)
     with open(os.path.join(outdir, "events.log"), "w") as log, \
             contextlib.closing(sqlite3.connect(os.path.join(outdir, "analytics.db"))) as db:
         if wal:
@@ -134,6 +133,7 @@ def main(argv):
         db.execute("DROP TABLE IF EXISTS events")
         db.execute("CREATE TABLE events(id INTEGER PRIMARY KEY, user TEXT, kind TEXT, amount REAL, bucket INTEGER)")
         db.commit()
+        consumer = Consumer(p)  # its idle_exit clock starts here, once the log and the database are open
         while (entries := consumer.next_batch()) is not None:
             if not entries:
                 continue
