@@ -9,17 +9,27 @@
   Benchmarks/bench.py checkpoint [--runs 5] [--n 200000] analytics-1 with --checkpoint (default interval) vs without
   Benchmarks/bench.py workers [--runs 5] [--n 200000]    --workers 2 vs --workers 1: the CPU-bound pipeline
                                                          (Benchmarks/cpu_pipeline.lua), then analytics-1
+  Benchmarks/bench.py redis [--runs 5] [--n 200000]      analytics-1 as 2 consumers of a Redis stream's group vs
+                                                         2 Python consumers (Benchmarks/redis_consumer.py, redis-py)
+                                                         (--count 1000: entries per XREADGROUP, a commit and an XACK
+                                                         each; --wal: Python's database in WAL like scopelua's;
+                                                         --hiredis: redis-py with its C parser)
 
 Runs alternate (ours, baseline, ours, ...) so that a noisy machine hits both alike, and
 the medians are compared. Build first: swift build -c release. Everything used lives in
 Benchmarks/ (events come from gen_events.py); the Lua baselines need Debian's lua5.4,
 lua-cjson and lua-sql-sqlite3 (and luajit for --luajit), and bench.py names what is missing.
+The redis mode needs Debian's redis-server (scripts/install-deps.sh) and installs redis-py
+from PyPI into .build-bench/venv on its first run.
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -462,6 +472,268 @@ def workers(args):
         if idle is not None:
             print(f"({idle:.0%} idle over the second after the runs)")
 
+# redis-py for the Python consumer comes from PyPI, into a venv under the build directory
+# (ignored by git like .build/): created by the first run of the redis mode. With --hiredis
+# a second venv also has hiredis, the C reply parser redis-py uses when it is installed.
+VENV = os.path.join(ROOT, ".build-bench", "venv")
+REDIS_PY = "redis==5.0.1"
+HIREDIS = "hiredis==3.5.0"
+
+
+def apt_install(packages):
+    """Installs Debian packages as scripts/install-deps.sh does: apt-get directly as root,
+    through sudo otherwise; exits saying what to do when neither works."""
+    as_root = [] if os.geteuid() == 0 else ["sudo"]
+    if as_root and shutil.which("sudo") is None:
+        sys.exit(f"bench: needs the Debian packages {' '.join(packages)}: run as root, or install sudo")
+    print(f"bench: installing {' '.join(packages)}", file=sys.stderr)
+    apt = as_root + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]
+    subprocess.run(apt + ["update", "-qq"], check=True)
+    subprocess.run(apt + ["install", "-y", "-qq"] + packages, check=True, stdout=subprocess.DEVNULL)
+
+
+def venv_python(hiredis=False):
+    """The Python of .build-bench/venv (venv-hiredis with hiredis), with redis-py
+    installed; made (python3 -m venv, pip install redis==5.0.1 [hiredis==...]) when it is
+    missing. A Debian python3 without its venv module gets python3-venv first."""
+    venv = VENV + ("-hiredis" if hiredis else "")
+    packages = [REDIS_PY] + ([HIREDIS] if hiredis else [])
+    python = os.path.join(venv, "bin", "python")
+    probe = "import sys, redis; sys.exit(redis.__version__ != %r)" % REDIS_PY.split("==")[1]
+    if hiredis:
+        probe += "; import hiredis; sys.exit(hiredis.__version__ != %r)" % HIREDIS.split("==")[1]
+    if os.path.exists(python) and subprocess.run([python, "-c", probe], stderr=subprocess.DEVNULL).returncode == 0:
+        return python
+    base = sys.executable
+    if subprocess.run([base, "-c", "import ensurepip, venv"], stderr=subprocess.DEVNULL).returncode != 0:
+        apt_install(["python3-venv"])
+        base = "/usr/bin/python3"
+    print(f"bench: making {os.path.relpath(venv, ROOT)} with {' '.join(packages)} from PyPI", file=sys.stderr)
+    subprocess.run([base, "-m", "venv", "--clear", venv], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check"] + packages, check=True)
+    return python
+
+
+class RedisServer:
+    """A redis-server of the benchmark's own: a free loopback port, a temporary directory,
+    no persistence (--save '' --appendonly no); stopped (SIGTERM) when the block ends."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        log = ""
+        for _ in range(5):
+            with socket.socket() as s:  # a port the kernel hands out; another process may take it first
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", directory, "--daemonize", "no", "--logfile", os.path.join(directory, "server.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            for _ in range(500):
+                if self.proc.poll() is not None or self.ping():
+                    break
+                time.sleep(0.01)
+            if self.proc.poll() is None and self.ping():
+                return
+            self.stop()
+            with open(os.path.join(directory, "server.log")) as f:
+                log = f.read()
+            if "Address already in use" not in log:
+                break
+        sys.exit(f"bench: redis-server did not start:\n{log}")
+
+    def ping(self):
+        return subprocess.run(["redis-cli", "-p", str(self.port), "PING"], capture_output=True, text=True).stdout.strip() == "PONG"
+
+    def cli(self, *args):
+        r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port)] + [str(a) for a in args],
+                           capture_output=True, text=True)
+        if r.returncode != 0 or r.stdout.startswith("ERR") or r.stdout.startswith("(error)"):
+            sys.exit(f"bench: redis-cli {' '.join(map(str, args))}: {r.stdout}{r.stderr}")
+        return r.stdout.strip()
+
+    def cpu_seconds(self):
+        """The server's CPU time so far (user + system, /proc/PID/stat)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def xadd_protocol(lines, stream):
+    """The events as XADD commands in Redis' wire protocol, for redis-cli --pipe (one
+    pipelined stream of commands: 200 000 entries load in about a second)."""
+    head = b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$5\r\nevent\r\n" % (len(stream), stream)
+    out = bytearray()
+    for line in lines:
+        line = line.rstrip(b"\n")
+        out += head + b"$%d\r\n%s\r\n" % (len(line), line)
+    return bytes(out)
+
+
+def group_info(server, stream, group):
+    """XINFO GROUPS' fields of one group, as text (redis-cli prints them a line each)."""
+    lines = server.cli("XINFO", "GROUPS", stream).splitlines()
+    for i in range(0, len(lines) - 1, 2):  # name, value, name, value, ...; a group starts at "name"
+        if lines[i] == "name" and lines[i + 1] == group:
+            info = {}
+            for k in range(i, len(lines) - 1, 2):
+                if k > i and lines[k] == "name":
+                    break
+                info[lines[k]] = lines[k + 1]
+            return info
+    sys.exit(f"bench: no group {group} on stream {stream}")
+
+
+def redis_stream(args):
+    """analytics-1 fed by a Redis stream: 2 scopelua consumers of one consumer group
+    (scripts/analytics.lua, --input redis://...?group=G&consumer=c1|c2) against 2 Python
+    consumers doing the same stages (Benchmarks/redis_consumer.py, redis-py), alternating,
+    each run with a fresh group over the whole stream (start=0). Both sides read COUNT
+    entries per XREADGROUP and, per batch, commit its rows in one transaction and then
+    acknowledge it with one XACK (scopelua: --checkpoint-every COUNT, a barrier per batch).
+    Each consumer has its own log and database. A run ends when both consumers have
+    exited: idle_exit after their last read, once nothing is pending in the group; that
+    idle wait is the same for both sides and is subtracted from the wall time."""
+    need_packages("the redis benchmark", [("redis-server", None, "redis-server"), ("redis-cli", None, "redis-tools")])
+    python = venv_python(args.hiredis)
+    count, idle, stream = args.count, args.idle_exit, "events"
+    analytics = os.path.join(ROOT, "scripts", "analytics.lua")
+    with tempfile.TemporaryDirectory() as tmp:
+        events = generate_events(args.n, tmp)
+        expected = {"seen": 0, "kept": 0, "click": 0, "buy": 0}
+        with open(events, "rb") as f:
+            lines = f.readlines()
+        for line in lines:
+            kind = json.loads(line)["kind"]
+            expected["seen"] += 1
+            if kind != "view":
+                expected["kept"] += 1
+                expected[kind] = expected.get(kind, 0) + 1
+        expected_text = " ".join(f"{k}={expected[k]}" for k in ("seen", "kept", "click", "buy"))
+        server_dir = os.path.join(tmp, "redis")
+        os.mkdir(server_dir)
+        with RedisServer(server_dir) as server:
+            load = subprocess.run(["redis-cli", "-p", str(server.port), "--pipe"], input=xadd_protocol(lines, stream.encode()),
+                                  capture_output=True)
+            del lines
+            if load.returncode != 0 or int(server.cli("XLEN", stream)) != args.n:
+                sys.exit(f"bench: loading the stream failed: {load.stdout.decode()}{load.stderr.decode()}")
+            last_id = server.cli("XINFO", "STREAM", stream).splitlines()
+            last_id = last_id[last_id.index("last-generated-id") + 1]
+            versions = subprocess.run([python, "-c", "import redis, sys; from redis.utils import HIREDIS_AVAILABLE as h; "
+                                       "print(sys.version.split()[0], redis.__version__, "
+                                       "'(hiredis parser)' if h else '(its pure-Python parser)')"],
+                                      capture_output=True, text=True, check=True).stdout.split(maxsplit=2)
+            server_version = server.cli("INFO", "server").split("redis_version:")[1].split()[0]
+
+            def out_dir(side, consumer):
+                path = os.path.join(tmp, f"{side}-{consumer}")
+                os.makedirs(path, exist_ok=True)
+                return path
+
+            def command(side, group, consumer):
+                url = (f"redis://127.0.0.1:{server.port}/{stream}?group={group}&consumer={consumer}"
+                       f"&count={count}&start=0&idle_exit={idle:g}")
+                if side == "scopelua":
+                    # A barrier every COUNT entries: analytics.lua commits in flush, then the
+                    # runner acknowledges what was read: one commit and one XACK per batch.
+                    return ([SCOPELUA, "run", analytics, "--input", url, "--output", "none",
+                             "--checkpoint-every", str(count)],
+                            dict(os.environ, ANALYTICS_OUT=out_dir(side, consumer)))
+                return [python, here("redis_consumer.py"), url, out_dir(side, consumer)] + (["--wal"] if args.wal else []), None
+
+            def run(side, number):
+                """One run of 2 consumers in a fresh group: seconds from the start until both
+                exited, their CPU seconds, the server's, and the per-consumer counts; checks
+                that they did analytics-1's work on every entry, once."""
+                group = f"{side}-{number}"
+                server_cpu = server.cpu_seconds()
+                start = time.perf_counter()
+                procs = []
+                for consumer in ("c1", "c2"):
+                    cmd, env = command(side, group, consumer)
+                    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env))
+                outputs, cpu = [], 0.0
+                for p in procs:
+                    out = p.stdout.read() + p.stderr.read()
+                    _, status, usage = os.wait4(p.pid, 0)
+                    if os.waitstatus_to_exitcode(status) != 0:
+                        sys.exit(f"bench: a {side} consumer failed:\n{out.decode()}")
+                    outputs.append(out.decode())
+                    cpu += usage.ru_utime + usage.ru_stime
+                wall = time.perf_counter() - start
+                server_cpu = server.cpu_seconds() - server_cpu
+                # The same work: the counts analytics-1 prints, added up over both consumers;
+                # every kept event's row is in one of the two databases, once; nothing is
+                # pending and the group has read the whole stream.
+                per = [worker_totals(o.strip().splitlines()[-1], ("seen", "kept", "click", "buy")) for o in outputs]
+                totals = worker_totals("\n".join(per), ("seen", "kept", "click", "buy"))
+                ids, rows, logged = set(), 0, 0
+                for consumer in ("c1", "c2"):
+                    with contextlib.closing(sqlite3.connect(os.path.join(out_dir(side, consumer), "analytics.db"))) as db:
+                        found = [r[0] for r in db.execute("SELECT id FROM events")]
+                    rows += len(found)
+                    ids.update(found)
+                    with open(os.path.join(out_dir(side, consumer), "events.log"), "rb") as f:
+                        logged += sum(1 for _ in f)
+                info = group_info(server, stream, group)
+                problems = []
+                if totals != expected_text:
+                    problems.append(f"counts {totals}, expected {expected_text}")
+                if not rows == len(ids) == logged == expected["kept"]:
+                    problems.append(f"{rows} rows ({len(ids)} ids) in the databases and {logged} log lines, "
+                                    f"expected {expected['kept']}")
+                if info.get("pending") != "0" or info.get("last-delivered-id") != last_id or info.get("lag", "0") != "0":
+                    problems.append(f"the group is not drained: {info}")
+                if problems:
+                    sys.exit(f"bench: {side} run {number}: " + "; ".join(problems))
+                server.cli("XGROUP", "DESTROY", stream, group)
+                return wall, cpu, server_cpu, [p.split()[0] for p in per]
+
+            idle_before = idle_share()
+            print(f"redis: analytics-1 from a stream of {args.n} entries ({expected_text}), 2 consumers per group, "
+                  f"COUNT {count} with a commit and an XACK per batch, idle_exit {idle:g}s, {args.runs} alternating runs, "
+                  f"{os.cpu_count()} cores" + (f" ({idle_before:.0%} idle over the second before)" if idle_before is not None else ""))
+            print(f"  redis-server {server_version} on 127.0.0.1:{server.port}; Python {versions[0]} with redis-py {versions[1]} {versions[2].strip()}; "
+                  f"Python's database in {'WAL' if args.wal else 'rollback-journal'} mode (scopelua's sql.open: WAL)")
+            if idle_before is not None and idle_before < 0.9:
+                print("  note: the machine is busy; 2 consumers and the server need 2 idle cores")
+            sides = {"scopelua": "2 scopelua analytics.lua", "python": "2 python3 redis_consumer.py"}
+            t = {side: {"wall": [], "cpu": [], "server": [], "split": []} for side in sides}
+            for number in range(1, args.runs + 1):
+                for side in sides:
+                    wall, cpu, server_cpu, split = run(side, number)
+                    t[side]["wall"].append(wall - idle)
+                    t[side]["cpu"].append(cpu)
+                    t[side]["server"].append(server_cpu)
+                    t[side]["split"].append("/".join(s.split("=")[1] for s in split))
+            m = {side: statistics.median(v["wall"]) for side, v in t.items()}
+            width = max(len(label) for label in sides.values())
+            for side, label in sides.items():
+                print(f"  {label:<{width}}  median {m[side]:6.3f}s  {args.n / m[side]:8.0f} entries/s   "
+                      f"(min {min(t[side]['wall']):.3f}s; CPU: consumers {statistics.median(t[side]['cpu']):.2f}s, "
+                      f"redis-server {statistics.median(t[side]['server']):.2f}s; entries seen by c1/c2: {t[side]['split'][0]})")
+            rounds = [p / s for s, p in zip(t["scopelua"]["wall"], t["python"]["wall"])]
+            print(f"  speed-up over Python: {m['python'] / m['scopelua']:.2f}x  (target: at least 2x); "
+                  f"round by round: median {statistics.median(rounds):.2f}x")
+            print(f"  (times: from the start of both consumers until both exited, less idle_exit; "
+                  f"every run checked: counts, rows, log lines, nothing pending)")
+        idle_after = idle_share()
+        if idle_after is not None:
+            print(f"({idle_after:.0%} idle over the second after the runs)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -494,6 +766,16 @@ def main():
     w.add_argument("--runs", type=int, default=5)
     w.add_argument("--n", type=int, default=200000)
     w.set_defaults(fn=workers)
+    rs = sub.add_parser("redis", help="2 consumers of a Redis stream's group running analytics-1 vs 2 Python consumers")
+    rs.add_argument("--runs", type=int, default=5)
+    rs.add_argument("--n", type=int, default=200000)
+    rs.add_argument("--count", type=int, default=1000, help="entries per XREADGROUP; a commit and an XACK per batch")
+    rs.add_argument("--idle-exit", type=float, default=0.2, help="seconds without entries after which a consumer exits")
+    rs.add_argument("--wal", action="store_true",
+                    help="the Python consumers' database in WAL mode, as scopelua's sql.open (default: SQLite's rollback journal)")
+    rs.add_argument("--hiredis", action="store_true",
+                    help="the Python consumers with hiredis, redis-py's C reply parser (.build-bench/venv-hiredis)")
+    rs.set_defaults(fn=redis_stream)
     args = p.parse_args()
     if not os.path.exists(SCOPELUA):
         sys.exit("bench: build first: swift build -c release")
