@@ -188,6 +188,21 @@ import Testing
         #expect(try Self.pending(server) == 0)
     }
 
+    /// idle_exit counts from the first read, not from the start: stages that take longer
+    /// than idle_exit to open still get the whole stream.
+    @Test func idleExitCountsFromTheFirstReadNotFromTheStart() throws {
+        let server = try RedisServer.start()
+        defer { server.stop() }
+        let dir = try Self.setUp(server, entries: 500)
+        write("stage 'slow' { open = function() timer.sleep(0.6) end, process = function(ctx, e) return e end }\npipeline 'p' { 'slow' }\n",
+              to: "slow.lua", in: dir)
+        let r = try runProcess(scopeluaPath, ["run", "slow.lua", "--input", Self.input(server, consumer: "c1", "&idle_exit=0.2"),
+                                              "--output", "\(server.url)/out", "--report"], directory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("  events     read 500  emitted 500"), "\(r.stderr)")
+        #expect(try Self.pending(server) == 0)
+    }
+
     @Test func badStreamURLsAndUnreachableServersAreClearErrors() throws {
         let dir = temporaryDirectory()
         write(Self.job, to: "job.lua", in: dir)

@@ -320,6 +320,9 @@ package final class PipelineRun {
             clearProgress()
             // Every stage's flush, before any close (and the final checkpoint).
             finalBarrier(L)
+            if let stream = streamSource, let problem = stream.finish() {
+                rt.diagnose("scopelua: cannot acknowledge what was read from \(stream.label): \(problem) (it stays pending and is delivered again)")
+            }
             // What was written must be on its way before the stages close: a failure here
             // is known (and reported) while the report can still say so.
             flushSinks()

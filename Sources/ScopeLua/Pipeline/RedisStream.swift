@@ -145,8 +145,9 @@ final class RedisStreamSource: EventSource {
     private var pendingFrom: String? = "0"
     private var nextClaim: UInt64
     private var claimCursor = "0-0"
-    /// When something was last read (for idle_exit).
-    private var lastActivity = sl_monotonic_ns()
+    /// When something was last read (for idle_exit); the clock starts at the first read,
+    /// not when the source opened (the stages may take long to open).
+    private var lastActivity: UInt64 = 0
     /// Entries handed out and not acknowledged yet, oldest first.
     private(set) var unacknowledged: [String] = []
     /// Entries acknowledged by this run.
@@ -244,6 +245,9 @@ final class RedisStreamSource: EventSource {
     /// The next entries, waiting at most until `deadline` (the run's timers, barriers).
     func next(deadline: UInt64?) -> Next {
         let now = sl_monotonic_ns()
+        if lastActivity == 0 { lastActivity = now }
+        // XACK replies owed from the last barrier are read first (they were not waited for).
+        if let failure = client.drain() { return .failed(failure) }
         if now >= nextClaim {
             nextClaim = now &+ UInt64(max(1, claimIdleMs / 2)) * 1_000_000
             switch claim() {
@@ -369,6 +373,12 @@ final class RedisStreamSource: EventSource {
         }
     }
 
+    /// After the final barrier: the replies of its acknowledgements are read (an entry
+    /// whose XACK failed is delivered again). Nil, or why not.
+    func finish() -> String? {
+        client.drain()
+    }
+
     /// An entry was handed to the pipeline (it is acknowledged at the next barrier).
     func handedOut(_ id: String) {
         unacknowledged.append(id)
@@ -381,16 +391,16 @@ final class RedisStreamSource: EventSource {
     private func acknowledge(first count: Int) -> String? {
         guard count > 0 else { return nil }
         var done = 0
+        // Sent without waiting for the replies (a round trip per barrier saved): they are
+        // read before the next command (`RedisClient.drain`); an entry whose XACK is lost
+        // stays pending and is delivered again.
+        var commands: [[[UInt8]]] = []
         while done < count {
             let chunk = unacknowledged[done..<min(count, done + 1000)]
-            let reply = client.call([bytes("XACK"), bytes(url.stream), bytes(group)] + chunk.map(bytes))
-            switch reply {
-            case .failure(let p): return p.message
-            case .success(.error(let message)): return "\(label): XACK: \(message)"
-            default: break
-            }
+            commands.append([bytes("XACK"), bytes(url.stream), bytes(group)] + chunk.map(bytes))
             done += chunk.count
         }
+        if let failure = client.sendOwingReplies(commands) { return failure }
         acknowledged += count
         unacknowledged.removeFirst(count)
         return nil
@@ -493,6 +503,9 @@ final class RedisStreamSink: EventSink {
 }
 
 extension PipelineRun {
+    /// The field an entry's event is in (format=json).
+    static let eventField = Array("event".utf8)
+
     /// The feed loop over a Redis stream (as `feedLines` over a file): entries are
     /// numbered in the order this run reads them (ctx.line), named by their id in
     /// messages and dead letters, and handed to the source's acknowledgement list once
@@ -537,7 +550,10 @@ extension PipelineRun {
     /// One entry through the stages, or rejected (a poison entry, no `event` field,
     /// not JSON). False when the run must stop (it is in flight).
     private func take(_ L: LuaState, _ entry: RedisStreamSource.Entry, number: Int, source: RedisStreamSource, codec: JSONCodec) -> Bool {
-        let raw = entry.fields.map { "\(String(decoding: $0.0, as: UTF8.self))=\(String(decoding: $0.1, as: UTF8.self))" }.joined(separator: " ")
+        // The entry as text, for a record of it: only a rejected entry needs it.
+        var raw: String {
+            entry.fields.map { "\(String(decoding: $0.0, as: UTF8.self))=\(String(decoding: $0.1, as: UTF8.self))" }.joined(separator: " ")
+        }
         if entry.deliveries > source.maxDeliveries {
             read += 1
             return reject(L, line: number, reason: "delivered \(entry.deliveries) times, more than max_deliveries (\(source.maxDeliveries)): a poison entry",
@@ -554,7 +570,7 @@ extension PipelineRun {
             eventLine = number
             return deliver(L, 0, extra: false) || inFlight(line: number)
         }
-        guard let json = entry.fields.first(where: { $0.0 == Array("event".utf8) })?.1 else {
+        guard let json = entry.fields.first(where: { $0.0 == Self.eventField })?.1 else {
             read += 1
             return reject(L, line: number, reason: "the entry has no field 'event' (format=fields takes all its fields as the event)",
                           raw: raw) || inFlight(line: number)

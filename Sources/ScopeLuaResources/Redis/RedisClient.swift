@@ -85,9 +85,34 @@ package final class RedisClient {
         context = nil
     }
 
+    /// Replies owed by commands sent with `sendOwingReplies`, read before the next call.
+    private var owed = 0
+
+    /// Sends commands whose replies are not waited for now: they are read (and an error
+    /// reply among them reported) by `drain`, which every `call` runs first.
+    package func sendOwingReplies(_ commands: [[[UInt8]]]) -> String? {
+        if let failure = send(commands) { return failure }
+        owed += commands.count
+        return nil
+    }
+
+    /// Reads the replies owed; nil, or the first error among them.
+    package func drain() -> String? {
+        guard owed > 0 else { return nil }
+        let n = owed
+        owed = 0
+        switch receive(n) {
+        case .failure(let p): return p.message
+        case .success(let replies):
+            for case .error(let message) in replies { return "\(label): \(message)" }
+            return nil
+        }
+    }
+
     /// One command and its reply. `wait`: how long the server may take beyond the
     /// connection's timeout (a blocking read's own BLOCK).
     package func call(_ parts: [[UInt8]], wait: UInt64 = 0) -> Result<Value, Problem> {
+        if let failure = drain() { return .failure(Problem(failure)) }
         if let failure = send([parts]) { return .failure(Problem(failure)) }
         return receive(1, wait: wait).map { $0[0] }
     }
