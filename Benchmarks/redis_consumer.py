@@ -39,19 +39,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 
+# The stages themselves are baseline_pipeline.py's: only the reading differs.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baseline_pipeline import Counts, kept_events  # noqa: E402
+
 INSERT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?)"
 CLAIM_IDLE_MS = 30_000
-
-
-class Counts:
-    def __init__(self):
-        self.seen = 0
-        self.kept = 0
-        self.kinds = {}
-
-    def __str__(self):
-        return "seen=%d kept=%d click=%d buy=%d" % (
-            self.seen, self.kept, self.kinds.get("click", 0), self.kinds.get("buy", 0))
 
 
 def parse_url(text):
@@ -137,14 +130,7 @@ def main(argv):
         while (entries := consumer.next_batch()) is not None:
             if not entries:
                 continue
-            for _, fields in entries:
-                counts.seen += 1
-                event = json.loads(fields[b"event"])
-                if event["kind"] == "view":
-                    continue
-                user = event["user"][1:]
-                event["bucket"] = (int(user) if user.isdigit() else 0) % 16
-                event["managed"] = True
+            for event in kept_events((fields[b"event"] for _, fields in entries), counts):
                 log.write(encode(event))
                 log.write("\n")
                 db.execute(INSERT, (event["id"], event["user"], event["kind"], event["amount"], event["bucket"]))
