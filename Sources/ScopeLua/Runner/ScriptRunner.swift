@@ -352,11 +352,11 @@ public enum ScriptRunner {
             setArgTable(rt.L, request)
             // The events go to stdout: what the worker's copy of the script prints while it
             // loads goes to stderr (the main state printed it to stdout already, before
-            // the events).
+            // the events), each line in one write (workers load at the same time).
             let quiet = request.pipeline?.output == "-"
             if quiet {
                 Bindings.getGlobal(rt.L, "print")
-                let shim = "local t, s = tostring, select return function(...) local n, o = s('#', ...), {} for i = 1, n do o[i] = t((s(i, ...))) end io.stderr:write(table.concat(o, '\\t'), '\\n') end"
+                let shim = "local t, s = tostring, select return function(...) local n, o = s('#', ...), {} for i = 1, n do o[i] = t((s(i, ...))) end io.stderr:write(table.concat(o, '\\t') .. '\\n') end"
                 if shim.withCString({ sl_loadbuffer(rt.L, $0, strlen($0), "=(worker print)") }) == LUA_OK, sl_pcall(rt.L, 0, 1, 0) == LUA_OK {
                     lua_pushvalue(rt.L, -1)
                     Lua.setRegistryField(rt.L, "scopelua.print.worker")
