@@ -295,21 +295,27 @@ extension PipelineRun {
         return true
     }
 
+    /// Pushes the value at `idx` as JSON, with what JSON cannot hold (infinity, a
+    /// function, a cycle) replaced by strings saying what it was. False (the codec's
+    /// message pushed instead) when even that cannot be encoded.
+    func encodeAnyway(_ L: LuaState, _ idx: Int32) -> Bool {
+        if rt.json.encode(L, idx) { return true }
+        sl_pop(L, 1)
+        Unencodable.pushEncodable(L, idx, arrayMetatable: rt.info.pointee.jsonarraymt)
+        let ok = rt.json.encode(L, -1)
+        sl_remove(L, -2)
+        return ok
+    }
+
     /// Writes the table at `idx` as a JSON line to the dead-letter file, or to stderr.
     /// A record whose event holds what JSON cannot (infinity, a function, a cycle) is
     /// written with those values replaced by strings saying what they were. False when
     /// the dead-letter file failed.
     func writeRecord(_ L: LuaState, _ idx: Int32) -> Bool {
-        if !rt.json.encode(L, idx) {
+        guard encodeAnyway(L, idx) else {
+            rt.diagnose("scopelua: dead letter (not encodable): \(Lua.describe(L, -1))")
             sl_pop(L, 1)
-            Unencodable.pushEncodable(L, idx, arrayMetatable: rt.info.pointee.jsonarraymt)
-            let ok = rt.json.encode(L, -1)
-            sl_remove(L, -2)
-            guard ok else {
-                rt.diagnose("scopelua: dead letter (not encodable): \(Lua.describe(L, -1))")
-                sl_pop(L, 1)
-                return true
-            }
+            return true
         }
         defer { sl_pop(L, 1) }
         var len = 0

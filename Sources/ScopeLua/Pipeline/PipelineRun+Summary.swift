@@ -124,15 +124,9 @@ extension PipelineRun {
     /// The event as JSON, shortened to 200 characters (what JSON cannot hold is shown as
     /// a string).
     func eventJSON(_ L: LuaState, _ event: Int32) -> String {
-        if !rt.json.encode(L, event) {
+        if !encodeAnyway(L, event) {
             sl_pop(L, 1)
-            Unencodable.pushEncodable(L, event, arrayMetatable: rt.info.pointee.jsonarraymt)
-            let ok = rt.json.encode(L, -1)
-            sl_remove(L, -2)
-            if !ok {
-                sl_pop(L, 1)
-                lua_pushnil(L)
-            }
+            lua_pushnil(L)
         }
         defer { sl_pop(L, 1) }
         guard var text = Lua.string(L, -1) else { return "not encodable" }

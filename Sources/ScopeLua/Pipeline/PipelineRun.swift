@@ -300,7 +300,7 @@ package final class PipelineRun {
         if case .channel(let link) = options.input {
             // A worker: the coordinator orders the final barrier and says whether it committed.
             switch feedChannel(L, link) {
-            case .final(let reason, _, let committing):
+            case .final(let reason, let committing):
                 inputEnded = true
                 eventLine = 0
                 closeError = finishWorker(L, link, reason: reason, committing: committing)

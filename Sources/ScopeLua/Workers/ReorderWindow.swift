@@ -37,7 +37,6 @@ struct ReorderWindow {
     }
 
     var isFull: Bool { next - base >= capacity }
-    var inFlight: Int { next - base }
 
     /// A new line enters the window: its sequence number.
     mutating func add(line: Int) -> Int {

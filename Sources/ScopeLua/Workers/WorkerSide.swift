@@ -23,8 +23,6 @@ package final class WorkerLink {
     /// or comes after it (a timer, a flush).
     var seq = -1
     var own = false
-    /// The last event this worker finished.
-    var lastDone = -1
     /// The counts of the states this worker had before (each crashed and was replaced).
     var carried: WorkerCounts?
     /// `--output none`: events are counted, not encoded (only the done marks go back).
@@ -49,7 +47,6 @@ package final class WorkerLink {
 
     func done(_ seq: Int) {
         results.entries.append(.init(kind: .done, seq: seq, own: true, start: 0, end: 0))
-        lastDone = seq
         self.seq = seq
         own = false
     }
@@ -109,7 +106,7 @@ final class ChannelSink: RecordSink {
 /// How a worker's feed of orders ended.
 enum ChannelEnd {
     /// The final barrier was ordered (the input ended, or a graceful stop).
-    case final(BarrierReason, lastSeq: Int, committing: Int)
+    case final(BarrierReason, committing: Int)
     /// Told to stop (another worker failed): close with this error.
     case stopped(String)
     /// The worker's state ran out of memory (`crashed`): it closes and is replaced.
@@ -167,7 +164,7 @@ extension PipelineRun {
             case .barrier(let reason, let lastSeq, let committing):
                 link.seq = lastSeq
                 link.own = false
-                guard reason == .checkpoint else { return .final(reason, lastSeq: lastSeq, committing: committing) }
+                guard reason == .checkpoint else { return .final(reason, committing: committing) }
                 checkpointing.committingOverride = committing
                 let ok = barrier(L, .checkpoint)
                 checkpointing.committingOverride = nil
