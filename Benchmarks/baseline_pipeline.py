@@ -50,18 +50,26 @@ def batches(iterable, size):
         yield chunk
 
 
-def main(argv):
-    if len(argv) not in (2, 3) or argv[2:] not in ([], ["--wal"]):
-        sys.exit("usage: baseline_pipeline.py OUTDIR [--wal] < events.jsonl")
-    outdir, wal = argv[1], argv[2:] == ["--wal"]
-    counts = Counts()
-    encode = json.JSONEncoder(separators=(",", ":")).encode
+@contextlib.contextmanager
+def outputs(outdir, wal):
+    """The log file and the database (a fresh events table), closed at the end."""
     with open(os.path.join(outdir, "events.log"), "w") as log, \
             contextlib.closing(sqlite3.connect(os.path.join(outdir, "analytics.db"))) as db:
         if wal:
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("DROP TABLE IF EXISTS events")
         db.execute("CREATE TABLE events(id INTEGER PRIMARY KEY, user TEXT, kind TEXT, amount REAL, bucket INTEGER)")
+        db.commit()
+        yield log, db
+
+
+def main(argv):
+    if len(argv) not in (2, 3) or argv[2:] not in ([], ["--wal"]):
+        sys.exit("usage: baseline_pipeline.py OUTDIR [--wal] < events.jsonl")
+    outdir, wal = argv[1], argv[2:] == ["--wal"]
+    counts = Counts()
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    with outputs(outdir, wal) as (log, db):
         for chunk in batches(kept_events(sys.stdin, counts), BATCH):
             with db:  # one transaction: committed at the end of the block, rolled back on an error
                 for event in chunk:

@@ -29,10 +29,8 @@ dead letters), entries without an `event` field or not JSON (rejects).
 The database keeps SQLite's default rollback journal, as a user gets it; --wal switches
 it to WAL, as scopelua's sql.open does for files.
 """
-import contextlib
 import json
 import os
-import sqlite3
 import sys
 import time
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -41,7 +39,7 @@ import redis
 
 # The stages themselves are baseline_pipeline.py's: only the reading differs.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from baseline_pipeline import Counts, kept_events  # noqa: E402
+from baseline_pipeline import Counts, kept_events, outputs  # noqa: E402
 
 INSERT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?)"
 CLAIM_IDLE_MS = 30_000
@@ -119,13 +117,7 @@ def main(argv):
     outdir, wal = argv[2], argv[3:] == ["--wal"]
     counts = Counts()
     encode = json.JSONEncoder(separators=(",", ":")).encode
-    with open(os.path.join(outdir, "events.log"), "w") as log, \
-            contextlib.closing(sqlite3.connect(os.path.join(outdir, "analytics.db"))) as db:
-        if wal:
-            db.execute("PRAGMA journal_mode=WAL")
-        db.execute("DROP TABLE IF EXISTS events")
-        db.execute("CREATE TABLE events(id INTEGER PRIMARY KEY, user TEXT, kind TEXT, amount REAL, bucket INTEGER)")
-        db.commit()
+    with outputs(outdir, wal) as (log, db):
         consumer = Consumer(p)  # its idle_exit clock starts here, once the log and the database are open
         while (entries := consumer.next_batch()) is not None:
             if not entries:
