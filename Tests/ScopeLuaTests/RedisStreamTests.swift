@@ -84,6 +84,7 @@ import Testing
         #expect(dead.contains("\"entry\":\""), "\(dead)")
         #expect(dead.contains("\"raw\":\"not json\""), "\(dead)")
         #expect(r.stderr.contains("the first on entry "), "\(r.stderr)")
+        #expect(r.stderr.contains("  source     \(server.url)/events: acknowledged 301, claimed from other consumers 0"), "\(r.stderr)")
     }
 
     /// Killed with kill -9 between processing and the barrier: nothing it read after the
@@ -220,8 +221,20 @@ import Testing
             #expect(r.status == Int32(status), "\(input): \(r.stderr)")
             #expect(r.stderr.contains(message), "\(input): \(r.stderr)")
         }
-        let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "redis://127.0.0.1:1/e?group=g&consumer=c", "--checkpoint", "s.db"], directory: dir)
-        #expect(r.status == 2)
-        #expect(r.stderr.contains("a Redis stream input needs no checkpoint file: the consumer group's pending list is its checkpoint"), "\(r.stderr)")
+        let stream = "redis://127.0.0.1:1/e?group=g&consumer=c"
+        for (extra, message) in [
+            (["--checkpoint", "s.db"], "a Redis stream input needs no checkpoint file: the consumer group's pending list is its checkpoint"),
+            (["--workers", "2"], "--workers with a Redis stream input: run several scopelua processes as consumers of the group instead"),
+            (["--follow"], "--follow follows a file: a Redis stream input is read until SIGINT/SIGTERM"),
+        ] {
+            let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", stream] + extra, directory: dir)
+            #expect(r.status == 2, "\(extra): \(r.stderr)")
+            #expect(r.stderr.contains(message), "\(extra): \(r.stderr)")
+        }
+        // An output stream nothing listens for: the run fails before any stage opens.
+        write("{\"id\":1}\n", to: "in.jsonl", in: dir)
+        let out = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "redis://127.0.0.1:\(port)/out"], directory: dir)
+        #expect(out.status == 1, "\(out.stderr)")
+        #expect(out.stderr.contains("scopelua: cannot open output cannot connect to redis://127.0.0.1:\(port): Connection refused"), "\(out.stderr)")
     }
 }

@@ -294,6 +294,9 @@ import Testing
             (["--workers", "0"], "--workers must be a number from 1 to 63, or 'auto' for one per core (got '0')"),
             (["--workers", "64"], "--workers must be a number from 1 to 63, or 'auto' for one per core (got '64')"),
             (["--workers", "2", "--input", "in.jsonl", "--replay"], "--workers cannot be used with --replay"),
+            (["--memory-limit", "10"], "--memory-limit must be a size of at least 1MB: bytes, or a number with KB, MB or GB (got '10')"),
+            (["--memory-limit", "lots"], "--memory-limit must be a size of at least 1MB: bytes, or a number with KB, MB or GB (got 'lots')"),
+            (["--memory-limit", "1e30GB"], "--memory-limit must be a size of at least 1MB: bytes, or a number with KB, MB or GB (got '1e30GB')"),
         ] {
             var full = ["run", "job.lua"] + args
             if !args.contains("--input") { full += ["--input", "in.jsonl"] }

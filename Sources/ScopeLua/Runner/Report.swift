@@ -126,6 +126,9 @@ extension Report {
             }
             lines.append(text)
         }
+        if let stream = run.streamSource {
+            lines.append("  source     \(stream.label): acknowledged \(stream.acknowledged), claimed from other consumers \(stream.claimed)")
+        }
         lines.append("  time       elapsed \(seconds(run.elapsed))  \(rate(run.eventsPerSecond)) events/s")
         if let p = run.parallel {
             // Per worker: the lines it took, its time in stage calls, its restarts.
