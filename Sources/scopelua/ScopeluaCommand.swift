@@ -144,7 +144,7 @@ struct Run: ParsableCommand {
     @Flag(name: .customLong("checkpoint-reset"), help: "Forget what --checkpoint FILE committed and start over (the output is written from the start).")
     var checkpointReset = false
 
-    @Option(help: ArgumentHelp("Run the stages in N workers, each its own Lua state on its own thread ('auto': one per core; default 1: in the main state). Each worker loads the script and opens its own stages; lines go to workers in blocks of 64 (or by the pipeline's partition_by key); the output keeps input order unless the pipeline says ordered = false.", valueName: "N|auto"))
+    @Option(help: ArgumentHelp("Run the stages in N workers, each its own Lua state on its own thread ('auto': one per core; default 1: in the main state). Each worker loads the script and opens its own stages; lines go to workers in blocks of 256 (or by the pipeline's partition_by key); the output keeps input order unless the pipeline says ordered = false.", valueName: "N|auto"))
     var workers: String?
 
     @Option(name: .customLong("memory-limit"), help: ArgumentHelp("The most memory Lua code may hold in each Lua state (each worker's, with --workers): bytes, or with a unit, 64MB, 512MiB, 2G (units of 1024). Beyond it an allocation fails as Lua's 'not enough memory' in the script; with --workers the worker whose state ran out is replaced by a fresh one, and the event it was processing follows its stage's on_error.", valueName: "SIZE"))
