@@ -215,6 +215,7 @@ import Testing
             ("redis://127.0.0.1:\(port)?group=g&consumer=c", 1, "no stream: write redis://host:port/STREAM"),
             ("redis://127.0.0.1:\(port)/events?group=g&consumer=c&colour=red", 1, "unknown parameter 'colour'"),
             ("redis://127.0.0.1:\(port)/events?group=g&consumer=c&count=0", 1, "count must be a number from 1 to 100000 (got '0')"),
+            ("redis://127.0.0.1:\(port)/events?group=%zz&consumer=c", 1, "parameter 'group' has a bad percent-escape or is not UTF-8"),
             ("redis://127.0.0.1:\(port)/events?group=g&consumer=c", 1, "cannot connect to redis://127.0.0.1:\(port): Connection refused"),
         ] {
             let r = try runProcess(scopeluaPath, ["run", "job.lua", "--input", input, "--output", "none"], directory: dir)

@@ -19,6 +19,12 @@ struct RedisStreamURL {
     /// Parameters the connection itself takes (RedisEndpoint).
     static let connectionParameters: Set<String> = ["db", "password", "username"]
 
+    /// `%41` → `A`, as the connection's part of the URL is read (nil: a bad escape or not UTF-8).
+    static func decodedText(_ text: String, what: String) -> String? {
+        guard let bytes = try? RedisEndpoint.decode(Array(text.utf8), what: what) else { return nil }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
     static func isStream(_ text: String) -> Bool {
         text.hasPrefix("redis://") || text.hasPrefix("unix://")
     }
@@ -49,7 +55,10 @@ struct RedisStreamURL {
                 return fail("unknown parameter '\(key)' (this one takes \(allowed.sorted().joined(separator: ", ")))")
             }
             guard parameters[key] == nil else { return fail("'\(key)' is given twice") }
-            parameters[key] = value.removingPercentEncoding
+            guard let decoded = decodedText(value, what: "parameter '\(key)'") else {
+                return fail("parameter '\(key)' has a bad percent-escape or is not UTF-8")
+            }
+            parameters[key] = decoded
         }
         var stream: String?
         if base.hasPrefix("redis://") {
@@ -59,7 +68,7 @@ struct RedisStreamURL {
             guard let slash = afterScheme.firstIndex(of: "/") else {
                 return fail("no stream: write redis://host:port/STREAM")
             }
-            stream = String(afterScheme[afterScheme.index(after: slash)...]).removingPercentEncoding
+            stream = decodedText(String(afterScheme[afterScheme.index(after: slash)...]), what: "stream")
             base = "redis://" + afterScheme[..<slash]
             if parameters["stream"] != nil { return fail("the stream is the URL's path; drop 'stream='") }
         } else {
@@ -87,26 +96,6 @@ struct RedisStreamURL {
             return .failure(RedisClient.Problem("\(label): \(key) must be a number from \(Self.shown(range.lowerBound)) to \(Self.shown(range.upperBound)) (got '\(text)')"))
         }
         return .success(n)
-    }
-}
-
-extension String {
-    /// `%41` → `A` (nil if an escape is not two hex digits or the bytes are not UTF-8).
-    var removingPercentEncoding: String? {
-        let u = Array(utf8)
-        var bytes: [UInt8] = []
-        var k = 0
-        while k < u.count {
-            if u[k] == 37 {
-                guard k + 2 < u.count, let h = UInt8(String(decoding: u[(k + 1)...(k + 2)], as: UTF8.self), radix: 16) else { return nil }
-                bytes.append(h)
-                k += 3
-            } else {
-                bytes.append(u[k])
-                k += 1
-            }
-        }
-        return String(validating: bytes, as: UTF8.self)
     }
 }
 

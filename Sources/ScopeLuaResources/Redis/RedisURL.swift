@@ -180,7 +180,7 @@ package struct RedisEndpoint: Equatable {
     private static func nonEmpty(_ bytes: [UInt8]) -> [UInt8]? { bytes.isEmpty ? nil : bytes }
 
     /// Percent-decoding; a '%' not followed by two hex digits is an error.
-    private static func decode(_ raw: [UInt8], what: String) throws(URLError) -> [UInt8] {
+    package static func decode(_ raw: [UInt8], what: String) throws(URLError) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(raw.count)
         var i = 0
