@@ -49,28 +49,47 @@ static void *guardedfailure(const void *ptr, size_t osize, size_t nsize) {
   return NULL;
 }
 
-/* --memory-limit: Lua code (unguarded) that would take the state over its limit gets
- * NULL, which Lua answers as above (an emergency collection, a retry, then "not enough
- * memory" raised in the script). The runtime's own allocations (guarded) may go over it:
- * they are small and bounded, and refusing them would abort. `memused` counts what the
- * state holds (when `ptr` is NULL, `osize` is a type tag, not a size). A separate
- * function: a state without a limit pays one test per allocation, no counting. */
-static void *limitedalloc(sl_StateInfo *info, void *ptr, size_t osize, size_t nsize) {
+/* The counting allocator, while `counting` is set (a separate function: a state that
+ * counts nothing pays one test per allocation).
+ *
+ * --memory-limit (SL_COUNT_STATE): Lua code (unguarded) that would take the state over
+ * its limit gets NULL, which Lua answers as above (an emergency collection, a retry, then
+ * "not enough memory" raised in the script). The runtime's own allocations (guarded) may
+ * go over it: they are small and bounded, and refusing them would abort. `memused`
+ * counts what the state holds (when `ptr` is NULL, `osize` is a type tag, not a size).
+ *
+ * A call's memory limit (SL_COUNT_CALL, limits.c): `callnet` counts what the call
+ * allocated net of what it freed; Lua code that would take it over the limit is refused
+ * the same way, until the call has breached (then nothing more is refused: the call is
+ * failing, and raising its error must not fail too). */
+static void *countedalloc(sl_StateInfo *info, void *ptr, size_t osize, size_t nsize) {
   size_t old = ptr == NULL ? 0 : osize;
   size_t base = info->memused - (old <= info->memused ? old : info->memused);
   if (nsize == 0) {
     free(ptr);
     info->memused = base;
+    info->callnet -= (int64_t)old;
     return NULL;
   }
-  if (nsize > old && !info->guarded && base + nsize > info->memlimit) {
-    info->memexceeded = 1;
-    return NULL;
+  if (nsize > old && !info->guarded) {
+    if (info->memlimit != 0 && base + nsize > info->memlimit) {
+      info->memexceeded = 1;
+      return NULL;
+    }
+    if ((info->counting & SL_COUNT_CALL) && info->breach == SL_BREACH_NONE) {
+      if (info->refusednsize != 0
+          && (info->refusednsize != nsize || info->refusedptr != ptr || info->refusedosize != osize))
+        sl_limits_refusalstood(info);  /* not Lua's retry: the refusal stood (limits.c) */
+      else if (info->callnet + (int64_t)(nsize - old) > info->limits->memory)
+        return sl_limits_refuse(info, ptr, osize, nsize);
+    }
   }
   void *p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize);
   if (p != NULL) {
     if (lastfailure.pending) lastfailure.pending = 0;
+    if (nsize > old) info->refusednsize = 0;  /* a refusal Lua did not retry is forgotten */
     info->memused = base + nsize;
+    info->callnet += (int64_t)nsize - (int64_t)old;
     return p;
   }
   return info->guarded ? guardedfailure(ptr, osize, nsize) : NULL;
@@ -78,7 +97,7 @@ static void *limitedalloc(sl_StateInfo *info, void *ptr, size_t osize, size_t ns
 
 static void *sl_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   sl_StateInfo *info = (sl_StateInfo *)ud;
-  if (info->memlimit != 0) return limitedalloc(info, ptr, osize, nsize);
+  if (info->counting) return countedalloc(info, ptr, osize, nsize);
   if (nsize == 0) {
     free(ptr);
     return NULL;
@@ -101,6 +120,7 @@ lua_State *sl_newstate(void) {
   info->timerkind = -1;  /* no timer fast path until the timer module is installed */
   /* Coroutines copy the main thread's extra space, so every thread finds `info`. */
   *(sl_StateInfo **)lua_getextraspace(L) = info;
+  info->mainthread = L;
   /* luaL_newstate's allocator is realloc/free too, so blocks it made are ours to free. */
   lua_setallocf(L, sl_alloc, info);
   return L;
@@ -111,6 +131,8 @@ void sl_setmemlimit(lua_State *L, size_t limit) {
   /* What the state holds now (Lua's count is exact): the allocator counts from there. */
   info->memused = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
   info->memlimit = limit;
+  if (limit != 0) info->counting |= SL_COUNT_STATE;
+  else info->counting &= ~SL_COUNT_STATE;
 }
 
 int sl_memexceeded(lua_State *L) {

@@ -374,7 +374,8 @@ static void armsig_setup(void) {
 
 /* ---- knowing which coroutine runs ----------------------------------------------------
  * Why: a hook belongs to one thread, so a stop must also be set on the coroutine that is
- * running when the signal comes. coroutine.resume and coroutine.wrap are lcorolib's
+ * running when the signal comes, and a call's limits (limits.c) must reach the coroutines
+ * it runs. coroutine.resume and coroutine.wrap are lcorolib's
  * (Lua 5.4), except that they record the coroutine they run in their state's target
  * while it runs. */
 
@@ -384,14 +385,20 @@ static int auxresume(lua_State *L, lua_State *co, int narg) {
     lua_pushliteral(L, "too many arguments to resume");
     return -1;
   }
+  sl_limits_resuming(L, co);  /* may raise: nothing moved yet */
   lua_xmove(L, co, narg);
+  sl_StateInfo *info = sl_info(L);
   StopTarget *t = mine(L);
   if (t != NULL) {
     t->running = co;
     if (stop_forced) lua_sethook(co, forcedhook, hookmask, 1);
   }
+  info->running = co;
   status = lua_resume(co, L, narg, &nres);
-  if (t != NULL) t->running = L == t->L ? NULL : L;  /* back to the resumer, before anything can raise */
+  /* Back to the resumer, before anything can raise. */
+  info->running = L == info->mainthread ? NULL : L;
+  if (t != NULL) t->running = L == t->L ? NULL : L;
+  sl_limits_resumed(L);
   if (status == LUA_OK || status == LUA_YIELD) {
     if (!lua_checkstack(L, nres + 1)) {
       lua_pop(co, nres);
@@ -473,6 +480,11 @@ static void replace(lua_State *L, const char *lib, const char *name, const char 
   lua_settop(L, top);
 }
 
+void sl_coroutines_install(lua_State *L) {
+  replace(L, LUA_COLIBNAME, "resume", "resume", coresume);
+  replace(L, LUA_COLIBNAME, "wrap", "create", cowrap);
+}
+
 /* Makes `L`'s state a target of the calling thread; `now`: give it the stop under way,
  * if any (a worker attached after the signal). Returns 0 when every slot is taken. */
 static int attach(lua_State *L, int now) {
@@ -500,8 +512,6 @@ static int attach(lua_State *L, int now) {
   atomic_store(&t->req, REQ_NONE);
   atomic_store(&t->info, info);
   info->stopslot = i + 1;
-  replace(L, LUA_COLIBNAME, "resume", "resume", coresume);
-  replace(L, LUA_COLIBNAME, "wrap", "create", cowrap);
   replace(L, LUA_DBLIBNAME, "sethook", "sethook", sethook);
   /* This thread must take its arm signal (a thread inherits its creator's mask). */
   sigset_t set;

@@ -35,6 +35,23 @@ public enum Report {
         return "\(text) \(units[unit])"
     }
 
+    /// A size as people write it: bytes, or a number with K, M, G (KB, MB, GB, KiB, MiB,
+    /// GiB: all powers of 1024), spaces and case ignored (`64MB`, `512 MiB`, `2g`). Nil
+    /// when it is none, or not below 1e18 bytes.
+    package static func parseBytes(_ text: String) -> Int? {
+        let units: [(String, Int)] = [("KIB", 1 << 10), ("MIB", 1 << 20), ("GIB", 1 << 30), ("KB", 1 << 10), ("MB", 1 << 20),
+                                      ("GB", 1 << 30), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("B", 1)]
+        let upper = text.uppercased().filter { $0 != " " }
+        var number = upper, scale = 1
+        for (suffix, factor) in units where upper.hasSuffix(suffix) {
+            number = String(upper.dropLast(suffix.count))
+            scale = factor
+            break
+        }
+        guard let value = Double(number), value.isFinite, value >= 0, value * Double(scale) < 1e18 else { return nil }
+        return Int(value * Double(scale))
+    }
+
     package static func seconds(_ s: Double) -> String {
         func fixed(_ v: Double, _ digits: Int) -> String {
             let scale = Double([1, 10, 100, 1000][min(digits, 3)])

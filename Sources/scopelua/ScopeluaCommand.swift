@@ -190,19 +190,10 @@ struct Run: ParsableCommand {
     /// `--memory-limit`: bytes, or a number with K, M, G (KB, MB, GB, KiB, MiB, GiB: all
     /// powers of 1024), at least 1 MiB (a state needs some to start).
     static func size(_ text: String) throws -> Int {
-        let units: [(String, Int)] = [("KIB", 1 << 10), ("MIB", 1 << 20), ("GIB", 1 << 30), ("KB", 1 << 10), ("MB", 1 << 20),
-                                      ("GB", 1 << 30), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("B", 1)]
-        let upper = text.uppercased().filter { $0 != " " }
-        var number = upper, scale = 1
-        for (suffix, factor) in units where upper.hasSuffix(suffix) {
-            number = String(upper.dropLast(suffix.count))
-            scale = factor
-            break
-        }
-        guard let value = Double(number), value.isFinite, value * Double(scale) >= Double(1 << 20), value * Double(scale) < 1e18 else {
+        guard let bytes = Report.parseBytes(text), bytes >= 1 << 20 else {
             throw ValidationError("--memory-limit must be a size of at least 1MB: bytes, or a number with KB, MB or GB (got '\(text)')")
         }
-        return Int(value * Double(scale))
+        return bytes
     }
 
     /// The most workers a run may have (a forced stop reaches 64 states: the main one and

@@ -313,7 +313,30 @@ typedef struct sl_StateInfo {
   /* 1 + the index of the state's stop target (signals.c, sl_stop_attach), 0: none.
    * Written and read on the state's own thread only. */
   int stopslot;
+  /* What the allocator counts (see sl_alloc): SL_COUNT_STATE while --memory-limit is
+   * set, SL_COUNT_CALL while a call with a memory limit runs (0: nothing, the fast path). */
+  int counting;
+  /* Per-call limits (limits.c): the limits of the stage call running (NULL: none), its
+   * time budget and deadline (monotonic ns, 0: none), the instructions it ran so far,
+   * what it allocated net of what it freed, and which limit it breached (SL_BREACH_*). */
+  const struct sl_Limits *limits;
+  uint64_t limittime, limitdeadline;
+  int64_t limitinstr, callnet;
+  int breach;
+  /* A refusal for the call's memory limit, waiting for Lua's retry of the same request
+   * (a breach only if the retry is refused too: see limits.c). */
+  const void *refusedptr;
+  size_t refusedosize, refusednsize;
+  /* The hook the call's limits replaced (restored when the call ends). */
+  lua_Hook savedhook;
+  int savedmask, savedcount;
+  /* The state's main thread, and the coroutine running in it (NULL: the main thread),
+   * as coroutine.resume / coroutine.wrap record it (signals.c). */
+  lua_State *mainthread;
+  lua_State *running;
 } sl_StateInfo;
+
+enum { SL_COUNT_STATE = 1, SL_COUNT_CALL = 2 };
 
 /* Sets the state's memory limit in bytes (0: none), counting from what it holds now. */
 void sl_setmemlimit(lua_State *L, size_t limit);
@@ -491,9 +514,9 @@ enum { SL_STOP_MAXTARGETS = 64 };
 
 /* Installs the handlers for SIGINT, SIGTERM and SIGALRM (the grace period and the forced
  * stop's tick) for a run of the state `L`, with `grace` seconds, and makes `L` the first
- * target, on the calling thread; also makes `L`'s coroutine.resume / coroutine.wrap
- * record the coroutine they run (a stop must reach it) and its debug.sethook unable to
- * lift a forced stop. Pair it with sl_stop_uninstall, on the same thread, while `L` is
+ * target, on the calling thread (its coroutine.resume / coroutine.wrap, from
+ * sl_coroutines_install, record the coroutine they run: a stop must reach it); also makes
+ * its debug.sethook unable to lift a forced stop. Pair it with sl_stop_uninstall, on the same thread, while `L` is
  * still open. A stop under way (not reset) is not given to `L`. */
 void sl_stop_install(lua_State *L, double grace);
 /* Restores the default handlers, stops the timer, removes the stop hooks of the targets
@@ -504,8 +527,8 @@ void sl_stop_install(lua_State *L, double grace);
 void sl_stop_uninstall(void);
 /* A worker: makes the state `L` (any thread of it) a target of the calling thread, which
  * must be the only one to use `L` until sl_stop_detach, and must live until then. Call it
- * after sl_stop_install, before running Lua in `L`. Replaces `L`'s coroutine.resume /
- * coroutine.wrap / debug.sethook as sl_stop_install does. A stop already under way
+ * after sl_stop_install, before running Lua in `L`. Replaces `L`'s debug.sethook as
+ * sl_stop_install does. A stop already under way
  * reaches it at once (forced: its first instruction raises; graceful: as if it had come
  * now). Returns 1, or 0 when all SL_STOP_MAXTARGETS slots are taken: the state then is no
  * target (see above). Idempotent on the attaching thread. */
@@ -609,5 +632,49 @@ void sl_repl_interrupt_now(void);
 
 /* Removes the interrupt hook if it has not fired. */
 void sl_clearinterrupt(lua_State *L);
+
+/* ---- per-call limits (limits.c) ----------------------------------------------------
+ * Why: a stage's `limits = { time, instructions, memory }` bound one call of its
+ * functions (docs/ARCHITECTURE.md, "Limits"). Time and instructions are enforced by a
+ * count hook (every SL_LIMIT_SLICE instructions, or exactly at the instruction budget)
+ * that the call owns while it runs; memory by the allocator, which counts the call's net
+ * allocation. A breach raises inside the script and, from then on, every instruction of
+ * the call raises again (a script's pcall cannot swallow it); the caller learns which
+ * limit was breached from sl_limits_end and reports it in its own words. */
+enum { SL_BREACH_NONE = 0, SL_BREACH_TIME = 1, SL_BREACH_INSTRUCTIONS = 2, SL_BREACH_MEMORY = 3 };
+enum { SL_LIMIT_SLICE = 10000 };
+
+typedef struct sl_Limits {
+  int64_t instructions;  /* VM instructions one call may run (0: no limit) */
+  int64_t memory;        /* bytes one call may allocate net of what it frees (0: none) */
+  char who[96];          /* "stage 'enrich'", for the message the script sees */
+  char memtext[32];      /* the memory limit as the script wrote it ("64MB") */
+} sl_Limits;
+
+/* Installs what the limits need in a new state: coroutine.resume / coroutine.wrap that
+ * carry the call's hook into the coroutines they run (signals.c), and a debug.sethook
+ * that refuses to replace the hook of a call under limits. */
+void sl_limits_install(lua_State *L);
+/* A call of `L`'s state starts at `t0` (sl_monotonic_ns) under `lim` (kept alive by the
+ * caller until sl_limits_end) with `time_ns` of wall-clock time (0: none). Not nested. */
+void sl_limits_begin(lua_State *L, const sl_Limits *lim, uint64_t time_ns, uint64_t t0);
+/* The call ended after `elapsed` ns: removes its hook (restoring the one it replaced)
+ * and returns the limit it breached, SL_BREACH_NONE if none (a call that returned in
+ * time but took longer than its time inside a C function breached it too). */
+int sl_limits_end(lua_State *L, uint64_t elapsed);
+/* For coroutine.resume (signals.c): before resuming `co` from `L` (raises if the call
+ * already breached a limit; gives `co` the call's hook), and after (if the coroutine
+ * breached one, the resumer's next instruction raises it). */
+void sl_limits_resuming(lua_State *L, lua_State *co);
+void sl_limits_resumed(lua_State *L);
+/* The allocator refuses a request for the call's memory limit (cscopelua.c): NULL, and
+ * a breach when it is Lua's retry of the refusal before. */
+void *sl_limits_refuse(sl_StateInfo *info, const void *ptr, size_t osize, size_t nsize);
+/* A growing request that is not the retry of the refusal before came: that refusal
+ * stood (lauxlib's buffers do not retry), a breach. */
+void sl_limits_refusalstood(sl_StateInfo *info);
+/* Installs coroutine.resume / coroutine.wrap that record the coroutine running (for the
+ * stop and the limits). Once per state, at its creation. */
+void sl_coroutines_install(lua_State *L);
 
 #endif

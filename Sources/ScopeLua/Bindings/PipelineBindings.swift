@@ -168,6 +168,13 @@ enum PipelineBindings: RuntimeModule {
             }
         }
         sl_pop(L, 1)
+        var limits: StageLimits?
+        switch StageLimits.field(L, def, owner: "stage '\(name)'") {
+        case .success(let l): limits = l
+        case .failure(let e):
+            Lua.pushError(L, e.message)
+            return nil
+        }
         if lua_getmetatable(L, def) == 0 {
             Lua.getRegistryField(L, "scopelua.stage")
             _ = lua_setmetatable(L, def)
@@ -179,6 +186,7 @@ enum PipelineBindings: RuntimeModule {
         let stage = StageDefinition(name: name, process: refs["process"] ?? LUA_NOREF, open: refs["open"] ?? LUA_NOREF,
                                     close: refs["close"] ?? LUA_NOREF, flush: refs["flush"] ?? LUA_NOREF, policy: policy,
                                     table: table, site: site)
+        stage.limits = limits
         if register { rt.pipelines.stages[name] = stage }
         rt.pipelines.stagesByTable[lua_topointer(L, def)] = stage
         lua_pushvalue(L, def)
@@ -306,6 +314,12 @@ enum PipelineBindings: RuntimeModule {
         }
         sl_pop(L, 1)
         let definitionObject = PipelineDefinition(name: name, items: items, policy: policy, site: site)
+        switch StageLimits.field(L, def, owner: "pipeline '\(name)'") {
+        case .success(let l): definitionObject.limits = l
+        case .failure(let e):
+            Lua.pushError(L, e.message)
+            return false
+        }
         switch Lua.rawField(L, def, "partition_by") {
         case LUA_TNIL: break
         case LUA_TSTRING:

@@ -369,10 +369,13 @@ extension PipelineRun {
             lua_rawgeti(L, Lua.registry, lua_Integer(stage.definition.flush))
             lua_rawgeti(L, Lua.registry, lua_Integer(stage.ctx))
             Lua.push(L, why.rawValue)
-            let status = sl_pcall(L, 2, 0, msgh)
+            let call = limitedCall(L, stage, .flush, nargs: 2, nresults: 0)
             runningStage = nil
+            var status = call.code
+            var breachTraceback: String?
+            if call.breach != 0 { (status, breachTraceback) = pushBreach(L, stage, call, .flush, where: "in flush") }
             let top = lua_gettop(L)  // the error object, if it failed
-            let (failures, traceback) = endStageCall(L, stage, status: status, result: top)
+            let (failures, traceback) = endStageCall(L, stage, status: status, result: top, traceback: breachTraceback)
             if status == LUA_OK, failures == 0 {
                 return deliverEmitted(L, after: i, from: queueBase)
             }

@@ -89,6 +89,8 @@ final class StageDefinition {
     /// checkpoints"); LUA_NOREF when the stage has none.
     let flush: Int32
     let policy: ErrorPolicy?
+    /// `limits = { ... }` (Limits.swift): merged over the pipeline's when the run opens.
+    var limits: StageLimits?
     /// Registry reference of the definition table (returned to the script).
     let table: Int32
     /// Where it was registered (`job.lua:3`), when Lua knows.
@@ -118,6 +120,8 @@ package final class PipelineDefinition {
     let name: String
     let items: [Item]
     let policy: ErrorPolicy?
+    /// `limits = { ... }`: for its stages (and nested pipelines') that set none.
+    var limits: StageLimits?
     /// Where it was registered (`job.lua:9`), when Lua knows.
     let site: String?
     /// `partition_by = "user.id"`: with workers, events with the same value there go to

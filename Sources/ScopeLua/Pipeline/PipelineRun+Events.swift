@@ -30,13 +30,20 @@ extension PipelineRun {
             lua_rawgeti(L, Lua.registry, lua_Integer(stage.definition.process))
             lua_rawgeti(L, Lua.registry, lua_Integer(stage.ctx))
             lua_pushvalue(L, event)
-            let t0 = sl_monotonic_ns()
-            let status = sl_pcall(L, 2, 1, msgh)
-            stage.time.record(sl_elapsed_ns(t0))
+            let call = limitedCall(L, stage, .process, nargs: 2, nresults: 1)
+            stage.time.record(call.elapsed)
             stage.calls += 1
             runningStage = nil
+            var status = call.code
+            var breachTraceback: String?
+            if call.breach != 0 {
+                // Whatever the script did with the breach, the event failed with it.
+                let event = describeEvent(L, event, extra: extra)
+                (status, breachTraceback) = pushBreach(L, stage, call, .process, results: 1,
+                                                       where: "on \(event.hasPrefix("line") ? "event " : "")\(event)")
+            }
             let result = lua_gettop(L)  // the result, or the error object
-            let (failures, traceback) = endStageCall(L, stage, status: status, result: result)
+            let (failures, traceback) = endStageCall(L, stage, status: status, result: result, traceback: breachTraceback)
             // What process returned: the event table, nil (filtered) or anything else,
             // which is an error of the event (a type check only on the hot path).
             var returnedOther = false
@@ -135,8 +142,9 @@ extension PipelineRun {
     /// the failures of releasing what the call acquired (pushed on the stack); the stage's
     /// own scope is current again.
     @inline(__always)
-    func endStageCall(_ L: LuaState, _ stage: StageRun, status: Int32, result: Int32) -> (failures: Int32, traceback: String?) {
-        let traceback = status == LUA_OK ? nil : rt.takeTraceback(L, result)
+    func endStageCall(_ L: LuaState, _ stage: StageRun, status: Int32, result: Int32,
+                      traceback given: String? = nil) -> (failures: Int32, traceback: String?) {
+        let traceback = status == LUA_OK ? nil : given ?? rt.takeTraceback(L, result)
         var failures: Int32 = 0
         if stage.task.openCount > 0 {
             failures = rt.endScope(stage.task, L, error: status == LUA_OK ? 0 : result)

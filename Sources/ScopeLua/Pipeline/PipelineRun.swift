@@ -82,6 +82,8 @@ package final class PipelineRun {
         var notices = Notices()
         /// Time spent waiting to retry (the policy's backoff), in nanoseconds.
         var backoffNanos: UInt64 = 0
+        /// Its limits (nil: none) and how often each was breached.
+        var limits: StageLimitsRun?
 
         init(definition: StageDefinition, policy: ErrorPolicy, scope: Scope) {
             self.definition = definition
@@ -285,7 +287,7 @@ package final class PipelineRun {
         // Open: stages in order, nested pipelines as nested lifecycles.
         let saved = rt.current
         defer { rt.current = saved }
-        if let failure = open(L, definition, parent: parent, inherited: nil) {
+        if let failure = open(L, definition, parent: parent, inherited: nil, limits: nil) {
             let closeFailures = closeAll(L, error: failure.errorIndex)
             if sl_stop_signal() != 0 { return .stopped(signal: sl_stop_signal()) }  // open was interrupted
             var message = failure.message
@@ -379,7 +381,8 @@ package final class PipelineRun {
         var errorIndex: Int32
     }
 
-    func open(_ L: LuaState, _ def: PipelineDefinition, parent: Scope, inherited: ErrorPolicy?) -> OpenFailure? {
+    func open(_ L: LuaState, _ def: PipelineDefinition, parent: Scope, inherited: ErrorPolicy?,
+              limits inheritedLimits: StageLimits?) -> OpenFailure? {
         var scope = Scope(name: def.name, parent: parent)
         opened.append(.scope(scope))
         if opened.count == 1, case .channel(let link) = options.input {
@@ -388,12 +391,16 @@ package final class PipelineRun {
             opened.append(.scope(scope))
         }
         let policy = def.policy ?? inherited
+        let limits = def.limits?.over(inheritedLimits) ?? inheritedLimits
         for item in def.items {
             switch item {
             case .stage(let stageDef, let config):
                 let stageScope = Scope(name: stageDef.name, parent: scope)
                 let stage = StageRun(definition: stageDef, policy: stageDef.policy ?? policy ?? .abort, scope: stageScope)
                 stage.ctx = makeContext(L, stageDef, config: config)
+                if let l = stageDef.limits?.over(limits) ?? limits, !l.isEmpty {
+                    stage.limits = StageLimitsRun(l, stage: stageDef.name)
+                }
                 stages.append(stage)
                 opened.append(.stage(stage))
                 if stageDef.open != LUA_NOREF {
@@ -402,11 +409,12 @@ package final class PipelineRun {
                     opening = true
                     lua_rawgeti(L, Lua.registry, lua_Integer(stageDef.open))
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.ctx))
-                    let status = sl_pcall(L, 1, 0, msgh)
+                    var status = limitedCall(L, stage, .open, nargs: 1, nresults: 0)
                     opening = false
                     runningStage = nil
                     rt.current = scope
-                    if status != LUA_OK {
+                    if status.breach != 0 { status.code = pushBreach(L, stage, status, .open, where: "in open").code }
+                    if status.code != LUA_OK {
                         let error = lua_gettop(L)  // the stage's scope still releases what open acquired
                         let described = describeError(L, error)
                         return OpenFailure(message: "pipeline '\(definition.name)': stage '\(stageDef.name)' failed to open: \(described)",
@@ -415,7 +423,7 @@ package final class PipelineRun {
                 }
                 stage.opened = true
             case .pipeline(let nested):
-                if let failure = open(L, nested, parent: scope, inherited: policy) { return failure }
+                if let failure = open(L, nested, parent: scope, inherited: policy, limits: limits) { return failure }
             }
         }
         return nil
@@ -470,7 +478,9 @@ package final class PipelineRun {
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.definition.close))
                     lua_rawgeti(L, Lua.registry, lua_Integer(stage.ctx))
                     if errIndex != 0 { lua_pushvalue(L, errIndex) } else { lua_pushnil(L) }
-                    if sl_pcall(L, 2, 0, msgh) != LUA_OK {
+                    var status = limitedCall(L, stage, .close, nargs: 2, nresults: 0)
+                    if status.breach != 0 { status.code = pushBreach(L, stage, status, .close, where: "in close").code }
+                    if status.code != LUA_OK {
                         failures.append("stage '\(stage.definition.name)' close: \(Lua.describe(L, -1))")
                     }
                     lua_settop(L, base)

@@ -120,6 +120,9 @@ public final class Runtime {
         lua_createtable(state, Int32(SL_CACHE), 0)
         info.pointee.labelpins = luaL_ref(state, Lua.registry)
         luaL_openlibs(L)
+        // coroutine.resume / wrap that carry a stop and a call's limits into coroutines,
+        // and a debug.sethook that cannot lift the limits (CScopeLua/limits.c).
+        sl_limits_install(L)
         Bindings.install(self, modules: modules)
         // lua.c runs scripts with the generational collector; so do we (rule 5), and it
         // keeps short-lived handles cheap.
