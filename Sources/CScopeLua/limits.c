@@ -20,6 +20,8 @@
 #include "cscopelua.h"
 #include "slclock.h"
 
+#include <stdatomic.h>
+
 /* The message the script sees ("stage 'enrich' exceeded its time limit (0.5 s)"). */
 static void pushbreach(lua_State *L, sl_StateInfo *info) {
   const sl_Limits *lim = info->limits;
@@ -172,15 +174,21 @@ void sl_limits_refusalstood(sl_StateInfo *info) {
   memorybreach(info);
 }
 
-/* debug.sethook (upvalue 1), except while a call under limits runs: its hook enforces
- * them, and a script replacing it (debug.sethook() removes every hook) would lift them. */
+/* The stock debug.sethook (ldblib's, the same C function in every state). Kept here, not
+ * as an upvalue: the stop's wrapper (signals.c) calls this one's C function directly,
+ * inside its own closure, where upvalue 1 is not ours. */
+static _Atomic(lua_CFunction) stocksethook = NULL;
+
+/* debug.sethook, except while a call under limits runs: its hook enforces them, and a
+ * script replacing it (debug.sethook() removes every hook) would lift them. */
 static int sethook(lua_State *L) {
   sl_StateInfo *info = sl_info(L);
   if (info->limits != NULL) {
     return luaL_error(L, "debug.sethook cannot be used in a call under limits (%s): the runtime's hook enforces them",
                       info->limits->who);
   }
-  return lua_tocfunction(L, lua_upvalueindex(1))(L);
+  lua_CFunction stock = stocksethook;
+  return stock != NULL ? stock(L) : 0;
 }
 
 void sl_limits_install(lua_State *L) {
@@ -188,9 +196,10 @@ void sl_limits_install(lua_State *L) {
   int top = lua_gettop(L);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, LUA_DBLIBNAME) == LUA_TTABLE && lua_getfield(L, -1, "sethook") == LUA_TFUNCTION
-      && lua_tocfunction(L, -1) != NULL) {
-    lua_pushcclosure(L, sethook, 1);
-    lua_setfield(L, -2, "sethook");
+      && lua_tocfunction(L, -1) != NULL && lua_tocfunction(L, -1) != sethook) {
+    stocksethook = lua_tocfunction(L, -1);
+    lua_pushcfunction(L, sethook);
+    lua_setfield(L, -3, "sethook");
   }
   lua_settop(L, top);
 }

@@ -148,6 +148,20 @@ package final class PipelineDefinition {
         }
     }
 
+    /// The limits each stage runs under (its own over its pipelines'), as `allStages`
+    /// orders them; nil for a stage without any.
+    func allStageLimits(inherited: StageLimits? = nil) -> [StageLimits?] {
+        let mine = limits?.over(inherited) ?? inherited
+        return items.flatMap { item -> [StageLimits?] in
+            switch item {
+            case .stage(let s, _):
+                let l = s.limits?.over(mine) ?? mine
+                return [l.flatMap { $0.isEmpty ? nil : $0 }]
+            case .pipeline(let p): return p.allStageLimits(inherited: mine)
+            }
+        }
+    }
+
     /// Every stage, depth first, in event order.
     var stageCount: Int {
         items.reduce(0) { n, item in

@@ -148,6 +148,15 @@ struct Breaches: Sendable, Equatable {
 
     var total: Int { time + instructions + memory }
 
+    mutating func count(_ breach: Int32) {
+        switch breach {
+        case Int32(SL_BREACH_TIME): time += 1
+        case Int32(SL_BREACH_INSTRUCTIONS): instructions += 1
+        case Int32(SL_BREACH_MEMORY): memory += 1
+        default: break
+        }
+    }
+
     mutating func add(_ o: Breaches) {
         time += o.time
         instructions += o.instructions
@@ -162,12 +171,11 @@ struct Breaches: Sendable, Equatable {
 }
 
 /// A stage's limits in one run: what the C side enforces (`sl_Limits`, which lives as
-/// long as this), and how often each was breached.
+/// long as this).
 final class StageLimitsRun {
     let limits: StageLimits
     let name: String
     let c: UnsafeMutablePointer<sl_Limits>
-    var breaches = Breaches()
     /// Time limits by call (ns, 0: none), computed once.
     private let times: [StageCall: UInt64]
 
@@ -213,17 +221,10 @@ final class StageLimitsRun {
         sl_limits_begin(L, c, times[call] ?? 0, t0)
     }
 
-    /// Ends the call; the limit breached (counted), if any.
+    /// Ends the call; the limit breached, if any (SL_BREACH_*, 0: none).
     @inline(__always)
     func end(_ L: LuaState, elapsed: UInt64) -> Int32 {
-        let breach = sl_limits_end(L, elapsed)
-        switch breach {
-        case Int32(SL_BREACH_TIME): breaches.time += 1
-        case Int32(SL_BREACH_INSTRUCTIONS): breaches.instructions += 1
-        case Int32(SL_BREACH_MEMORY): breaches.memory += 1
-        default: break
-        }
-        return breach
+        sl_limits_end(L, elapsed)
     }
 
     /// `stage 'enrich' exceeded its time limit (0.5 s)`: what the script saw, which the
@@ -262,7 +263,9 @@ extension PipelineRun {
         limits.begin(L, call, at: t0)
         let code = sl_pcall(L, nargs, nresults, msgh)
         let elapsed = sl_elapsed_ns(t0)
-        return StageCallStatus(code: code, breach: limits.end(L, elapsed: elapsed), elapsed: elapsed)
+        let breach = limits.end(L, elapsed: elapsed)
+        if breach != 0 { stage.breaches.count(breach) }
+        return StageCallStatus(code: code, breach: breach, elapsed: elapsed)
     }
 
     /// After a call that breached its stage's limits: what it left on top (its `results`

@@ -76,6 +76,7 @@ extension PipelineRun {
             if stage.retried > 0 { counts.append("retried \(stage.retried)") }
             if stage.skipped > 0 { counts.append("skipped \(stage.skipped)") }
             if stage.deadLettered > 0 { counts.append("dead-lettered \(stage.deadLettered)") }
+            if stage.breaches.total > 0 { counts.append("limits breached: \(stage.breaches.summary)") }
             let what = counts.isEmpty ? "" : " (\(counts.joined(separator: ", ")))"
             let first = stage.notices.first.map { ", the first \($0)" } ?? ""
             lines.append("  stage '\(stage.definition.name)': \(stage.errors) error\(stage.errors == 1 ? "" : "s")\(what)\(first)")

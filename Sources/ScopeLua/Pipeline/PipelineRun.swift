@@ -84,6 +84,7 @@ package final class PipelineRun {
         var backoffNanos: UInt64 = 0
         /// Its limits (nil: none) and how often each was breached.
         var limits: StageLimitsRun?
+        var breaches = Breaches()
 
         init(definition: StageDefinition, policy: ErrorPolicy, scope: Scope) {
             self.definition = definition
@@ -287,7 +288,7 @@ package final class PipelineRun {
         // Open: stages in order, nested pipelines as nested lifecycles.
         let saved = rt.current
         defer { rt.current = saved }
-        if let failure = open(L, definition, parent: parent, inherited: nil, limits: nil) {
+        if let failure = open(L, definition, parent: parent, inherited: nil) {
             let closeFailures = closeAll(L, error: failure.errorIndex)
             if sl_stop_signal() != 0 { return .stopped(signal: sl_stop_signal()) }  // open was interrupted
             var message = failure.message
@@ -373,6 +374,9 @@ package final class PipelineRun {
     /// The longest grace period (seconds) a run accepts.
     static let maxGrace: Double = 86_400
 
+    /// The limits of each stage, in the order `open` creates them.
+    lazy var plannedLimits = definition.allStageLimits()
+
     /// The stage a forced stop interrupted, if one was running.
     var forcedStage: String?
 
@@ -381,8 +385,7 @@ package final class PipelineRun {
         var errorIndex: Int32
     }
 
-    func open(_ L: LuaState, _ def: PipelineDefinition, parent: Scope, inherited: ErrorPolicy?,
-              limits inheritedLimits: StageLimits?) -> OpenFailure? {
+    func open(_ L: LuaState, _ def: PipelineDefinition, parent: Scope, inherited: ErrorPolicy?) -> OpenFailure? {
         var scope = Scope(name: def.name, parent: parent)
         opened.append(.scope(scope))
         if opened.count == 1, case .channel(let link) = options.input {
@@ -391,14 +394,13 @@ package final class PipelineRun {
             opened.append(.scope(scope))
         }
         let policy = def.policy ?? inherited
-        let limits = def.limits?.over(inheritedLimits) ?? inheritedLimits
         for item in def.items {
             switch item {
             case .stage(let stageDef, let config):
                 let stageScope = Scope(name: stageDef.name, parent: scope)
                 let stage = StageRun(definition: stageDef, policy: stageDef.policy ?? policy ?? .abort, scope: stageScope)
                 stage.ctx = makeContext(L, stageDef, config: config)
-                if let l = stageDef.limits?.over(limits) ?? limits, !l.isEmpty {
+                if stages.count < plannedLimits.count, let l = plannedLimits[stages.count] {
                     stage.limits = StageLimitsRun(l, stage: stageDef.name)
                 }
                 stages.append(stage)
@@ -423,7 +425,7 @@ package final class PipelineRun {
                 }
                 stage.opened = true
             case .pipeline(let nested):
-                if let failure = open(L, nested, parent: scope, inherited: policy, limits: limits) { return failure }
+                if let failure = open(L, nested, parent: scope, inherited: policy) { return failure }
             }
         }
         return nil

@@ -9,7 +9,8 @@ extension Report {
     /// replayed (dead-letter records put back into the pipeline, see Replay.swift),
     /// fanout = { created, emitted, filtered, skipped, dead_lettered, in_flight },
     /// elapsed (seconds), events_per_second (events read),
-    /// stages[name] = { calls, errors, skipped, dead_lettered, retried, backoff (seconds
+    /// stages[name] = { calls, errors, skipped, dead_lettered, retried, breaches = { time,
+    /// instructions, memory }, backoff (seconds
     /// waited to retry), p50, p99, max },
     /// resources = { acquired, released, leaked, release_errors }, timers[label] = {...}.
     static func pushPipeline(_ run: PipelineRun, _ L: LuaState) {
@@ -56,6 +57,11 @@ extension Report {
             set("dead_lettered", s.deadLettered)
             set("retried", s.retried)
             set("backoff", Double(s.backoffNanos) / 1e9)
+            lua_createtable(L, 0, 3)
+            set("time", s.breaches.time)
+            set("instructions", s.breaches.instructions)
+            set("memory", s.breaches.memory)
+            Lua.setField(L, -2, "breaches")
             set("p50", Double(s.time.quantile(0.5)) / 1e9)
             set("p99", Double(s.time.quantile(0.99)) / 1e9)
             set("max", Double(s.time.maxNanos) / 1e9)
@@ -145,6 +151,12 @@ extension Report {
                 + " " + right(seconds(Double(s.time.quantile(0.99)) / 1e9), 10)
                 + " " + right(seconds(Double(s.time.maxNanos) / 1e9), 10)
                 + " " + right(s.backoffNanos > 0 ? seconds(Double(s.backoffNanos) / 1e9) : "-", 10))
+        }
+        // Limits and their breaches, for the stages that have limits.
+        for s in run.stages {
+            guard let limits = s.limits?.limits else { continue }
+            let breached = s.breaches.total > 0 ? s.breaches.summary : "none"
+            lines.append("  limits     \(s.definition.name): \(limits.summary); breached: \(breached)")
         }
         return lines.joined(separator: "\n")
     }

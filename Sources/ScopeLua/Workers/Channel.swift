@@ -169,6 +169,7 @@ struct WorkerResults: Sendable {
 struct StageCounts: Sendable {
     var calls = 0, errors = 0, skipped = 0, deadLettered = 0, retried = 0
     var backoffNanos: UInt64 = 0
+    var breaches = Breaches()
     var notices = PipelineRun.Notices()
     /// The latency histogram's raw counters (at the end of the worker only).
     var histogram: HistogramSnapshot?

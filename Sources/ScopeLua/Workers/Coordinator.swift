@@ -106,6 +106,10 @@ extension PipelineRun {
 
         // Counts: the stages as the workers number them; the checkpoint's counts go on.
         stages = definition.allStages.map { StageRun(definition: $0, policy: $0.policy ?? .abort, scope: Scope(name: $0.name, parent: rt.root)) }
+        // What the workers' stages run under, for the report.
+        for (stage, limits) in zip(stages, definition.allStageLimits()) {
+            stage.limits = limits.map { StageLimitsRun($0, stage: stage.definition.name) }
+        }
         resumeCounters()
         let state = ParallelState(
             count: count, inboxes: (0..<count).map { _ in Inbox() }, outbox: outbox, console: console,
@@ -470,6 +474,7 @@ extension PipelineRun {
             s.deadLettered = c.deadLettered
             s.retried = c.retried
             s.backoffNanos = c.backoffNanos
+            s.breaches = c.breaches
             s.notices = c.notices
         }
     }
@@ -537,6 +542,7 @@ extension WorkerCounts {
             stages[i].deadLettered += s.deadLettered
             stages[i].retried += s.retried
             stages[i].backoffNanos &+= s.backoffNanos
+            stages[i].breaches.add(s.breaches)
             stages[i].notices.add(s.notices)
             if let h = s.histogram { stages[i].histogram = stages[i].histogram.map { $0.adding(h) } ?? h }
         }

@@ -209,7 +209,7 @@ extension PipelineRun {
         c.rejectNotices = rejectNotices
         c.stages = stages.map { s in
             StageCounts(calls: s.calls, errors: s.errors, skipped: s.skipped, deadLettered: s.deadLettered,
-                        retried: s.retried, backoffNanos: s.backoffNanos, notices: s.notices,
+                        retried: s.retried, backoffNanos: s.backoffNanos, breaches: s.breaches, notices: s.notices,
                         histogram: histograms ? s.time.snapshot : nil)
         }
         // What the states this worker replaced had counted.
