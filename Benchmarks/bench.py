@@ -7,6 +7,8 @@
                                                          (--luajit: also LuaJIT; --wal: baselines in WAL mode like scopelua)
   Benchmarks/bench.py json [--runs 7] [--n 200000]       scopelua's json vs lua-cjson: decode + encode every event
   Benchmarks/bench.py checkpoint [--runs 5] [--n 200000] analytics-1 with --checkpoint (default interval) vs without
+  Benchmarks/bench.py limits [--runs 7] [--n 200000]     analytics-1 with limits = { time = 0.5, instructions = 5e7 }
+                                                         on every stage vs without (--limits: other fields)
   Benchmarks/bench.py workers [--runs 5] [--n 200000]    --workers 2 vs --workers 1: the CPU-bound pipeline
                                                          (Benchmarks/cpu_pipeline.lua), then analytics-1
   Benchmarks/bench.py redis [--runs 5] [--n 200000]      analytics-1 as 2 consumers of a Redis stream's group vs
@@ -27,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -256,32 +259,25 @@ def json_codec(args):
         print(f"  speed-up over cjson: {mb / ma:.2f}x")
 
 
-def checkpoint(args):
-    """What checkpointing costs: analytics-1 writing its output to a file, with
-    --checkpoint (the default interval: a barrier every 10000 events or 5 s, each one
-    syncing the output and committing the checkpoint) and without, alternating. Each
-    checkpoint run starts from a fresh checkpoint file (else it would resume at the end)."""
+def alternate_analytics(args, variants, describe):
+    """analytics-1 over the same events in each variant, alternating, from a fresh state
+    each run. variants: name -> (label, script, extra options, state file to remove
+    before each run or None). All must give the same counts. Returns the medians and the
+    per-run times by name."""
     with tempfile.TemporaryDirectory() as tmp:
         events = generate_events(args.n, tmp)
         runs = {}
-        for name in ("plain", "checkpoint"):
+        for name, (label, script, extra, state) in variants.items():
             out = os.path.join(tmp, name)
             os.mkdir(out)
-            cmd = [SCOPELUA, "run", os.path.join(ROOT, "scripts", "analytics.lua"), "--input", events,
-                   "--output", os.path.join(out, "kept.jsonl")]
-            state = os.path.join(out, "state.db")
-            if name == "checkpoint":
-                cmd += ["--checkpoint", state]
-            runs[name] = (cmd, dict(os.environ, ANALYTICS_OUT=out), state)
-
-        def fresh(state):
-            for suffix in ("", "-wal", "-shm"):
-                if os.path.exists(state + suffix):
-                    os.remove(state + suffix)
+            cmd = [SCOPELUA, "run", script(tmp), "--input", events, "--output", os.path.join(out, "kept.jsonl")] + extra(out)
+            runs[name] = (cmd, dict(os.environ, ANALYTICS_OUT=out), state(out) if state else None)
 
         def run(name, capture):
             cmd, env, state = runs[name]
-            fresh(state)
+            for suffix in ("", "-wal", "-shm"):
+                if state and os.path.exists(state + suffix):
+                    os.remove(state + suffix)
             start = time.perf_counter()
             r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
                                text=True, check=True, env=env)
@@ -290,18 +286,57 @@ def checkpoint(args):
         counts = {name: run(name, True)[1].stderr.strip().splitlines()[-1] for name in runs}
         if len(set(counts.values())) != 1:
             sys.exit(f"bench: counts differ: {counts}")
-        print(f"checkpoint: analytics-1 on {args.n} events ({counts['plain']}), output to a file, "
-              f"{args.runs} alternating runs")
+        print(f"{describe} ({next(iter(counts.values()))}), {args.runs} alternating runs")
         t = {name: [] for name in runs}
         for _ in range(args.runs):
             for name in runs:
                 t[name].append(run(name, False)[0])
         m = {k: statistics.median(v) for k, v in t.items()}
-        print(f"  {'without --checkpoint':<28} median {m['plain']:7.3f}s   (min {min(t['plain']):.3f}s)")
-        print(f"  {'--checkpoint (10000,5s)':<28} median {m['checkpoint']:7.3f}s   (min {min(t['checkpoint']):.3f}s)")
-        rounds = [c / p for p, c in zip(t["plain"], t["checkpoint"])]
-        print(f"  cost of checkpointing: {(m['checkpoint'] / m['plain'] - 1) * 100:+.1f}%  (target: at most +10%); "
-              f"round by round: median {(statistics.median(rounds) - 1) * 100:+.1f}%")
+        for name, (label, _, _, _) in variants.items():
+            print(f"  {label:<28} median {m[name]:7.3f}s   (min {min(t[name]):.3f}s)")
+        return m, t
+
+
+ANALYTICS = os.path.join(ROOT, "scripts", "analytics.lua")
+
+
+def checkpoint(args):
+    """What checkpointing costs: analytics-1 writing its output to a file, with
+    --checkpoint (the default interval: a barrier every 10000 events or 5 s, each one
+    syncing the output and committing the checkpoint) and without, alternating. Each
+    checkpoint run starts from a fresh checkpoint file (else it would resume at the end)."""
+    variants = {"plain": ("without --checkpoint", lambda tmp: ANALYTICS, lambda out: [], None),
+                "checkpoint": ("--checkpoint (10000,5s)", lambda tmp: ANALYTICS,
+                               lambda out: ["--checkpoint", os.path.join(out, "state.db")],
+                               lambda out: os.path.join(out, "state.db"))}
+    m, t = alternate_analytics(args, variants, f"checkpoint: analytics-1 on {args.n} events, output to a file")
+    rounds = [c / p for p, c in zip(t["plain"], t["checkpoint"])]
+    print(f"  cost of checkpointing: {(m['checkpoint'] / m['plain'] - 1) * 100:+.1f}%  (target: at most +10%); "
+          f"round by round: median {(statistics.median(rounds) - 1) * 100:+.1f}%")
+
+
+def limits(args):
+    """What per-stage limits cost: analytics-1 with `limits = { time = 0.5, instructions
+    = 5e7 }` on every stage (a copy of scripts/analytics.lua with that line added to each
+    stage definition) against the script as it is, alternating."""
+    def limited(tmp):
+        path = os.path.join(tmp, "analytics_limits.lua")
+        with open(ANALYTICS) as f:
+            text = f.read()
+        text, n = re.subn(r'^(stage "[^"]+" \{)$', r"\1\n  limits = { " + args.limits + " },", text, flags=re.M)
+        if n == 0:
+            sys.exit("bench: found no stage definition in scripts/analytics.lua")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    variants = {"plain": ("without limits", lambda tmp: ANALYTICS, lambda out: [], None),
+                "limits": ("limits on every stage", limited, lambda out: [], None)}
+    m, t = alternate_analytics(args, variants, f"limits: analytics-1 on {args.n} events, output to a file, "
+                                               f"limits = {{ {args.limits} }} on every stage")
+    rounds = [c / p for p, c in zip(t["plain"], t["limits"])]
+    print(f"  cost of limits: {(m['limits'] / m['plain'] - 1) * 100:+.1f}%  (target: at most +5%); "
+          f"round by round: median {(statistics.median(rounds) - 1) * 100:+.1f}%")
 
 
 def run_rusage(cmd, env=None, stderr=subprocess.DEVNULL):
@@ -762,6 +797,11 @@ def main():
     c.add_argument("--runs", type=int, default=5)
     c.add_argument("--n", type=int, default=200000)
     c.set_defaults(fn=checkpoint)
+    lm = sub.add_parser("limits", help="analytics-1 with time and instruction limits on every stage vs without")
+    lm.add_argument("--runs", type=int, default=7)
+    lm.add_argument("--n", type=int, default=200000)
+    lm.add_argument("--limits", default="time = 0.5, instructions = 5e7", help="the limits table's fields")
+    lm.set_defaults(fn=limits)
     w = sub.add_parser("workers", help="--workers 2 vs --workers 1: a CPU-bound pipeline, then analytics-1")
     w.add_argument("--runs", type=int, default=5)
     w.add_argument("--n", type=int, default=200000)

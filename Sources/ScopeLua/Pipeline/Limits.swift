@@ -176,8 +176,8 @@ final class StageLimitsRun {
     let limits: StageLimits
     let name: String
     let c: UnsafeMutablePointer<sl_Limits>
-    /// Time limits by call (ns, 0: none), computed once.
-    private let times: [StageCall: UInt64]
+    /// Time limits by call (ns, 0: none), computed once (a call is on the hot path).
+    private let processTime, openTime, flushTime, closeTime: UInt64
 
     init(_ limits: StageLimits, stage: String) {
         self.limits = limits
@@ -188,11 +188,12 @@ final class StageLimitsRun {
         c.pointee.memory = Int64(limits.memory ?? 0)
         Self.copy("stage '\(stage)'", to: &c.pointee.who)
         Self.copy(limits.memoryText ?? "", to: &c.pointee.memtext)
-        var times: [StageCall: UInt64] = [:]
-        for call in [StageCall.open, .process, .flush, .close] {
-            times[call] = limits.time(of: call).map { UInt64($0 * 1e9) } ?? 0  // at most a day: no overflow
-        }
-        self.times = times
+        // At most a day: no overflow.
+        func ns(_ call: StageCall) -> UInt64 { limits.time(of: call).map { UInt64($0 * 1e9) } ?? 0 }
+        processTime = ns(.process)
+        openTime = ns(.open)
+        flushTime = ns(.flush)
+        closeTime = ns(.close)
     }
 
     deinit {
@@ -218,7 +219,14 @@ final class StageLimitsRun {
     /// Starts a call of `call` at `t0` under these limits (see sl_limits_begin).
     @inline(__always)
     func begin(_ L: LuaState, _ call: StageCall, at t0: UInt64) {
-        sl_limits_begin(L, c, times[call] ?? 0, t0)
+        let time: UInt64
+        switch call {
+        case .process: time = processTime
+        case .open: time = openTime
+        case .flush: time = flushTime
+        case .close: time = closeTime
+        }
+        sl_limits_begin(L, c, time, t0)
     }
 
     /// Ends the call; the limit breached, if any (SL_BREACH_*, 0: none).
