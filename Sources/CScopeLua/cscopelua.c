@@ -147,6 +147,7 @@ void sl_closestate(lua_State *L) {
 }
 
 void sl_freeinfo(sl_StateInfo *info) {
+  sl_limits_release(info);
   free(info->leaks);  /* the records themselves belong to the pool */
   free(info->timers);  /* the histograms themselves belong to the Swift ledger */
   free(info->jsonbuf);

@@ -175,6 +175,10 @@ static void forcedhook(lua_State *L, lua_Debug *ar) {
 
 static const int hookmask = LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT;
 
+int sl_isstophook(lua_Hook h) {
+  return h == interrupthook || h == forcedhook || h == stophook;
+}
+
 /* Removes a stop hook from `L`, and only a stop hook (a script may have its own). */
 static void disarm(lua_State *L) {
   lua_Hook h = lua_gethook(L);

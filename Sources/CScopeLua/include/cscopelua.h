@@ -327,13 +327,17 @@ typedef struct sl_StateInfo {
    * (a breach only if the retry is refused too: see limits.c). */
   const void *refusedptr;
   size_t refusedosize, refusednsize;
-  /* The hook the call's limits replaced (restored when the call ends). */
+  /* Whether the call's hook was set on the main thread, and the hook it replaced there
+   * (restored when the call ends). */
+  int limitarmed;
   lua_Hook savedhook;
   int savedmask, savedcount;
   /* The state's main thread, and the coroutine running in it (NULL: the main thread),
    * as coroutine.resume / coroutine.wrap record it (signals.c). */
   lua_State *mainthread;
   lua_State *running;
+  /* 1 + the state's slot with the limits' watchdog (limits.c), 0: none. */
+  int limitslot;
 } sl_StateInfo;
 
 enum { SL_COUNT_STATE = 1, SL_COUNT_CALL = 2 };
@@ -538,6 +542,8 @@ int sl_stop_attach(lua_State *L);
  * handler on any thread (it waits, a few instructions at most, for a handler using the
  * slot on another thread to finish). Harmless for a state that is no target. */
 void sl_stop_detach(lua_State *L);
+/* Whether `h` is a hook a stop (or the REPL's Ctrl-C) set: nothing may replace it. */
+int sl_isstophook(lua_Hook h);
 /* The first stop signal received (0 if none). */
 int sl_stop_signal(void);
 /* Nonzero once the stop was forced (second signal or grace period over). */
@@ -638,7 +644,8 @@ void sl_clearinterrupt(lua_State *L);
  * functions (docs/ARCHITECTURE.md, "Limits"). Time and instructions are enforced by a
  * count hook (every SL_LIMIT_SLICE instructions, or exactly at the instruction budget)
  * that the call owns while it runs; memory by the allocator, which counts the call's net
- * allocation. A breach raises inside the script and, from then on, every instruction of
+ * allocation (a watchdog thread arms the hook only for calls that run long enough to
+ * need it). A breach raises inside the script and, from then on, every instruction of
  * the call raises again (a script's pcall cannot swallow it); the caller learns which
  * limit was breached from sl_limits_end and reports it in its own words. */
 enum { SL_BREACH_NONE = 0, SL_BREACH_TIME = 1, SL_BREACH_INSTRUCTIONS = 2, SL_BREACH_MEMORY = 3 };
@@ -673,6 +680,12 @@ void *sl_limits_refuse(sl_StateInfo *info, const void *ptr, size_t osize, size_t
 /* A growing request that is not the retry of the refusal before came: that refusal
  * stood (lauxlib's buffers do not retry), a breach. */
 void sl_limits_refusalstood(sl_StateInfo *info);
+/* Tests: whether states without a slot may take one (0: they count every instruction
+ * from the start of each call, as when every slot is taken). */
+void sl_limits_usewatchdog(int use);
+/* Frees the state's slot with the limits' watchdog, if it has one (when the state's
+ * data is freed). */
+void sl_limits_release(sl_StateInfo *info);
 /* Installs coroutine.resume / coroutine.wrap that record the coroutine running (for the
  * stop and the limits). Once per state, at its creation. */
 void sl_coroutines_install(lua_State *L);
