@@ -387,7 +387,9 @@ void sl_perm_install(lua_State *L, sl_SwiftFunction checkfn) {
     wrap(L, io, "popen", permpopen, checkfn, NULL);
   }
   lua_settop(L, top);
-  if (library(L, "fs")) wrap(L, lua_gettop(L), "open", permopen, checkfn, NULL);
+  /* fs is a global (and require "scope.fs" returns the same table), not in package.loaded. */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  if (lua_getfield(L, -1, "fs") == LUA_TTABLE) wrap(L, lua_gettop(L), "open", permopen, checkfn, NULL);
   lua_settop(L, top);
   if (library(L, LUA_OSLIBNAME)) {
     int os = lua_gettop(L);

@@ -78,6 +78,11 @@ public struct Permissions: Sendable, Equatable {
         self.native = native
     }
 
+    /// `--sandbox` alone: nothing granted.
+    public static let none = Permissions(nothing: ())
+
+    private init(nothing: Void) {}
+
     /// `PATH[,PATH]...` values of a repeated option as one list (`--allow-read=a,b
     /// --allow-read=c`: a, b, c). An empty entry is an error naming the option.
     public static func list(_ values: [String], option: String) throws -> [String] {
