@@ -313,10 +313,7 @@ static int permlocal(lua_State *L) {
  * is left out (`func` is nil): a wrapper calling a replaced closure has it at the level
  * above. Everything else getinfo says is kept. */
 static int permgetinfo(lua_State *L) {
-  int arg;
-  int bylevel = 0;
-  cframe(L, &arg);
-  bylevel = lua_type(L, arg) == LUA_TNUMBER;
+  int bylevel = lua_type(L, lua_type(L, 1) == LUA_TTHREAD ? 2 : 1) == LUA_TNUMBER;
   int n = callprev(L);
   if (bylevel && n == 1 && lua_type(L, -1) == LUA_TTABLE) {
     lua_getfield(L, -1, "func");

@@ -19,7 +19,7 @@ struct ReplCommand: ParsableCommand {
             continues on a `>>` prompt. Ctrl-C interrupts a running chunk (releasing what it \
             acquired in its scopes) or clears the line; Ctrl-D or :quit ends the session, \
             releasing everything, newest first. :help lists the meta-commands (:resources, \
-            :scopes, :trace on|off, :load FILE, :run PIPELINE [FILE], :report, :quit).
+            :scopes, :trace on|off, :load FILE, :run PIPELINE [FILE], :report, :limits, :quit).
 
             With stdin not a terminal, chunks are read from stdin without prompts or line \
             editing. History is kept in ~/.scopelua_history (last 1000 lines).

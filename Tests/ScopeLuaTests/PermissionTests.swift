@@ -128,6 +128,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
         #expect(remove.error?.message == "test:1: permission denied: write \"\(dir)/secret.txt\" (allowed: \(dir)/out)")
         #expect(!FileManager.default.fileExists(atPath: "\(dir)/out/v.txt"))
         #expect(FileManager.default.fileExists(atPath: "\(dir)/secret.txt"))
+        expectClean(remove)
     }
 
     @Test func nothingGrantedSaysHowToGrant() {
@@ -168,6 +169,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
         let run = sandboxed(granted, in: dir, "return os.execute('true'), os.getenv('PATH') ~= nil")
         #expect(run.values.first == .boolean(true))
         #expect(run.values.last == .boolean(true))
+        expectClean(run)
     }
 
     @Test func aCModuleNeedsAllowNativeAndIsNotLoadedWithoutIt() throws {
@@ -191,6 +193,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
         let missing = sandboxed(Permissions.none, in: dir, "package.cpath = '\(dir)/?.so'; require 'nothere'")
         #expect(missing.error?.message.contains("module 'nothere' not found") == true)
         #expect(missing.error?.message.contains("no file '\(dir)/nothere.so'") == true)
+        expectClean(run)
     }
 
     @Test func aLuaModuleMustBeReadableAndLoadsAsText() throws {
@@ -211,6 +214,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
             return select(2, pcall(require, "b"))
             """)
         #expect(binary.values.first?.description.contains("attempt to load a binary chunk (mode is 't')") == true)
+        expectClean(allowed)
     }
 
     // MARK: - What could lift the sandbox
@@ -236,6 +240,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
             .string("attempt to load a binary chunk (mode is 't')"),
             .string("attempt to load a binary chunk (mode is 't')"),
         ])
+        expectClean(run)
     }
 
     @Test func theDebugLibraryCannotLiftTheSandbox() {
@@ -300,6 +305,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
             .string("test:8: permission denied: debug.setlocal in a C function's frame (not available under --sandbox)"),
             .boolean(true),
         ])
+        expectClean(run)
     }
 
     @Test func withoutTheSandboxEverythingIsStock() {

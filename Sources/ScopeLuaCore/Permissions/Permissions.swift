@@ -99,7 +99,8 @@ public struct Permissions: Sendable, Equatable {
     public mutating func allowModules(under directory: String) {
         guard let resolved = Self.resolve(directory), Self.exists(resolved),
               !moduleRoots.contains(where: { $0.resolved == resolved }) else { return }
-        moduleRoots.append(Root(typed: directory, resolved: resolved))
+        // Shown resolved: "." or "../lib" would say little in a denial.
+        moduleRoots.append(Root(typed: resolved, resolved: resolved))
     }
 
     private static func root(_ typed: String, option: String) throws -> Root {
