@@ -181,6 +181,7 @@ public final class Repl {
         :load FILE            run a script in the session (its stages and pipelines stay registered)
         :run PIPELINE [FILE]  run a registered pipeline over a JSON-lines file, or over events typed one per line (empty line ends)
         :report               resource counts and timer statistics so far
+        :limits               what applies to the session: memory limit, sandbox and permissions
         :quit                 end the session, releasing everything (also Ctrl-D)
         """
 
@@ -225,6 +226,8 @@ public final class Repl {
             }
         case ":report":
             write(Report.text(runtime))
+        case ":limits":
+            write(limitsDescription())
         case ":quit", ":q", ":exit":
             write(quit())
         default:
@@ -242,6 +245,21 @@ public final class Repl {
             }
         }
         return lines.isEmpty ? "no open resources" : lines.joined(separator: "\n")
+    }
+
+    /// `:limits`: what the session runs under, one line each: the state's memory limit,
+    /// then the sandbox and, under it, what each permission grants. (Limits of other
+    /// kinds add their lines here.)
+    public func limitsDescription() -> String {
+        let options = runtime.options
+        var lines = ["memory   " + (options.memoryLimit.map { "\(Report.bytes($0)) for the Lua state" } ?? "no limit (--memory-limit SIZE)")]
+        guard let permissions = options.permissions else {
+            lines.append("sandbox  off: everything is allowed (--sandbox)")
+            return lines.joined(separator: "\n")
+        }
+        lines.append("sandbox  on: what is not granted below is denied")
+        lines += permissions.summary
+        return lines.joined(separator: "\n")
     }
 
     /// `:scopes`: the tree with counts.
@@ -332,7 +350,7 @@ public final class Repl {
     /// (`string.fo` → `string.format`).
     public func completions(for text: String) -> [String] {
         if text.hasPrefix(":") {
-            return [":help", ":resources", ":scopes", ":trace", ":load", ":run", ":report", ":quit"].filter { $0.hasPrefix(text) }
+            return [":help", ":resources", ":scopes", ":trace", ":load", ":run", ":report", ":limits", ":quit"].filter { $0.hasPrefix(text) }
         }
         let L = runtime.L
         let base = lua_gettop(L)

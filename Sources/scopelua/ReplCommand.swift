@@ -19,23 +19,35 @@ struct ReplCommand: ParsableCommand {
             continues on a `>>` prompt. Ctrl-C interrupts a running chunk (releasing what it \
             acquired in its scopes) or clears the line; Ctrl-D or :quit ends the session, \
             releasing everything, newest first. :help lists the meta-commands (:resources, \
-            :scopes, :trace on|off, :load FILE, :run PIPELINE [FILE], :report, :quit).
+            :scopes, :trace on|off, :load FILE, :run PIPELINE [FILE], :report, :limits, :quit).
 
             With stdin not a terminal, chunks are read from stdin without prompts or line \
             editing. History is kept in ~/.scopelua_history (last 1000 lines).
+
+            --sandbox and the --allow-* options work as for `scopelua run` (README, \
+            "Permissions"): `scopelua repl --sandbox --allow-read=data/`. :limits shows \
+            what applies. Files named by :load and :run are opened by the REPL, not checked.
             """
     )
 
     @Flag(help: "Start with acquire/release tracing on (:trace on).")
     var trace = false
 
-    func run() throws {
-        try Self.start(trace: trace)
-    }
+    @Option(name: .customLong("memory-limit"), help: ArgumentHelp("The most memory Lua code may hold in the session's Lua state: bytes, or with a unit, 64MB, 512MiB, 2G (units of 1024). Beyond it an allocation fails as Lua's 'not enough memory' in the chunk.", valueName: "SIZE"))
+    var memoryLimit: String?
 
-    static func start(trace: Bool) throws {
+    @OptionGroup(title: "Permissions")
+    var permissionOptions: PermissionOptions
+
+    func run() throws {
         var options = RuntimeOptions()
         options.trace = trace
+        options.memoryLimit = try memoryLimit.map(Run.size)
+        options.permissions = try permissionOptions.permissions()
+        try Self.start(options: options)
+    }
+
+    static func start(options: RuntimeOptions) throws {
         let interactive = isatty(0) != 0
         let repl = Repl(options: options) { text in
             guard !text.isEmpty else { return }

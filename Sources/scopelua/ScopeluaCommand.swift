@@ -150,6 +150,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("memory-limit"), help: ArgumentHelp("The most memory Lua code may hold in each Lua state (each worker's, with --workers): bytes, or with a unit, 64MB, 512MiB, 2G (units of 1024). Beyond it an allocation fails as Lua's 'not enough memory' in the script; with --workers the worker whose state ran out is replaced by a fresh one, and the event it was processing follows its stage's on_error.", valueName: "SIZE"))
     var memoryLimit: String?
 
+    @OptionGroup(title: "Permissions")
+    var permissionOptions: PermissionOptions
+
     @Flag(help: "Run the script's top level (where stages and pipelines are registered) and check its pipelines, then stop: no stage opens, no input is read. Exit 0 or 1.")
     var check = false
 
@@ -216,6 +219,7 @@ struct Run: ParsableCommand {
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
     static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--replay", "--follow", "--grace", "--report", "--trace", "--check",
                                           "--checkpoint", "--checkpoint-every", "--checkpoint-reset", "--workers", "--memory-limit"]
+                                          + PermissionOptions.names
 
     /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
     /// at most two edits away, the closest first.
@@ -293,6 +297,8 @@ struct Run: ParsableCommand {
             case "--trace": trace = true
             case "--check": check = true
             case "--replay": replay = true
+            case _ where PermissionOptions.names.contains(name):
+                _ = try permissionOptions.take(name) { try inline ?? value(name) }
             default:
                 if let meant = Self.suggestion(for: name) {
                     StandardError.write(line: "scopelua: note: '\(a)' goes to the script (arg[\(rest.count + 1)]); did you mean '\(meant)'?")
@@ -359,6 +365,7 @@ struct Run: ParsableCommand {
         var options = RuntimeOptions()
         options.trace = trace
         options.memoryLimit = try memoryLimit.map(Self.size)
+        options.permissions = try permissionOptions.permissions()
         let status = ScriptRunner.run(request, options: options)
         if status != 0 { throw ExitCode(status) }
     }
@@ -397,7 +404,7 @@ enum Main {
 
     static func main() {
         if CommandLine.arguments.count == 1, isatty(0) != 0 {
-            do { try ReplCommand.start(trace: false) } catch { exit(1) }
+            do { try ReplCommand.start(options: RuntimeOptions()) } catch { exit(1) }
             return
         }
         var command: ParsableCommand
@@ -411,17 +418,25 @@ enum Main {
         } catch {
             // An error found while running (an option after the script, say) shows the
             // usage of the command that was running, not the top-level one.
-            fail(error, usage: command is Run ? Run.self : ScopeluaCommand.self)
+            fail(error, usage: command is Run ? Run.self : command is ReplCommand ? ReplCommand.self : ScopeluaCommand.self)
         }
     }
 
     static func fail(_ error: Error, usage: ParsableCommand.Type) -> Never {
         // Usage errors exit with 2 (ArgumentParser's default is 64).
         if usage.exitCode(for: error) == .validationFailure {
-            StandardError.write(line: usage == Run.self ? runUsage(for: error) : usage.fullMessage(for: error))
+            StandardError.write(line: usage == Run.self ? runUsage(for: error)
+                                      : usage == ReplCommand.self ? replUsage(for: error) : usage.fullMessage(for: error))
             exit(ScriptRunner.usageError)
         }
         usage.exit(withError: error)
+    }
+
+    /// The REPL's own usage message, named as it is typed (`scopelua repl`).
+    static func replUsage(for error: Error) -> String {
+        ReplCommand.fullMessage(for: error)
+            .replacing("Usage: repl ", with: "Usage: scopelua repl ")
+            .replacing("See 'repl --help'", with: "See 'scopelua repl --help'")
     }
 
     /// Run's own usage message, named as it is typed (`scopelua run`).

@@ -690,4 +690,25 @@ void sl_limits_release(sl_StateInfo *info);
  * stop and the limits). Once per state, at its creation. */
 void sl_coroutines_install(lua_State *L);
 
+/* ==== Permissions (--sandbox; permissions.c) ==================================== */
+
+/* What a wrapper asks the runtime's check: the operation (the integer pushed before the
+ * subject), mirrored by Permissions.Access in Swift. SL_PERM_MODULE is reading a Lua
+ * module's file for require (the read roots, the script's directory, the stdlib). */
+#define SL_PERM_READ 0
+#define SL_PERM_WRITE 1
+#define SL_PERM_EXEC 2
+#define SL_PERM_ENV 3
+#define SL_PERM_NET 4
+#define SL_PERM_NATIVE 5
+#define SL_PERM_MODULE 6
+
+/* Replaces, in their own tables, the stock functions that open files, run commands, read
+ * the environment or load native code by wrappers that call `check` first (stack: the
+ * operation, the subject; it pops both and returns 0, or SL_RAISE with the denial
+ * message on top), and takes away what would let a script lift the sandbox (the debug
+ * library's hooks, registry, C upvalues and C frames; collectgarbage("stop")). Run once,
+ * after every module is installed. */
+void sl_perm_install(lua_State *L, sl_SwiftFunction check);
+
 #endif

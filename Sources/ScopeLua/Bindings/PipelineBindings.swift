@@ -492,6 +492,18 @@ enum PipelineBindings: RuntimeModule {
             Lua.pushTypeError(L, 2, "table")
             return raise
         }
+        // --sandbox: the files p:run opens are the script's to ask for (the runner's own
+        // --input, --output and --dead-letter are not checked).
+        if rt.isSandboxed {
+            let files: [(String, Permissions.Access)] = [("input", .read), ("output", .write), ("dead_letter", .write)]
+            for (field, access) in files {
+                if Lua.rawField(L, 2, field) == LUA_TSTRING, let path = Lua.string(L, -1), let denial = rt.permit(access, path) {
+                    Lua.pushError(L, denial)
+                    return raise
+                }
+                sl_pop(L, 1)
+            }
+        }
         var options = PipelineRun.Options()
         switch Lua.rawField(L, 2, "input") {
         case LUA_TSTRING: options.input = .path(Lua.string(L, -1) ?? "")

@@ -88,6 +88,12 @@ public enum ScriptRunner {
 
     /// Runs the request in a new runtime and returns the process exit status.
     public static func run(_ request: RunRequest, options: RuntimeOptions = RuntimeOptions()) -> Int32 {
+        var options = options
+        // --sandbox: `require` may load the modules next to the script (README, "Permissions").
+        if var permissions = options.permissions, let script = request.script, script != "-" {
+            permissions.allowModules(under: script.lastIndex(of: "/").map { i in i == script.startIndex ? "/" : String(script[..<i]) } ?? ".")
+            options.permissions = permissions
+        }
         // A script that cannot be read is a usage error (2), reported before any Lua runs.
         // It is opened once, here, and loaded from that descriptor: a script from a pipe
         // (`scopelua run <(...)`) loses nothing to the check.

@@ -14,6 +14,7 @@ package enum Bindings {
         LogBindings.install(rt, L)
         for module in modules { module.install(rt, L) }
         installPackagePath(rt, L)
+        PermissionBindings.install(rt, L)
     }
 
     /// `_G[name] = value on top` without metamethods. Stack: -1.

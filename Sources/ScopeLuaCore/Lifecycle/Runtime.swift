@@ -25,6 +25,10 @@ public struct RuntimeOptions {
     /// the main runtime's options, see the same data (ARCHITECTURE.md, "Shared
     /// dictionaries"). Give a runtime `SharedStore()` of its own to keep it apart.
     public var shared = SharedStore()
+    /// `--sandbox`: what scripts may touch (files, commands, the environment, hosts,
+    /// native code); nil (the default) allows everything, as stock Lua does. Copied with
+    /// the options, so every worker of a run gets the same (README, "Permissions").
+    public var permissions: Permissions?
 
     public init() {}
 }

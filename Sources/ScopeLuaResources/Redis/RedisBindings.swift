@@ -73,6 +73,17 @@ package enum RedisBindings: RuntimeModule {
             return raise
         }
         guard let options = options(L, 2, &endpoint) else { return raise }
+        // --sandbox: the host as the URL names it (no name resolution) against --allow-net;
+        // a unix socket is a file the connection writes to.
+        let denial: String?
+        switch endpoint.address {
+        case .tcp(let host, let port): denial = rt.permit(.net, host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)")
+        case .unix(let path): denial = rt.permit(.write, path)
+        }
+        if let denial {
+            Lua.pushError(L, denial)
+            return raise
+        }
         if endpoint.username != nil, endpoint.password == nil {
             Lua.pushError(L, "redis: a user name without a password for \(endpoint.label): AUTH needs both")
             return raise

@@ -73,6 +73,10 @@ package enum SQLBindings: RuntimeModule {
             return raise
         }
         if readonly { wal = false }
+        if rt.isSandboxed, let denial = SQLSandbox.denial(rt.permit, path, readonly: readonly) {
+            Lua.pushError(L, denial)
+            return raise
+        }
         var handle: OpaquePointer?
         let flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &handle, flags, nil)
@@ -87,6 +91,11 @@ package enum SQLBindings: RuntimeModule {
         }
         sqlite3_busy_timeout(db, busy)
         let database = Database(path: path, db: db, busyTimeout: busy)
+        if let permissions = rt.options.permissions {
+            let sandbox = SQLSandbox(permissions: permissions, readonly: readonly)
+            sandbox.install(on: db)
+            database.sandbox = sandbox
+        }
         if wal, let problem = database.execute("PRAGMA journal_mode=WAL") {
             sqlite3_close(db)
             lua_pushnil(L)

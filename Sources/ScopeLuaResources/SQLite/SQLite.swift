@@ -16,6 +16,8 @@ final class Database: Resource {
     /// Open transactions on this connection, innermost last (savepoints nest).
     var transactions: [Handle] = []
     private var savepoints = 0
+    /// `--sandbox`: the authorizer's state (kept alive as long as the connection).
+    var sandbox: SQLSandbox?
 
     init(path: String, db: OpaquePointer, busyTimeout: Int32) {
         self.db = db
@@ -30,6 +32,8 @@ final class Database: Resource {
 
     /// SQLite's message for the last error, with what a user needs to act on it.
     func errorMessage(_ code: Int32) -> String {
+        // The sandbox's authorizer refused something: say what and why, not "not authorized".
+        if let denial = sandbox?.takeDenial() { return denial }
         let base = db.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(code))
         if code & 0xff == SQLITE_BUSY {
             return "\(base) (still busy after the \(busyTimeout) ms busy_timeout)"
