@@ -253,6 +253,12 @@ public final class Repl {
     public func limitsDescription() -> String {
         let options = runtime.options
         var lines = ["memory   " + (options.memoryLimit.map { "\(Report.bytes($0)) for the Lua state" } ?? "no limit (--memory-limit SIZE)")]
+        let stages = runtime.pipelines.limitsSummary
+        if stages.isEmpty {
+            lines.append("stages   no limits (a stage's or pipeline's limits = { time = 0.5, instructions = 5e7, memory = \"64MB\" })")
+        } else {
+            lines += stages.map { "stage    \($0)" }
+        }
         guard let permissions = options.permissions else {
             lines.append("sandbox  off: everything is allowed (--sandbox)")
             return lines.joined(separator: "\n")

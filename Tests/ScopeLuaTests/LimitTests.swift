@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import CScopeLua
 @testable import ScopeLua
+import ScopeLuaRepl
 
 /// Per-stage limits (`limits = { time, instructions, memory }`) and the state-wide
 /// `--memory-limit`, against hostile and buggy stages: every breach is an error of the
@@ -99,7 +100,7 @@ struct LimitTests {
             #expect(o.dead.first?["error"] as? String == Self.timeBreach)
             #expect(o.dead.first?["line"] as? Int == 3)
             // Where the loop was, for whoever reads the dead letter.
-            #expect((o.dead.first?["traceback"] as? String ?? "").contains("job.lua:"), "\(o.dead)")
+            #expect(((o.dead.first?["traceback"] as? String) ?? "").contains("job.lua:"), "\(o.dead)")
         }
         let retried = policy.contains("retry")
         #expect(o.result.stderr.contains("limits     enrich: time 0.2 s; breached: time \(retried ? 2 : 1)"), "\(o.result.stderr)")
@@ -236,7 +237,7 @@ struct LimitTests {
     func recursionToStackOverflowIsAnErrorOfTheEvent(limits: String) throws {
         let o = try Self.run(Self.job(limits: limits, hostile: "local function f() return 1 + f() end f()"))
         #expect(o.result.status == 0, "\(o.result.stderr)")
-        #expect((o.dead.first?["error"] as? String ?? "").contains("stack overflow"), "\(o.dead)")
+        #expect(((o.dead.first?["error"] as? String) ?? "").contains("stack overflow"), "\(o.dead)")
         #expect(o.output == [1, 2, 4, 5, 6])
         Self.expectClean(o.result)
     }
@@ -275,7 +276,7 @@ struct LimitTests {
     @Test func debugSethookCannotLiftTheLimits() throws {
         let o = try Self.run(Self.job(hostile: "local ok, err = pcall(debug.sethook)\n log(err)\n debug.sethook()\n while true do end"))
         #expect(o.log == "debug.sethook cannot be used in a call under limits (stage 'enrich'): the runtime's hook enforces them\n")
-        #expect((o.dead.first?["error"] as? String ?? "").hasSuffix("debug.sethook cannot be used in a call under limits (stage 'enrich'): the runtime's hook enforces them"),
+        #expect(((o.dead.first?["error"] as? String) ?? "").hasSuffix("debug.sethook cannot be used in a call under limits (stage 'enrich'): the runtime's hook enforces them"),
                 "\(o.dead)")
         #expect(o.output == [1, 2, 4, 5, 6])
     }
@@ -308,7 +309,7 @@ struct LimitTests {
                              options: ["--workers", "2", "--memory-limit", "32MB"])
         #expect(o.result.status == 0, "\(o.result.stderr)")
         #expect(o.output == [1, 2] + Array(4...600))
-        #expect((o.dead.first?["error"] as? String ?? "").hasPrefix("worker 1 crashed: not enough memory (the state's --memory-limit, 32 MiB) in stage 'enrich'"),
+        #expect(((o.dead.first?["error"] as? String) ?? "").hasPrefix("worker 1 crashed: not enough memory (the state's --memory-limit, 32 MiB) in stage 'enrich'"),
                 "\(o.dead)")
     }
 
@@ -326,6 +327,21 @@ struct LimitTests {
         #expect(o.result.status == 0, "\(o.result.stderr)")
         #expect(o.result.stderr.contains("limits     a: time 2 s, instructions 1000; breached: none"), "\(o.result.stderr)")
         #expect(o.result.stderr.contains("limits     b: time 2 s, instructions 50000000, memory 1MB; breached: none"), "\(o.result.stderr)")
+    }
+
+    /// The REPL's :limits names each registered stage's limits.
+    @Test func theReplShowsTheLimitsOfEachStage() throws {
+        var lines: [String] = []
+        let repl = Repl(options: RuntimeOptions()) { lines.append($0) }
+        repl.handle("stage 'a' { limits = { time = 0.5, memory = '64MB' }, process = function(ctx, e) return e end }")
+        repl.handle("stage 'b' { process = function(ctx, e) return e end }")
+        repl.handle("pipeline 'p' { 'a', 'b', limits = { instructions = 5e7 } }")
+        repl.handle(":limits")
+        _ = repl.quit()
+        #expect(lines.joined(separator: "\n").contains("""
+            stage    a in p: time 0.5 s, instructions 50000000, memory 64MB
+            stage    b in p: instructions 50000000
+            """), "\(lines)")
     }
 
     @Test(arguments: [

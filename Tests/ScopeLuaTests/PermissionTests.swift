@@ -417,6 +417,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
         let repl = Repl(options: options) { _ in }
         #expect(repl.limitsDescription().hasPrefix("""
             memory   64 MiB for the Lua state
+            stages   no limits (a stage's or pipeline's limits = { time = 0.5, instructions = 5e7, memory = "64MB" })
             sandbox  on: what is not granted below is denied
             read     \(dir)/data
             write    nothing (--allow-write=PATH)
@@ -429,6 +430,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
         let open = Repl(options: RuntimeOptions()) { _ in }
         #expect(open.limitsDescription() == """
             memory   no limit (--memory-limit SIZE)
+            stages   no limits (a stage's or pipeline's limits = { time = 0.5, instructions = 5e7, memory = "64MB" })
             sandbox  off: everything is allowed (--sandbox)
             """)
         _ = open.quit()
@@ -509,6 +511,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
         #expect(r.status == 1)
         #expect(r.stdout.hasPrefix("""
             memory   64 MiB for the Lua state
+            stages   no limits (a stage's or pipeline's limits = { time = 0.5, instructions = 5e7, memory = "64MB" })
             sandbox  on: what is not granted below is denied
             read     data/
             """))
