@@ -100,7 +100,8 @@ struct LimitTests {
             #expect(o.dead.first?["error"] as? String == Self.timeBreach)
             #expect(o.dead.first?["line"] as? Int == 3)
             // Where the loop was, for whoever reads the dead letter.
-            #expect(((o.dead.first?["traceback"] as? String) ?? "").contains("job.lua:"), "\(o.dead)")
+            let traceback = o.dead.first?["traceback"] as? String ?? ""
+            #expect(traceback.contains("job.lua:"), "\(o.dead)")
         }
         let retried = policy.contains("retry")
         #expect(o.result.stderr.contains("limits     enrich: time 0.2 s; breached: time \(retried ? 2 : 1)"), "\(o.result.stderr)")
@@ -237,7 +238,8 @@ struct LimitTests {
     func recursionToStackOverflowIsAnErrorOfTheEvent(limits: String) throws {
         let o = try Self.run(Self.job(limits: limits, hostile: "local function f() return 1 + f() end f()"))
         #expect(o.result.status == 0, "\(o.result.stderr)")
-        #expect(((o.dead.first?["error"] as? String) ?? "").contains("stack overflow"), "\(o.dead)")
+        let error = o.dead.first?["error"] as? String ?? ""
+        #expect(error.contains("stack overflow"), "\(o.dead)")
         #expect(o.output == [1, 2, 4, 5, 6])
         Self.expectClean(o.result)
     }
@@ -276,7 +278,8 @@ struct LimitTests {
     @Test func debugSethookCannotLiftTheLimits() throws {
         let o = try Self.run(Self.job(hostile: "local ok, err = pcall(debug.sethook)\n log(err)\n debug.sethook()\n while true do end"))
         #expect(o.log == "debug.sethook cannot be used in a call under limits (stage 'enrich'): the runtime's hook enforces them\n")
-        #expect(((o.dead.first?["error"] as? String) ?? "").hasSuffix("debug.sethook cannot be used in a call under limits (stage 'enrich'): the runtime's hook enforces them"),
+        let error = o.dead.first?["error"] as? String ?? ""
+        #expect(error.hasSuffix("debug.sethook cannot be used in a call under limits (stage 'enrich'): the runtime's hook enforces them"),
                 "\(o.dead)")
         #expect(o.output == [1, 2, 4, 5, 6])
     }
@@ -309,7 +312,8 @@ struct LimitTests {
                              options: ["--workers", "2", "--memory-limit", "32MB"])
         #expect(o.result.status == 0, "\(o.result.stderr)")
         #expect(o.output == [1, 2] + Array(4...600))
-        #expect(((o.dead.first?["error"] as? String) ?? "").hasPrefix("worker 1 crashed: not enough memory (the state's --memory-limit, 32 MiB) in stage 'enrich'"),
+        let error = o.dead.first?["error"] as? String ?? ""
+        #expect(error.hasPrefix("worker 1 crashed: not enough memory (the state's --memory-limit, 32 MiB) in stage 'enrich'"),
                 "\(o.dead)")
     }
 
