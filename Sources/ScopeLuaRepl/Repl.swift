@@ -181,7 +181,7 @@ public final class Repl {
         :load FILE            run a script in the session (its stages and pipelines stay registered)
         :run PIPELINE [FILE]  run a registered pipeline over a JSON-lines file, or over events typed one per line (empty line ends)
         :report               resource counts and timer statistics so far
-        :limits               what applies to the session: memory limit, sandbox and permissions
+        :limits               what applies to the session: memory limit, stage limits, sandbox and permissions
         :quit                 end the session, releasing everything (also Ctrl-D)
         """
 
@@ -248,8 +248,8 @@ public final class Repl {
     }
 
     /// `:limits`: what the session runs under, one line each: the state's memory limit,
-    /// then the sandbox and, under it, what each permission grants. (Limits of other
-    /// kinds add their lines here.)
+    /// the limits of each registered pipeline's stages, then the sandbox and, under it,
+    /// what each permission grants.
     public func limitsDescription() -> String {
         let options = runtime.options
         var lines = ["memory   " + (options.memoryLimit.map { "\(Report.bytes($0)) for the Lua state" } ?? "no limit (--memory-limit SIZE)")]
