@@ -90,7 +90,7 @@ public final class Repl {
         let base = lua_gettop(L)
         guard let due = runtime.nextTimerDue, due <= sl_monotonic_ns() else { return false }
         inSession(base: base) {
-            if case .failed(let traceback) = runtime.fireDueTimers(L) {
+            if case .failed(let traceback, _) = runtime.fireDueTimers(L) {
                 let error = runtime.takeError(L, traceback: traceback)
                 fail("timer: " + (error.traceback.map { "\(error.message)\n\($0)" } ?? error.message))
             }

@@ -66,14 +66,14 @@ struct LimitTests {
         return Outcome(result: r, output: output, dead: dead, log: read("\(dir)/log.txt") ?? "")
     }
 
-    /// Every resource released (by its scope: the script releases nothing itself), none
+    /// Every resource released (by its scope, or a one-shot timer by its firing), none
     /// leaked, and the process's descriptors back to their count before the run (the
     /// report of the process under test).
     static func expectClean(_ r: ProcessResult, sourceLocation: SourceLocation = #_sourceLocation) {
         let resources = r.stderr.split(separator: "\n").first { $0.contains("resources  acquired") }.map(String.init) ?? ""
         let n = resources.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
         // acquired A released R (by handle H, by scope end S, leaked L) release errors E
-        #expect(n.count == 6 && n[0] > 0 && n[1] == n[0] && n[3] == n[0] && n[4] == 0 && n[5] == 0, "\(resources)",
+        #expect(n.count == 6 && n[0] > 0 && n[1] == n[0] && n[2] + n[3] == n[0] && n[4] == 0 && n[5] == 0, "\(resources)",
                 sourceLocation: sourceLocation)
         let line = r.stderr.split(separator: "\n").first { $0.contains("descriptors open") }.map(String.init) ?? ""
         let numbers = line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
@@ -233,8 +233,9 @@ struct LimitTests {
     }
 
     /// Recursion to stack overflow is an ordinary error of the event, with or without
-    /// limits.
-    @Test(arguments: ["{}", "{ time = 5, memory = \"64MB\" }"])
+    /// limits. (Lua's million-slot stack and its call records take about 100 MB before
+    /// the overflow: a memory limit under that is breached first.)
+    @Test(arguments: ["{}", "{ time = 5, memory = \"256MB\" }"])
     func recursionToStackOverflowIsAnErrorOfTheEvent(limits: String) throws {
         let o = try Self.run(Self.job(limits: limits, hostile: "local function f() return 1 + f() end f()"))
         #expect(o.result.status == 0, "\(o.result.stderr)")
@@ -270,6 +271,20 @@ struct LimitTests {
                                       extra: "flush = function(ctx, why) local f = fs.open('f.txt', 'w') while true do end end,"))
         #expect(o.result.status == 1)
         #expect(o.result.stderr.contains("stage 'enrich' exceeded its instruction limit (1000000 instructions) in flush"), "\(o.result.stderr)")
+        Self.expectClean(o.result)
+    }
+
+    /// A timer callback of the stage runs under the stage's limits: the firing fails
+    /// with the breach (lost, under a policy that goes on), the events all pass.
+    @Test func aTimerOfTheStageRunsUnderItsLimits() throws {
+        let o = try Self.run(Self.job(hostile: "", extra: """
+            open = function(ctx) timer.after(0, function() local f = fs.open("t.txt", "w") while true do end end) end,
+            """))
+        #expect(o.result.status == 0, "\(o.result.stderr)")
+        #expect(o.output == [1, 2, 3, 4, 5, 6])
+        #expect(o.result.stderr.contains("scopelua: stage 'enrich' failed in timer timer#1: "), "\(o.result.stderr)")
+        #expect(o.result.stderr.contains(": stage 'enrich' exceeded its time limit (0.2 s) in timer timer#1"), "\(o.result.stderr)")
+        #expect(o.result.stderr.contains("limits     enrich: time 0.2 s; breached: time 1"), "\(o.result.stderr)")
         Self.expectClean(o.result)
     }
 

@@ -216,17 +216,21 @@ final class StageLimitsRun {
         }
     }
 
+    /// The time limit of a `call` in ns (0: none).
+    @inline(__always)
+    func time(of call: StageCall) -> UInt64 {
+        switch call {
+        case .process: return processTime
+        case .open: return openTime
+        case .flush: return flushTime
+        case .close: return closeTime
+        }
+    }
+
     /// Starts a call of `call` at `t0` under these limits (see sl_limits_begin).
     @inline(__always)
     func begin(_ L: LuaState, _ call: StageCall, at t0: UInt64) {
-        let time: UInt64
-        switch call {
-        case .process: time = processTime
-        case .open: time = openTime
-        case .flush: time = flushTime
-        case .close: time = closeTime
-        }
-        sl_limits_begin(L, c, time, t0)
+        sl_limits_begin(L, c, time(of: call), t0)
     }
 
     /// Ends the call; the limit breached, if any (SL_BREACH_*, 0: none).

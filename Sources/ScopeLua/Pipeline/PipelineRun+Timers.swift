@@ -40,9 +40,18 @@ extension PipelineRun {
             defer { sl_rec_unpin(rt.arena.pool, h) }
             let stageIndex = stages.firstIndex { $0.scope === t.owner || $0.task === t.owner }
             runningStage = stageIndex
-            let firing = rt.fireTimer(t, L, now: now)
+            // A stage's timer callback runs under the stage's limits (its `time`).
+            let limits = stageIndex.flatMap { stages[$0].limits }
+            let firing = rt.fireTimer(t, L, now: now, limits: limits.map { (UnsafePointer($0.c), $0.time(of: .process)) })
             runningStage = nil
-            if case .failed(let traceback) = firing {
+            if case .failed(let traceback, let breach) = firing {
+                if breach != 0, let i = stageIndex, let limits {
+                    // The breach, whatever the callback did with it.
+                    stages[i].breaches.count(breach)
+                    Lua.push(L, "\(limits.message(breach, .process)) in timer \(rt.describe(h))")
+                    lua_copy(L, -1, -2)
+                    sl_pop(L, 1)
+                }
                 let name = stageIndex.map { stages[$0].definition.name } ?? definition.name
                 let message = "timer \(rt.describe(h)) of stage '\(name)' failed: \(describeError(L, lua_gettop(L), traceback: traceback))"
                 let policy = stageIndex.map { stages[$0].policy } ?? .abort

@@ -139,7 +139,7 @@ package enum TimerBindings: RuntimeModule {
     /// 0 results, or the failed callback's error raised with the traceback from where it
     /// happened.
     static func raiseFiring(_ firing: Runtime.Firing, _ L: LuaState) -> Int32 {
-        guard case .failed(let traceback) = firing else { return 0 }
+        guard case .failed(let traceback, _) = firing else { return 0 }
         guard let traceback else { return ScopeBindings.raising(L) }
         Lua.push(L, traceback)
         lua_rotate(L, -2, 1)  // the error stays on top

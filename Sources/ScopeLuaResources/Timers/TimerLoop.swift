@@ -37,12 +37,16 @@ extension Runtime {
     /// where the callback failed.
     package enum Firing {
         case ok
-        case failed(traceback: String?)
+        /// `breach`: the limit the callback breached (SL_BREACH_*), 0: none.
+        case failed(traceback: String?, breach: Int32 = 0)
     }
 
     /// Runs `t`'s callback in a `timer` scope under the scope that created it; a one-shot
-    /// timer is released afterwards. Stack: 0, or +1 when it failed.
-    package func fireTimer(_ t: ScheduledTimer, _ L: LuaState, now: UInt64) -> Firing {
+    /// timer is released afterwards. With `limits` (a stage's, and its time in ns), the
+    /// callback runs under them (CScopeLua/limits.c): a breach fails the firing whatever
+    /// the callback did. Stack: 0, or +1 when it failed.
+    package func fireTimer(_ t: ScheduledTimer, _ L: LuaState, now: UInt64,
+                           limits: (UnsafePointer<sl_Limits>, time: UInt64)? = nil) -> Firing {
         guard let h = t.handle, h.pointee.isOpen else { return .ok }
         // The callback may release this very timer and collect its box: keep the record
         // until the firing is done.
@@ -59,7 +63,15 @@ extension Runtime {
         current = callScope
         lua_pushcclosure(L, sl_capturetraceback, 0)
         t.pushFunction(L)
-        let status = sl_pcall(L, 0, 0, base + 1)
+        let t0 = sl_monotonic_ns()
+        if let limits { sl_limits_begin(L, limits.0, limits.time, t0) }
+        var status = sl_pcall(L, 0, 0, base + 1)
+        let breach = limits == nil ? 0 : sl_limits_end(L, sl_elapsed_ns(t0))
+        if breach != 0, status == LUA_OK {
+            // What it was is the caller's to say (it knows the stage and its limits).
+            Lua.push(L, "limit breached")
+            status = LUA_ERRRUN
+        }
         current = saved
         let errIndex: Int32 = status == LUA_OK ? 0 : base + 2
         // The traceback, taken before the releases run Lua code that may fail too.
@@ -75,7 +87,7 @@ extension Runtime {
         _ = mergeErrors(L, primary: errIndex, failures: failures)
         lua_copy(L, -1, base + 1)
         lua_settop(L, base + 1)
-        return .failed(traceback: traceback)
+        return .failed(traceback: traceback, breach: breach)
     }
 
     /// Fires every due timer once, in creation order. Stops at the first failing one
@@ -83,7 +95,7 @@ extension Runtime {
     package func fireDueTimers(_ L: LuaState) -> Firing {
         let now = sl_monotonic_ns()
         for t in scheduled where t.due <= now && t.handle != nil {
-            if case .failed(let traceback) = fireTimer(t, L, now: now) { return .failed(traceback: traceback) }
+            if case .failed(let traceback, _) = fireTimer(t, L, now: now) { return .failed(traceback: traceback) }
         }
         return .ok
     }
@@ -93,7 +105,7 @@ extension Runtime {
     /// top). Stack: 0 / +1.
     func runTimers(_ L: LuaState, until deadline: UInt64?) -> Firing {
         while sl_stop_signal() == 0 {
-            if case .failed(let traceback) = fireDueTimers(L) { return .failed(traceback: traceback) }
+            if case .failed(let traceback, _) = fireDueTimers(L) { return .failed(traceback: traceback) }
             let now = sl_monotonic_ns()
             if let deadline, now >= deadline { return .ok }
             guard let next = [deadline, nextTimerDue].compactMap({ $0 }).min() else { return .ok }
