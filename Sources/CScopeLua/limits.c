@@ -210,17 +210,7 @@ static void *watchdog(void *arg) {
  * signal (blocked while creating it: a thread inherits its creator's mask). Why a
  * real-time signal: it is nobody else's (the stop's arm signal is SIGRTMIN + 2). */
 static void watch_setup(void) {
-#ifdef SIGRTMIN
-  limitsig = SIGRTMIN + 3;
-#else
-  limitsig = SIGUSR1;
-#endif
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_limit_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(limitsig, &sa, NULL);
+  limitsig = sl_rtsignal(3, SIGUSR1, on_limit_signal, NULL);
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &old);

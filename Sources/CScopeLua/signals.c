@@ -357,23 +357,39 @@ static void stopsignals(sigset_t *set) {
   sigaddset(set, armsig);
 }
 
+/* The real-time signal SIGRTMIN + `offset` (`fallback` where there are none). */
+static int rtsig(int offset, int fallback) {
+#ifdef SIGRTMIN
+  (void)fallback;
+  return SIGRTMIN + offset;
+#else
+  (void)offset;
+  return fallback;
+#endif
+}
+
 /* Picks the arm signal and installs its handler, once per process, before any target
  * exists. Why a real-time signal: it is nobody else's (glibc keeps the first ones for
  * itself, SIGRTMIN is past them). The handler stays installed for good: an arm signal
  * still in flight when the last target goes finds nothing to do instead of taking the
  * default action (terminating the process). */
 static void armsig_setup(void) {
-#ifdef SIGRTMIN
-  armsig = SIGRTMIN + 2;
-#else
-  armsig = SIGUSR2;
-#endif
+  armsig = rtsig(2, SIGUSR2);
+  sigset_t mask;
+  stopsignals(&mask);  /* the arm signal among them */
+  sl_rtsignal(2, SIGUSR2, on_arm_signal, &mask);
+}
+
+int sl_rtsignal(int offset, int fallback, void (*handler)(int), const sigset_t *mask) {
+  int sig = rtsig(offset, fallback);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_arm_signal;
-  stopsignals(&sa.sa_mask);
+  sa.sa_handler = handler;
+  if (mask != NULL) sa.sa_mask = *mask;
+  else sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;  /* a worker's read or write is not cut short */
-  sigaction(armsig, &sa, NULL);
+  sigaction(sig, &sa, NULL);
+  return sig;
 }
 
 /* ---- knowing which coroutine runs ----------------------------------------------------

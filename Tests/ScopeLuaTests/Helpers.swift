@@ -26,14 +26,16 @@ struct LuaRun {
     var text: String { values.first?.description ?? "" }
 }
 
-/// Runs `source` as chunk `test` in a new runtime, then closes the runtime (releasing
-/// whatever is still open, as the end of a run does). With `watching`, also counts the
-/// descriptors open under that directory before the runtime is closed.
-func runLua(watching directory: String? = nil, _ source: String, trace: Bool = false,
+/// Runs `source` as chunk `test` in a new runtime (under `permissions`: nil, no sandbox),
+/// then closes the runtime (releasing whatever is still open, as the end of a run does).
+/// With `watching`, also counts the descriptors open under that directory before the
+/// runtime is closed.
+func runLua(watching directory: String? = nil, _ source: String, trace: Bool = false, permissions: Permissions? = nil,
             beforeClose: (Runtime) -> Void = { _ in }) -> LuaRun {
     let lines = Lines()
     var options = RuntimeOptions()
     options.trace = trace
+    options.permissions = permissions
     options.diagnostics = { lines.all.append($0) }
     let rt = Runtime(options: options)
     var values: [LuaValue] = []

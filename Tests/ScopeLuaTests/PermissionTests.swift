@@ -3,27 +3,10 @@ import Testing
 @testable import ScopeLua
 @testable import ScopeLuaRepl
 
-/// Runs `source` as chunk `test` in a fresh runtime under `permissions` (nil: no
-/// sandbox), like `runLua`; `openDescriptors` counts what is open under `dir` once the
-/// chunk has returned.
+/// Runs `source` in a fresh runtime under `permissions` (nil: no sandbox), counting what
+/// is open under `dir` once the chunk has returned.
 private func sandboxed(_ permissions: Permissions?, in dir: String, _ source: String) -> LuaRun {
-    let lines = Lines()
-    var options = RuntimeOptions()
-    options.permissions = permissions
-    options.diagnostics = { lines.all.append($0) }
-    let rt = Runtime(options: options)
-    var values: [LuaValue] = []
-    var failure: LuaError?
-    do {
-        values = try rt.execute(source, name: "=test")
-    } catch {
-        failure = error
-    }
-    let open = openDescriptors(under: dir)
-    let before = rt.resourceCounts
-    rt.close()
-    return LuaRun(values: values, error: failure, diagnostics: lines.all, counts: rt.resourceCounts,
-                  countsBeforeClose: before, timers: rt.timers, openDescriptors: open)
+    runLua(watching: dir, source, permissions: permissions)
 }
 
 /// Nothing left open under the test's directory and nothing leaked or failing in the ledger.

@@ -7,6 +7,7 @@
 #define CSCOPELUA_H
 
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <lua.h>
@@ -542,6 +543,10 @@ int sl_stop_attach(lua_State *L);
  * handler on any thread (it waits, a few instructions at most, for a handler using the
  * slot on another thread to finish). Harmless for a state that is no target. */
 void sl_stop_detach(lua_State *L);
+/* Installs `handler` (SA_RESTART, with `mask` blocked while it runs; NULL: none) for the
+ * real-time signal SIGRTMIN + `offset` (`fallback` where there are none) and returns the
+ * signal: the stop's arm signal (+2) and the limits' (+3) are nobody else's. */
+int sl_rtsignal(int offset, int fallback, void (*handler)(int), const sigset_t *mask);
 /* Whether `h` is a hook a stop (or the REPL's Ctrl-C) set: nothing may replace it. */
 int sl_isstophook(lua_Hook h);
 /* The first stop signal received (0 if none). */
