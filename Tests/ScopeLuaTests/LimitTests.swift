@@ -9,7 +9,7 @@ import ScopeLuaRepl
 /// event under the stage's on_error, the run goes on with the other events, and what the
 /// event acquired is released (the ledger and the process's descriptors back where they
 /// started).
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(1)))
 struct LimitTests {
     /// A pipeline whose stage opens a file for every event (in its task scope) and runs
     /// `hostile` on event 3; it logs "after" when code after the hostile part runs.
@@ -170,7 +170,8 @@ struct LimitTests {
     }
 
     /// A state the watchdog cannot take (every slot taken) counts every instruction from
-    /// the start of each call: the budget is then exact.
+    /// the start of each call: the budget is then exact. (The switch is process-wide; the
+    /// other tests here that run limited calls run them in child processes.)
     @Test func withoutTheWatchdogTheBudgetIsExact() throws {
         sl_limits_usewatchdog(0)
         defer { sl_limits_usewatchdog(1) }
