@@ -70,6 +70,7 @@ extension PipelineRun {
         case .list: return "the input list"
         case .channel(let link): return "worker \(link.number)'s input"
         case .stream: return streamSource?.label ?? "the Redis stream"
+        case .ingest(let feed): return feed.name
         }
     }
 
@@ -94,7 +95,10 @@ extension PipelineRun {
     /// opened after this.
     func openCheckpoint() -> Outcome? {
         // A Redis stream acknowledges its entries at barriers: they run by default.
-        checkpointing.every = options.checkpointEvery ?? (options.checkpoint != nil || streamSource != nil ? .standard : nil)
+        // So does an ingest feed, whose requests are answered at barriers (and at every
+        // pause in what arrives, see feedIngest).
+        checkpointing.every = options.checkpointEvery
+            ?? (options.checkpoint != nil || streamSource != nil || ingestSource != nil ? .standard : nil)
         guard let path = options.checkpoint else { return nil }
         guard let source = checkpointing.source, source.identity() != nil else {
             return .refused("--checkpoint \(path): the input \(inputName) is not a regular file (stdin, a pipe): what was read cannot be read again, so a run over it cannot resume; give the input as a file")
@@ -294,7 +298,9 @@ extension PipelineRun {
     /// flushed (and synced, with a checkpoint), then the checkpoint commits. False when
     /// the run must stop.
     func commitBarrier() -> Bool {
-        let durable = checkpointing.store != nil || streamSource != nil
+        // Synced when something outside relies on the barrier: a checkpoint, a Redis
+        // group's acknowledgement, an HTTP request's answer.
+        let durable = checkpointing.store != nil || streamSource != nil || ingestSource != nil
         for sink in [output, deadLetter as EventSink?].compactMap({ $0 }) {
             let code = sink.flush(durable: durable)
             if code != 0 { return sinkFailed(sink, errno: code) }
@@ -319,7 +325,7 @@ extension PipelineRun {
         }
         // What was read before this barrier is done and durable (committed): the source
         // may let it go now, never before (a Redis stream acknowledges its entries).
-        let source: EventSource? = streamSource ?? checkpointing.source
+        let source: EventSource? = streamSource ?? ingestSource ?? checkpointing.source
         if let source, let problem = source.ack(upTo: source.position) {
             rt.diagnose("scopelua: cannot acknowledge what was read from \(source.name): \(problem) (it stays pending and is delivered again)")
         }

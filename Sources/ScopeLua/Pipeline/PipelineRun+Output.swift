@@ -20,16 +20,6 @@ extension PipelineRun {
             return nil
         }
         let input = InputFile.identity(inputFD)
-        let inputName: String = {
-            switch options.input {
-            case .path(let path): return path
-            case .descriptor(_, let name): return name
-            case .stdin: return "stdin"
-            case .list: return "the input list"
-            case .channel: return "the coordinator's lines"
-            case .stream: return "the Redis stream"
-            }
-        }()
         var opened: [(fd: Int32, path: String, what: String)] = []
         func discard() { for o in opened { Glibc.close(o.fd) } }
         var wanted: [(path: String, what: String)] = []
@@ -254,7 +244,9 @@ extension PipelineRun {
         }
         if options.replay { annotateReplayed(L, deadLetter: true) }
         defer { sl_pop(L, 1) }
-        return writeRecord(L, lua_gettop(L))
+        guard writeRecord(L, lua_gettop(L)) else { return false }
+        if eventLine > 0 { ingestSource?.feed.deadLettered(line: eventLine) }
+        return true
     }
 
     /// Rejects an input line (counted as rejected once its record is written). False
@@ -263,6 +255,7 @@ extension PipelineRun {
         // The first few are shown as they happen (also when the dead-letter file has
         // them), the rest summed up at the end.
         let place = replayPlace ?? streamEntry.map { "entry \($0)" } ?? "\(options.input.isList ? "event" : "line") \(line)"
+        ingestSource?.feed.rejected(line: line, reason: reason)
         rejectNotices.count += 1
         if rejectNotices.first == nil { rejectNotices.first = "on \(place): \(reason)" }
         if rejectNotices.shown < Notices.shownAtMost {

@@ -21,7 +21,11 @@ package final class PipelineRun {
         /// `channel`: a worker's (Workers/): lines come from the coordinator, and what
         /// leaves the pipeline goes back to it.
         /// `stream`: a Redis stream's consumer group (RedisStream.swift).
-        package enum Input { case path(String), descriptor(Int32, name: String), list(Int32), stdin, channel(WorkerLink), stream(String) }
+        /// `ingest`: lines another thread hands the run (`scopelua serve`, Ingest.swift).
+        package enum Input {
+            case path(String), descriptor(Int32, name: String), list(Int32), stdin, channel(WorkerLink), stream(String)
+            case ingest(any IngestFeed)
+        }
         package enum Output { case path(String), function(Int32), collect, stdout, discard, channel, stream(String) }
         package var input: Input = .stdin
         package var output: Output = .stdout
@@ -186,6 +190,8 @@ package final class PipelineRun {
     var checkpointing = Checkpointing()
     /// A Redis stream input, and the id of its entry going through the stages.
     var streamSource: RedisStreamSource?
+    /// The feed of `scopelua serve`, while the run reads it.
+    var ingestSource: IngestSource?
     var streamEntry: String?
     /// Why this worker's state must be replaced (it ran out of memory), once it did.
     var crashed: String?
@@ -234,6 +240,9 @@ package final class PipelineRun {
             case .success(let source): streamSource = source
             case .failure(let problem): return .failed("cannot read input \(problem.message)")
             }
+        case .ingest(let feed):
+            inputFD = -1
+            ingestSource = IngestSource(feed)
         }
         if options.workers > 1 { return executeParallel(L) }
         if inputFD >= 0 { checkpointing.source = makeLineSource() }
@@ -323,6 +332,8 @@ package final class PipelineRun {
             clearProgress()
             // Every stage's flush, before any close (and the final checkpoint).
             finalBarrier(L)
+            // What the final barrier did not settle never will be (an abort, a forced stop).
+            ingestSource?.feed.abandon(abortMessage ?? sinkFailure?.message ?? (sl_stop_forced() != 0 ? "the stop was forced" : "the run ended"))
             if let stream = streamSource, let problem = stream.finish() {
                 rt.diagnose("scopelua: cannot acknowledge what was read from \(stream.label): \(problem) (it stays pending and is delivered again)")
             }
@@ -557,6 +568,9 @@ package final class PipelineRun {
         case .stream:
             guard let source = streamSource else { return false }
             return feedStream(L, source)
+        case .ingest:
+            guard let source = ingestSource else { return false }
+            return feedIngest(L, source)
         }
     }
 

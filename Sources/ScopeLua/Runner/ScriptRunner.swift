@@ -56,6 +56,9 @@ public struct RunRequest: Sendable {
         public var checkpointReset = false
         /// `--workers N`: the stages run in N Lua states on N threads (1: in the main state).
         public var workers = 1
+        /// `scopelua serve`: the lines come from this feed (the HTTP server), not `input`,
+        /// which then only names it.
+        package var ingest: (any IngestFeed)?
 
         public init(input: String) {
             self.input = input
@@ -271,7 +274,9 @@ public enum ScriptRunner {
         var options = PipelineRun.Options()
         var inputFD: Int32 = -1
         defer { if inputFD >= 0 { close(inputFD) } }
-        if RedisStreamURL.isStream(p.input) {
+        if let feed = p.ingest {
+            options.input = .ingest(feed)
+        } else if RedisStreamURL.isStream(p.input) {
             options.input = .stream(p.input)
         } else if p.follow {
             // A file followed by its name may not exist yet (the run waits for it);
