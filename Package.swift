@@ -18,6 +18,12 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // `scopelua serve` and --metrics-listen: the HTTP server, its start-up and
+        // shutdown, and the Prometheus metrics (swift-metrics' API, swift-prometheus' text).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // Debian's liblua5.4-dev, found through pkg-config.
@@ -80,11 +86,25 @@ let package = Package(
             dependencies: ["ScopeLua", "CLua", "CScopeLua"],
             swiftSettings: librarySettings
         ),
+        // `scopelua serve`: the HTTP server (Hummingbird) on its own threads, feeding a run
+        // through a bounded queue; metrics and the live resource view.
+        .target(
+            name: "ScopeLuaServe",
+            dependencies: [
+                "ScopeLua", "CScopeLua",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: librarySettings
+        ),
         .executableTarget(
             name: "scopelua",
             dependencies: [
                 "ScopeLua",
                 "ScopeLuaRepl",
+                "ScopeLuaServe",
                 "CLineEdit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -93,7 +113,7 @@ let package = Package(
         .testTarget(
             name: "ScopeLuaTests",
             // The executable is a dependency so that end-to-end tests can run it.
-            dependencies: ["ScopeLuaCore", "ScopeLuaResources", "ScopeLua", "ScopeLuaRepl", "CLua", "scopelua"],
+            dependencies: ["ScopeLuaCore", "ScopeLuaResources", "ScopeLua", "ScopeLuaRepl", "ScopeLuaServe", "CLua", "scopelua"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]

@@ -25,7 +25,7 @@ struct ScopeluaCommand: ParsableCommand {
             run stopped gracefully, like `cmd | head`).
             """,
         version: "scopelua \(ScriptRunner.version)",
-        subcommands: [Run.self, ReplCommand.self]
+        subcommands: [Run.self, ReplCommand.self, Serve.self]
     )
 }
 
@@ -398,7 +398,7 @@ enum Main {
     static func arguments() -> [String] {
         let args = Array(CommandLine.arguments.dropFirst())
         guard let first = args.first else { return args }
-        let own: Set<String> = ["run", "repl", "help", "-h", "--help", "--version"]
+        let own: Set<String> = ["run", "repl", "serve", "help", "-h", "--help", "--version"]
         return own.contains(first) ? args : ["run"] + args
     }
 

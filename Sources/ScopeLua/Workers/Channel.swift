@@ -202,6 +202,52 @@ struct ResourceCountsSnapshot: Sendable {
     var acquired = 0, released = 0, leaked = 0, releaseErrors = 0
 }
 
+/// A pipe that makes a poll() on another thread return: written when there is something
+/// to take, drained by the taker. Non-blocking both ways (a full pipe means a wake-up is
+/// already pending), closed on exec.
+package final class WakePipe: @unchecked Sendable {
+    private var fds: [Int32] = [-1, -1]
+    /// The end to poll for POLLIN.
+    package var fd: Int32 { fds[0] }
+
+    package init?() {
+        guard Glibc.pipe(&fds) == 0 else { return nil }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+    }
+
+    deinit {
+        for fd in fds where fd >= 0 { Glibc.close(fd) }
+    }
+
+    package func wake() {
+        var c: UInt8 = 1
+        _ = write(fds[1], &c, 1)
+    }
+
+    package func drain() {
+        var bytes = [UInt8](repeating: 0, count: 64)
+        while read(fds[0], &bytes, bytes.count) > 0 {}
+    }
+
+    /// Waits until the pipe is woken, a stop signal arrives (the stop pipe) or `deadline`
+    /// (monotonic ns; nil: no limit) passes. False when the deadline passed first.
+    package func wait(until deadline: UInt64?) -> Bool {
+        let stopFD = sl_stop_fd()
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+        var timeout: Int32 = -1
+        if let deadline {
+            let now = sl_monotonic_ns()
+            let ns = deadline <= now ? 0 : deadline - now
+            timeout = Int32(min(UInt64(Int32.max), ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1)))
+        }
+        return poll(&fds, stopFD >= 0 ? 2 : 1, timeout) != 0
+    }
+}
+
 /// What workers tell the coordinator, in one queue (so a worker's results always come
 /// before its barrier acknowledgement). Posting wakes the coordinator's poll through a
 /// pipe (the coordinator waits on the input, the stop and this at once).
@@ -218,30 +264,20 @@ final class Outbox: @unchecked Sendable {
 
     private let monitor = Monitor()
     private var messages: [Message] = []
-    private var pipeFDs: [Int32] = [-1, -1]
+    private let pipe: WakePipe
     /// Readable while messages wait (for poll).
-    var fd: Int32 { pipeFDs[0] }
+    var fd: Int32 { pipe.fd }
 
     init?() {
-        guard pipe(&pipeFDs) == 0 else { return nil }
-        for fd in pipeFDs {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-    }
-
-    deinit {
-        for fd in pipeFDs where fd >= 0 { close(fd) }
+        guard let pipe = WakePipe() else { return nil }
+        self.pipe = pipe
     }
 
     func post(_ message: Message) {
         monitor.locked {
             let wasEmpty = messages.isEmpty
             messages.append(message)
-            if wasEmpty {
-                var c: UInt8 = 1
-                _ = write(pipeFDs[1], &c, 1)
-            }
+            if wasEmpty { pipe.wake() }
             monitor.broadcast()
         }
     }
@@ -252,8 +288,7 @@ final class Outbox: @unchecked Sendable {
         monitor.locked {
             guard !messages.isEmpty else { return [] }
             // Posting wrote one byte when the queue went from empty to not empty.
-            var byte: UInt8 = 0
-            while read(pipeFDs[0], &byte, 1) > 0 {}
+            pipe.drain()
             let taken = messages
             messages.removeAll(keepingCapacity: true)
             return taken
@@ -262,17 +297,8 @@ final class Outbox: @unchecked Sendable {
 
     /// Waits until something is posted, a stop signal arrives, or `deadline`.
     func wait(until deadline: UInt64?) {
-        let stopFD = sl_stop_fd()
-        var fds = [pollfd(fd: pipeFDs[0], events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
-        var timeout: Int32 = -1
-        if let deadline {
-            let now = sl_monotonic_ns()
-            let ns = deadline <= now ? 0 : deadline - now
-            timeout = Int32(min(UInt64(Int32.max), ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1)))
-        }
         if sl_stop_signal() != 0 { return }
-        _ = poll(&fds, stopFD >= 0 ? 2 : 1, timeout)
+        _ = pipe.wait(until: deadline)
     }
 }
 

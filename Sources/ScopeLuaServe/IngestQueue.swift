@@ -1,0 +1,186 @@
+import CScopeLua
+import ScopeLua
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What became of one request's events, once they are durable (or why not).
+package struct IngestResult: Sendable, Equatable {
+    package enum Status: Sendable, Equatable {
+        /// Every event passed the pipeline and what was written is durable.
+        case done
+        /// Not taken: the queue is full (backpressure) or the server is stopping.
+        case refused(String)
+        /// Taken, but the run ended before they were settled (an abort, a forced stop).
+        case failed(String)
+    }
+    package var status: Status
+    package var accepted = 0
+    /// (the event's number in the request, from 1; why)
+    package var rejected: [(line: Int, reason: String)] = []
+    package var deadLettered = 0
+
+    package static func == (a: IngestResult, b: IngestResult) -> Bool {
+        a.status == b.status && a.accepted == b.accepted && a.deadLettered == b.deadLettered
+            && a.rejected.map(\.line) == b.rejected.map(\.line) && a.rejected.map(\.reason) == b.rejected.map(\.reason)
+    }
+}
+
+/// The bounded queue between the HTTP server's threads and the run's thread (docs/
+/// ARCHITECTURE.md, "Serving"). A request's events are numbered as they are offered
+/// (numbers run on across requests, in the order the run takes them), wait here until the
+/// run takes them, and the request's answer waits until the run settles its last event:
+/// a barrier made it durable. At most `capacity` events wait to be taken: an offer beyond
+/// that is refused (503), so memory stays bounded however fast requests come.
+package final class IngestQueue: IngestFeed, @unchecked Sendable {
+    package let name: String
+    package let capacity: Int
+
+    private struct Ticket {
+        var first: Int
+        var last: Int
+        var continuation: CheckedContinuation<IngestResult, Never>
+        var rejected: [(line: Int, reason: String)] = []
+        var deadLettered = 0
+    }
+
+    private struct State {
+        var waiting: [[UInt8]] = []  // offered, not taken yet (FIFO)
+        var nextLine = 1             // the number the next offered event gets
+        var takenUpTo = 0            // the last number handed to the run
+        var tickets: [Ticket] = []   // unanswered, by number
+        var accepting = true
+        var closedWhy: String?
+        var started = false
+    }
+
+    private let state = Mutex(State())
+    /// Woken when events are offered; the run's thread waits on it (with the stop pipe).
+    private let pipe: WakePipe
+
+    /// Nil when the wake pipe cannot be made.
+    package init?(name: String, capacity: Int) {
+        guard let pipe = WakePipe() else { return nil }
+        self.name = name
+        self.capacity = max(1, capacity)
+        self.pipe = pipe
+    }
+
+    // MARK: - The server's side
+
+    /// Offers a request's events; `done` gets the answer (at once when refused).
+    package func offer(_ events: [[UInt8]], _ done: CheckedContinuation<IngestResult, Never>) {
+        let refusal: String? = state.withLock { s in
+            if let why = s.closedWhy { return why }
+            if !s.accepting { return "the server is stopping" }
+            if s.waiting.count + events.count > capacity {
+                return "the queue is full (\(s.waiting.count) events wait, --queue \(capacity))"
+            }
+            let first = s.nextLine
+            s.nextLine += events.count
+            s.waiting += events
+            s.tickets.append(Ticket(first: first, last: first + events.count - 1, continuation: done))
+            return nil
+        }
+        if let refusal {
+            done.resume(returning: IngestResult(status: .refused(refusal)))
+            return
+        }
+        pipe.wake()
+    }
+
+    /// Stages open and not stopping (`/readyz`).
+    package var isReady: Bool { state.withLock { $0.started && $0.accepting && $0.closedWhy == nil } }
+    /// Events waiting to be taken (a gauge for `/metrics`).
+    package var depth: Int { state.withLock { $0.waiting.count } }
+
+    // MARK: - The run's side (IngestFeed)
+
+    /// At most this many events are handed out at once (between two looks at timers,
+    /// barriers and the stop).
+    static let batch = 256
+
+    package func next(deadline: UInt64?) -> IngestNext {
+        while true {
+            let taken: IngestNext? = state.withLock { s in
+                s.started = true
+                if !s.waiting.isEmpty {
+                    let n = min(Self.batch, s.waiting.count)
+                    let lines = Array(s.waiting.prefix(n))
+                    s.waiting.removeFirst(n)
+                    let first = s.takenUpTo + 1
+                    s.takenUpTo += n
+                    return .lines(first: first, lines)
+                }
+                return s.closedWhy != nil ? .end : nil
+            }
+            if let taken { return taken }
+            if let deadline, deadline <= sl_monotonic_ns() { return .idle }
+            let woken = pipe.wait(until: deadline)
+            pipe.drain()
+            if !woken || sl_stop_signal() != 0 {
+                // The deadline, or a stop: one more look at the queue, then idle.
+                if state.withLock({ $0.waiting.isEmpty }) { return .idle }
+            }
+        }
+    }
+
+    package func settle(upTo line: Int) {
+        let done: [(CheckedContinuation<IngestResult, Never>, IngestResult)] = state.withLock { s in
+            var done: [(CheckedContinuation<IngestResult, Never>, IngestResult)] = []
+            while let t = s.tickets.first, t.last <= line {
+                s.tickets.removeFirst()
+                let count = t.last - t.first + 1
+                let result = IngestResult(status: .done, accepted: count - t.rejected.count,
+                                          rejected: t.rejected.map { ($0.line - t.first + 1, $0.reason) },
+                                          deadLettered: t.deadLettered)
+                done.append((t.continuation, result))
+            }
+            return done
+        }
+        for (c, r) in done { c.resume(returning: r) }
+    }
+
+    package func rejected(line: Int, reason: String) {
+        state.withLock { s in
+            if let i = s.tickets.firstIndex(where: { $0.first <= line && line <= $0.last }) {
+                s.tickets[i].rejected.append((line, reason))
+            }
+        }
+    }
+
+    package func deadLettered(line: Int) {
+        state.withLock { s in
+            if let i = s.tickets.firstIndex(where: { $0.first <= line && line <= $0.last }) {
+                s.tickets[i].deadLettered += 1
+            }
+        }
+    }
+
+    package func stopAccepting() {
+        state.withLock { $0.accepting = false }
+    }
+
+    package func abandon(_ why: String) {
+        let left: [CheckedContinuation<IngestResult, Never>] = state.withLock { s in
+            if s.closedWhy == nil { s.closedWhy = "the server is stopping" }
+            let left = s.tickets.map(\.continuation)
+            s.tickets = []
+            s.waiting = []
+            return left
+        }
+        for c in left { c.resume(returning: IngestResult(status: .failed(why))) }
+    }
+
+    /// No more requests (the server is going away): what is offered from now on is
+    /// refused, and the run's `next` ends once the queue is empty.
+    package func close(_ why: String) {
+        state.withLock { s in
+            s.accepting = false
+            if s.closedWhy == nil { s.closedWhy = why }
+        }
+        pipe.wake()
+    }
+}
