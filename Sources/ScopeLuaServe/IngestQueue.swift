@@ -74,7 +74,9 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
     package func offer(_ events: [[UInt8]], _ done: CheckedContinuation<IngestResult, Never>) {
         let refusal: String? = state.withLock { s in
             if let why = s.closedWhy { return why }
-            if !s.accepting { return "the server is stopping" }
+            // A stop signal is seen here at once, even while the run is busy in a stage
+            // (it only looks between events).
+            if !s.accepting || sl_stop_signal() != 0 { return "the server is stopping" }
             if s.waiting.count + events.count > capacity {
                 return "the queue is full (\(s.waiting.count) events wait, --queue \(capacity))"
             }
@@ -92,7 +94,7 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
     }
 
     /// Stages open and not stopping (`/readyz`).
-    package var isReady: Bool { state.withLock { $0.started && $0.accepting && $0.closedWhy == nil } }
+    package var isReady: Bool { state.withLock { $0.started && $0.accepting && $0.closedWhy == nil } && sl_stop_signal() == 0 }
     /// Events waiting to be taken (a gauge for `/metrics`).
     package var depth: Int { state.withLock { $0.waiting.count } }
 

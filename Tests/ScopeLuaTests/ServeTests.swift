@@ -1,0 +1,176 @@
+import Foundation
+import Testing
+
+/// `scopelua serve` over real HTTP on a free loopback port: each body format, per-line
+/// rejects, 413, backpressure, a graceful stop with requests in flight, a client that
+/// hangs up mid-request.
+@Suite(.timeLimit(.minutes(1)))
+struct ServeTests {
+    /// A stage that dead-letters `bad` events; with `gate`, an event with `wait = true`
+    /// writes `started` and then holds the run until the file `go` exists.
+    static let job = """
+        stage "enrich" {
+          on_error = "dead_letter",
+          process = function(ctx, e)
+            if e.bad then error("bad event") end
+            if e.wait then
+              local f = assert(io.open("started", "w")) f:close()
+              while not io.open("go") do os.execute("sleep 0.01") end
+            end
+            e.seen = true
+            return e
+          end,
+        }
+        pipeline "p" { "enrich" }
+        """
+
+    static func start(_ extra: [String] = [], sourceLocation: SourceLocation = #_sourceLocation) throws -> ServeProcess {
+        let dir = temporaryDirectory()
+        write(job, to: "job.lua", in: dir)
+        return try ServeProcess(["job.lua", "--output", "out.jsonl", "--dead-letter", "dead.jsonl"] + extra, in: dir,
+                                sourceLocation: sourceLocation)
+    }
+
+    static func lines(_ path: String) -> [String] {
+        (read(path) ?? "").split(separator: "\n").map(String.init)
+    }
+
+    /// The JSON objects of a JSON-lines file (key order aside).
+    static func objects(_ path: String) -> [NSDictionary] {
+        objects(from: lines(path))
+    }
+
+    static func objects(from lines: [String]) -> [NSDictionary] {
+        lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? NSDictionary }
+    }
+
+    @Test func jsonLinesWithRejectsAndDeadLetters() throws {
+        let s = try Self.start()
+        let r = HTTPClient.post(s.port, "/events", "{\"a\":1}\n{\"bad\":true}\nnot json\n\n{\"a\":2}\n")
+        #expect(r?.status == 200)
+        #expect(r?.body == """
+            {"accepted":3,"rejected":[{"line":3,"reason":"not valid JSON: Expected value but found invalid token at character 1"}],"dead_lettered":1}
+
+            """)
+        // A 200 means durable: the output and dead letters are on disk now.
+        #expect(Self.lines("\(s.directory)/out.jsonl").count == 2)
+        #expect(Self.lines("\(s.directory)/dead.jsonl").count == 2)  // the dead letter and the rejected line
+        #expect(s.stop() == 143)
+    }
+
+    @Test func anArrayOfObjectsAndOneObject() throws {
+        let s = try Self.start()
+        let array = HTTPClient.post(s.port, "/events", " [ {\"a\":1}, {\"b\":[1,\"]\"]}, 5 ] ")
+        #expect(array?.body == "{\"accepted\":2,\"rejected\":[{\"line\":3,\"reason\":\"not a JSON object\"}],\"dead_lettered\":0}\n")
+        let one = HTTPClient.post(s.port, "/events", "{\n  \"c\": 3,\n  \"d\": {\"e\": 4}\n}\n")
+        #expect(one?.body == "{\"accepted\":1,\"rejected\":[],\"dead_lettered\":0}\n")
+        let broken = HTTPClient.post(s.port, "/events", "[{\"a\":1}, {\"a\":")
+        #expect(broken?.status == 400)
+        #expect(broken?.body == "{\"error\":\"not a JSON array: the array's element 2 does not end (unbalanced brackets or an unterminated string)\"}\n")
+        let empty = HTTPClient.post(s.port, "/events", " \n ")
+        #expect(empty?.status == 400)
+        #expect(s.stop() == 143)
+        #expect(Self.objects("\(s.directory)/out.jsonl") == Self.objects(from: [
+            "{\"seen\":true,\"a\":1}", "{\"seen\":true,\"b\":[1,\"]\"]}", "{\"seen\":true,\"c\":3,\"d\":{\"e\":4}}"]))
+    }
+
+    @Test func aBodyOverMaxBodyIs413AndTakesNothing() throws {
+        let s = try Self.start(["--max-body", "64"])
+        let r = HTTPClient.post(s.port, "/events", String(repeating: "{\"a\":1}\n", count: 20))
+        #expect(r?.status == 413)
+        #expect(r?.body == "{\"error\":\"the body is over --max-body (64 bytes)\"}\n")
+        #expect(HTTPClient.post(s.port, "/events", "{\"a\":1}")?.status == 200)
+        #expect(s.stop() == 143)
+        #expect(Self.lines("\(s.directory)/out.jsonl").count == 1)
+    }
+
+    /// One event holds the run; two more fill a queue of 2; the next request is refused
+    /// with 503 and Retry-After, and nothing of it is taken. Released, the held ones finish.
+    @Test func aFullQueueIs503WithRetryAfter() throws {
+        let s = try Self.start(["--queue", "2"])
+        let held = Held(), port = s.port
+        Thread { held.set(HTTPClient.post(port, "/events", "{\"wait\":true}")) }.start()
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(s.directory)/started") })
+        let queued = Held()
+        Thread { queued.set(HTTPClient.post(port, "/events", "{\"q\":1}\n{\"q\":2}")) }.start()
+        // The two wait in the queue (their request is answered only once they are
+        // through). A request of 3 events never fits a queue of 2, so it is refused at
+        // once, and its message says how many wait: the readiness marker.
+        #expect(waitUntil {
+            HTTPClient.post(s.port, "/events", "{}\n{}\n{}")?.body.contains("(2 events wait, --queue 2)") == true
+        })
+        let refused = HTTPClient.post(s.port, "/events", "{\"r\":1}")
+        #expect(refused?.status == 503)
+        #expect(refused?.headers["retry-after"] == "1")
+        #expect(refused?.body == "{\"error\":\"the queue is full (2 events wait, --queue 2)\"}\n")
+        write("", to: "go", in: s.directory)
+        #expect(waitUntil { held.value?.status == 200 && queued.value?.status == 200 })
+        #expect(queued.value?.body == "{\"accepted\":2,\"rejected\":[],\"dead_lettered\":0}\n")
+        #expect(s.stop() == 143)
+        let out = Self.lines("\(s.directory)/out.jsonl")
+        #expect(out.count == 3 && !out.contains { $0.contains("\"r\"") }, "\(out)")
+    }
+
+    /// SIGTERM with one request in the stage and one queued: new requests get 503, the
+    /// two finish and are answered 200 with their events on disk; exit 143.
+    @Test func aGracefulStopAnswersWhatItTookAndRefusesTheRest() throws {
+        let s = try Self.start()
+        let held = Held(), queued = Held(), port = s.port
+        Thread { held.set(HTTPClient.post(port, "/events", "{\"wait\":true}")) }.start()
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(s.directory)/started") })
+        Thread { queued.set(HTTPClient.post(port, "/events", "{\"q\":1}\n{\"q\":2}")) }.start()
+        // Queued: /readyz still says ready; the request is not answered yet.
+        usleep(200_000)
+        #expect(queued.value == nil)
+        kill(s.process.processIdentifier, SIGTERM)
+        #expect(waitUntil { HTTPClient.get(s.port, "/readyz")?.status == 503 })
+        let late = HTTPClient.post(s.port, "/events", "{\"late\":1}")
+        #expect(late?.status == 503)
+        #expect(late?.body == "{\"error\":\"the server is stopping\"}\n")
+        write("", to: "go", in: s.directory)
+        #expect(waitUntil { !s.process.isRunning })
+        #expect(s.stop() == 143)
+        #expect(held.value?.status == 200)
+        #expect(queued.value?.status == 200)
+        let out = Self.lines("\(s.directory)/out.jsonl")
+        #expect(out.count == 3 && !out.contains { $0.contains("late") }, "\(out)")
+    }
+
+    /// A client that sends half a body and hangs up: nothing is taken, the server goes on.
+    @Test func aClientThatHangsUpMidRequest() throws {
+        let s = try Self.start()
+        if let fd = HTTPClient.connect(s.port) {
+            HTTPClient.send(fd, Array("POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"half\":".utf8))
+            close(fd)
+        }
+        let r = HTTPClient.post(s.port, "/events", "{\"a\":1}")
+        #expect(r?.status == 200)
+        #expect(s.stop() == 143)
+        #expect(Self.lines("\(s.directory)/out.jsonl") == ["{\"seen\":true,\"a\":1}"])
+    }
+
+    @Test func healthAndReadiness() throws {
+        let s = try Self.start()
+        #expect(HTTPClient.get(s.port, "/healthz")?.body == "ok\n")
+        #expect(HTTPClient.get(s.port, "/readyz")?.body == "ready\n")
+        #expect(HTTPClient.get(s.port, "/nope")?.status == 404)
+        #expect(s.stop(SIGINT) == 130)
+    }
+
+    @Test func usageErrors() throws {
+        let bad = try scopelua(["serve", "job.lua", "--listen", "localhost"])
+        #expect(bad.status == 2)
+        #expect(bad.stderr.contains("--listen must be HOST:PORT, like 127.0.0.1:8080 or [::1]:8080 (got 'localhost')"), "\(bad.stderr)")
+        let queue = try scopelua(["serve", "job.lua", "--queue", "0"])
+        #expect(queue.status == 2)
+        #expect(queue.stderr.contains("--queue must be at least 1 (got 0)"), "\(queue.stderr)")
+    }
+
+    /// A value one thread sets and another waits for.
+    final class Held: @unchecked Sendable {
+        private let lock = NSLock()
+        private var held: HTTPResponse?
+        func set(_ v: HTTPResponse?) { lock.lock(); held = v; lock.unlock() }
+        var value: HTTPResponse? { lock.lock(); defer { lock.unlock() }; return held }
+    }
+}
