@@ -6,6 +6,8 @@
 #   asan+ubsan     scripts/ci-asan.sh             the suite and Tests/valgrind/*.lua under
 #                                                 AddressSanitizer + UndefinedBehaviorSanitizer
 #   release        scripts/ci-release.sh          the release build runs every example script
+#   static binary  scripts/ci-static.sh           scripts/install.sh's single binary runs every
+#                                                 example with the Swift toolchain hidden
 #   valgrind       scripts/valgrind-scripts.sh    memcheck on the release build: the examples
 #                                                 and Tests/valgrind/*.lua
 #   json fuzz      scripts/fuzz-json.sh 60        json.decode/json.encode fuzzing, 60 s
@@ -33,6 +35,8 @@ stage install-deps scripts/install-deps.sh || { echo "stages: 0 passed, 1 failed
 stage "debug suite" bash -c "swift build --build-tests && swift test --skip-build"
 stage "asan+ubsan" scripts/ci-asan.sh
 stage release scripts/ci-release.sh
+# After release: its dynamically linked .build/release/scopelua is one of the controls.
+stage "static binary" scripts/ci-static.sh
 stage valgrind scripts/valgrind-scripts.sh
 # The fuzz target lands separately; until it does, the stage is skipped (and says so).
 if [ -x scripts/fuzz-json.sh ]; then

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages scopelua needs to build, test and benchmark; runs
 # `apt-get update` first only when something is missing. Safe to run repeatedly.
+#   scripts/install-deps.sh [PACKAGE...]   (default: the list below; scripts/install.sh
+#                                          passes only what building and running need)
 # As root (CI, a fresh container) it calls apt-get directly, sudo or no sudo; as
 # another user it needs sudo, and says so plainly when there is none.
 set -euo pipefail
@@ -21,6 +23,8 @@ packages=(
   valgrind           # CI runs memcheck on the release build (scripts/valgrind-scripts.sh)
   binutils           # objcopy: the debug-info-free copy valgrind reads
 )
+
+if [ $# -gt 0 ]; then packages=("$@"); fi
 
 missing=()
 for p in "${packages[@]}"; do

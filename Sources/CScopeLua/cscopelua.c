@@ -142,6 +142,8 @@ int sl_memexceeded(lua_State *L) {
   return was;
 }
 
+const char *sl_lua_ident(void) { return lua_ident; }
+
 void sl_closestate(lua_State *L) {
   lua_close(L);
 }

@@ -24,7 +24,7 @@ struct ScopeluaCommand: ParsableCommand {
             SIGINT/SIGTERM; 141 when the reader of the pipeline's output went away (EPIPE: the \
             run stopped gracefully, like `cmd | head`).
             """,
-        version: "scopelua \(ScriptRunner.version)",
+        version: ScopeluaVersion.description,
         subcommands: [Run.self, ReplCommand.self, Serve.self]
     )
 }

@@ -23,11 +23,13 @@ import Testing
         #expect(e.stdout == "42\n")
     }
 
-    @Test func versionNamesScopeluaAndLua() throws {
+    @Test func versionNamesScopeluaAndTheLibraries() throws {
         let r = try scopelua(["--version"])
         #expect(r.status == 0)
-        #expect(r.stdout.hasPrefix("scopelua "))
-        #expect(r.stdout.contains("(Lua 5.4."))
+        #expect(r.stdout == "\(ScopeluaVersion.description)\n")
+        #expect(r.stdout.hasPrefix("scopelua \(ScopeluaVersion.number) (Lua 5.4."))
+        #expect(r.stdout.contains(", SQLite 3."))
+        #expect(r.stdout.contains(", hiredis 0.14."))
     }
 
     @Test func checkRegistersAndChecksWithoutRunning() throws {

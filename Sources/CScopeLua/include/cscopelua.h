@@ -427,6 +427,11 @@ static inline sl_StateInfo *sl_info(lua_State *L) {
  * the retry fails too (see sl_alloc; sl_pcall for where failures may raise). */
 lua_State *sl_newstate(void);
 
+/* The linked Lua library's identification, `lua_ident` ("$LuaVersion: Lua 5.4.4 ...$"):
+ * the release of the library loaded at run time (the header's LUA_RELEASE is only the
+ * one scopelua was compiled against). Swift does not import an array of unknown size. */
+const char *sl_lua_ident(void);
+
 /* lua_close. The per-state data outlives the state (the runtime reads its counts after
  * the close) and is freed with sl_freeinfo. */
 void sl_closestate(lua_State *L);

@@ -79,8 +79,6 @@ public enum ScriptRunner {
     public static let success: Int32 = 0
     public static let scriptError: Int32 = 1
     public static let usageError: Int32 = 2
-    /// `scopelua --version`.
-    public static let version = "0.4.0 (Lua \(LUA_VERSION_MAJOR).\(LUA_VERSION_MINOR).\(LUA_VERSION_RELEASE))"
     /// The reader of the pipeline's output went away (EPIPE): the run stopped
     /// gracefully and exits as a shell reports a process that SIGPIPE ended.
     public static let readerGone: Int32 = 128 + SIGPIPE

@@ -57,15 +57,10 @@ package enum Bindings {
         sl_pop(L, 1)
     }
 
-    /// `SCOPELUA_STDLIB`, else the explicit option, else the source tree's `stdlib/`
-    /// (this file lives in Sources/ScopeLuaCore/Bindings/).
+    /// Where the shipped Lua modules are: `SCOPELUA_STDLIB`, else the explicit option,
+    /// else the directory found next to the running executable (`StdlibLocation`).
     static func stdlibDirectory(_ explicit: String?) -> String? {
-        if let env = getenv("SCOPELUA_STDLIB") { return String(cString: env) }
-        if let explicit { return explicit }
-        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count > 4 else { return nil }
-        parts.removeLast(4)
-        let dir = parts.joined(separator: "/") + "/stdlib"
-        return access(dir, F_OK) == 0 ? dir : nil
+        StdlibLocation.directory(environment: getenv("SCOPELUA_STDLIB").map { String(cString: $0) },
+                                 explicit: explicit)
     }
 }

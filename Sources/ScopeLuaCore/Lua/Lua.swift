@@ -158,3 +158,22 @@ public typealias LuaState = OpaquePointer
         return lua_tocfunction(L, -1)
     }
 }
+
+extension Lua {
+    /// The release of the Lua library loaded at run time (`5.4.4`), read from its
+    /// `lua_ident`; the header's release (what scopelua was compiled against) only if
+    /// that text is not in the form Lua 5.4 writes it.
+    package static var libraryRelease: String {
+        release(fromIdent: String(cString: sl_lua_ident()))
+            ?? "\(LUA_VERSION_MAJOR).\(LUA_VERSION_MINOR).\(LUA_VERSION_RELEASE)"
+    }
+
+    /// `5.4.4` from `$LuaVersion: Lua 5.4.4  Copyright (C) 1994-2022 Lua.org, PUC-Rio $...`;
+    /// nil for any other text.
+    package static func release(fromIdent ident: String) -> String? {
+        guard let marker = ident.firstRange(of: "$LuaVersion: Lua ") else { return nil }
+        let release = ident[marker.upperBound...].prefix { $0.isASCII && ($0.isNumber || $0 == ".") }
+        guard let first = release.first, first.isNumber, release.last?.isNumber == true else { return nil }
+        return String(release)
+    }
+}

@@ -222,3 +222,11 @@ enum RedisIO {
         }
     }
 }
+
+/// The hiredis library scopelua is linked with.
+package enum HiredisLibrary {
+    /// `0.14.1`. hiredis has no call that reports its version at run time, so this is the
+    /// header's (HIREDIS_MAJOR/MINOR/PATCH); the loader holds the library to it, since
+    /// Debian's soname carries the major and minor version (`libhiredis.so.0.14`).
+    package static var version: String { "\(HIREDIS_MAJOR).\(HIREDIS_MINOR).\(HIREDIS_PATCH)" }
+}

@@ -131,3 +131,10 @@ final class Transaction: Resource {
         return false
     }
 }
+
+/// The SQLite library scopelua is linked with.
+package enum SQLiteLibrary {
+    /// Its version as the library loaded at run time reports it (`3.40.1`), which is
+    /// what `SELECT sqlite_version()` returns too.
+    package static var version: String { String(cString: sqlite3_libversion()) }
+}
