@@ -104,7 +104,7 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
     /// barriers and the stop).
     static let batch = 256
 
-    package func next(deadline: UInt64?) -> IngestNext {
+    package func next(deadline: UInt64?, wake: Int32) -> IngestNext {
         while true {
             let taken: IngestNext? = state.withLock { s in
                 s.started = true
@@ -120,10 +120,11 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
             }
             if let taken { return taken }
             if let deadline, deadline <= sl_monotonic_ns() { return .idle }
-            let woken = pipe.wait(until: deadline)
+            let woken = pipe.wait(until: deadline, also: wake)
             pipe.drain()
-            if !woken || sl_stop_signal() != 0 {
-                // The deadline, or a stop: one more look at the queue, then idle.
+            if !woken || wake >= 0 || sl_stop_signal() != 0 {
+                // The deadline, a stop, or the caller's own descriptor (it has something to
+                // do): one more look at the queue, then idle.
                 if state.withLock({ $0.waiting.isEmpty }) { return .idle }
             }
         }

@@ -46,6 +46,9 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("How many events may wait for the pipeline (default 10000): a request that would take the queue past it gets 503 with Retry-After, so memory stays bounded.", valueName: "N"))
     var queue = 10_000
 
+    @Option(help: ArgumentHelp("Run the stages in N workers, each its own Lua state on its own thread ('auto': one per core), as `scopelua run --workers` does; a request's events are spread over them and answered once all are through.", valueName: "N|auto"))
+    var workers: String?
+
     @Option(name: .customLong("memory-limit"), help: ArgumentHelp("The most memory Lua code may hold in the Lua state (as `scopelua run --memory-limit`).", valueName: "SIZE"))
     var memoryLimit: String?
 
@@ -109,6 +112,7 @@ struct Serve: ParsableCommand {
         p.name = pipeline
         p.output = output ?? "-"
         p.deadLetter = deadLetter
+        p.workers = try workers.map(Run.workerCount) ?? 1
         request.pipeline = p
         request.grace = grace
         request.report = report

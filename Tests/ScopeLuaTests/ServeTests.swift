@@ -27,7 +27,7 @@ struct ServeTests {
     static func start(_ extra: [String] = [], sourceLocation: SourceLocation = #_sourceLocation) throws -> ServeProcess {
         let dir = temporaryDirectory()
         write(job, to: "job.lua", in: dir)
-        return try ServeProcess(["job.lua", "--output", "out.jsonl", "--dead-letter", "dead.jsonl"] + extra, in: dir,
+        return try ServeProcess(["job.lua", "--output", "out.jsonl", "--dead-letter", "dead.jsonl", "--report"] + extra, in: dir,
                                 sourceLocation: sourceLocation)
     }
 
@@ -147,6 +147,24 @@ struct ServeTests {
         #expect(r?.status == 200)
         #expect(s.stop() == 143)
         #expect(Self.lines("\(s.directory)/out.jsonl") == ["{\"seen\":true,\"a\":1}"])
+    }
+
+    /// With --workers 2: a request's events are spread over both workers (600 events:
+    /// blocks of 256), rejects and dead letters are reported from the workers by line,
+    /// and the answer comes once all are through.
+    @Test func withTwoWorkers() throws {
+        let s = try Self.start(["--workers", "2"])
+        let small = HTTPClient.post(s.port, "/events", "{\"a\":1}\n{\"bad\":true}\nnot json\n{\"a\":2}")
+        #expect(small?.body == """
+            {"accepted":3,"rejected":[{"line":3,"reason":"not valid JSON: Expected value but found invalid token at character 1"}],"dead_lettered":1}
+
+            """)
+        let many = (1...600).map { $0 == 300 ? "{\"bad\":true}" : $0 == 500 ? "[]" : "{\"i\":\($0)}" }.joined(separator: "\n")
+        let big = HTTPClient.post(s.port, "/events", many)
+        #expect(big?.body == "{\"accepted\":599,\"rejected\":[{\"line\":500,\"reason\":\"not a JSON object\"}],\"dead_lettered\":1}\n")
+        #expect(Self.lines("\(s.directory)/out.jsonl").count == 2 + 598)
+        #expect(s.stop() == 143)
+        #expect(s.stderr.contains("  worker 2   read "), "\(s.stderr)")
     }
 
     @Test func healthAndReadiness() throws {

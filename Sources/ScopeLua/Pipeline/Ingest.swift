@@ -10,9 +10,9 @@ package protocol IngestFeed: AnyObject, Sendable {
     var name: String { get }
     /// The next lines, numbered from 1 in the order handed out (`first` is the number of
     /// the first): waits until there are some, until `deadline` (monotonic ns; nil: no
-    /// limit) or until a stop signal (`sl_stop_fd`), which answer `.idle`; `.end` once
-    /// the feed is closed and empty.
-    func next(deadline: UInt64?) -> IngestNext
+    /// limit), a stop signal (`sl_stop_fd`) or `wake` (a descriptor, -1: none) becoming
+    /// readable, which answer `.idle`; `.end` once the feed is closed and empty.
+    func next(deadline: UInt64?, wake: Int32) -> IngestNext
     /// Every line up to `line` has left the pipeline and what it wrote is durable.
     func settle(upTo line: Int)
     /// Line `line` was rejected (not JSON, not an object, too long) for `reason`.
@@ -59,6 +59,14 @@ final class IngestSource: EventSource {
 }
 
 extension PipelineRun {
+    /// The feed to tell of rejects and dead letters by line: the run's own, or, in a
+    /// worker, the coordinator's.
+    var ingestFeed: (any IngestFeed)? {
+        if let ingestSource { return ingestSource.feed }
+        if case .channel(let link) = options.input { return link.ingest }
+        return nil
+    }
+
     /// The feed loop over an ingest feed (as `feedStream` over a Redis stream): lines are
     /// taken as input lines are, numbered as the feed numbers them; when none is waiting
     /// and some are not settled yet, a barrier makes them durable and settles them (what
@@ -79,7 +87,7 @@ extension PipelineRun {
             showProgress()
             // Lines waiting to be settled: no waiting, so that a pause in what arrives is
             // a barrier at once (a group commit: it answers every request before it).
-            switch source.feed.next(deadline: stopping || source.unsettled ? 0 : nextWakeUp()) {
+            switch source.feed.next(deadline: stopping || source.unsettled ? 0 : nextWakeUp(), wake: -1) {
             case .idle:
                 if stopping { return true }  // all it held was taken; the final barrier settles it
                 if source.unsettled, !barrier(L, .checkpoint) { return false }

@@ -245,7 +245,7 @@ extension PipelineRun {
         if options.replay { annotateReplayed(L, deadLetter: true) }
         defer { sl_pop(L, 1) }
         guard writeRecord(L, lua_gettop(L)) else { return false }
-        if eventLine > 0 { ingestSource?.feed.deadLettered(line: eventLine) }
+        if eventLine > 0 { ingestFeed?.deadLettered(line: eventLine) }
         return true
     }
 
@@ -255,7 +255,7 @@ extension PipelineRun {
         // The first few are shown as they happen (also when the dead-letter file has
         // them), the rest summed up at the end.
         let place = replayPlace ?? streamEntry.map { "entry \($0)" } ?? "\(options.input.isList ? "event" : "line") \(line)"
-        ingestSource?.feed.rejected(line: line, reason: reason)
+        ingestFeed?.rejected(line: line, reason: reason)
         rejectNotices.count += 1
         if rejectNotices.first == nil { rejectNotices.first = "on \(place): \(reason)" }
         if rejectNotices.shown < Notices.shownAtMost {

@@ -232,11 +232,13 @@ package final class WakePipe: @unchecked Sendable {
         while read(fds[0], &bytes, bytes.count) > 0 {}
     }
 
-    /// Waits until the pipe is woken, a stop signal arrives (the stop pipe) or `deadline`
-    /// (monotonic ns; nil: no limit) passes. False when the deadline passed first.
-    package func wait(until deadline: UInt64?) -> Bool {
+    /// Waits until the pipe is woken, a stop signal arrives (the stop pipe), `also` (a
+    /// descriptor, -1: none) is readable, or `deadline` (monotonic ns; nil: no limit)
+    /// passes. False when the deadline passed first.
+    package func wait(until deadline: UInt64?, also: Int32 = -1) -> Bool {
         let stopFD = sl_stop_fd()
         var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: also, events: Int16(POLLIN), revents: 0),   // a negative descriptor is ignored
                    pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
         var timeout: Int32 = -1
         if let deadline {
@@ -244,7 +246,7 @@ package final class WakePipe: @unchecked Sendable {
             let ns = deadline <= now ? 0 : deadline - now
             timeout = Int32(min(UInt64(Int32.max), ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1)))
         }
-        return poll(&fds, stopFD >= 0 ? 2 : 1, timeout) != 0
+        return poll(&fds, 3, timeout) != 0
     }
 }
 

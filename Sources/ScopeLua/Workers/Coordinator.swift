@@ -79,14 +79,14 @@ extension PipelineRun {
     /// pipeline says `ordered = false`), runs the barriers and commits the checkpoint
     /// (docs/ARCHITECTURE.md, "Workers").
     func executeParallel(_ L: LuaState) -> Outcome {
-        guard let factory = options.workerFactory, inputFD >= 0 || options.follow, !options.replay else {
+        guard let factory = options.workerFactory, inputFD >= 0 || options.follow || ingestSource != nil, !options.replay else {
             return .refused("--workers needs an input file or stdin (and is not available with --replay)")
         }
         // The main state runs no Lua meanwhile: a graceful stop must not be left armed on
         // it for the code that runs after the run (the pipeline hold, as in one state).
         sl_stop_pipeline(L, 1)
         defer { sl_stop_pipeline(L, 0) }
-        checkpointing.source = makeLineSource()
+        if ingestSource == nil { checkpointing.source = makeLineSource() }
         if let refused = openCheckpoint() { return refused }
         defer { checkpointing.store?.close() }
         if let refused = openSinks(L) { return refused }
@@ -123,11 +123,13 @@ extension PipelineRun {
         let hasDeadLetter = deadLetter != nil
         let discardsOutput = output is DiscardSink
         let printsToStderr: Bool = { if case .stdout = options.output { return true } else { return false } }()
+        let ingest = ingestSource?.feed
         for i in 0..<count {
             let inbox = state.inboxes[i], number = i + 1
             let started = startThread {
                 Self.runWorker(number: number, workers: count, factory: factory, inbox: inbox, outbox: outbox, console: console,
-                               hasDeadLetter: hasDeadLetter, discardsOutput: discardsOutput, resumed: resumed, printsToStderr: printsToStderr)
+                               hasDeadLetter: hasDeadLetter, discardsOutput: discardsOutput, resumed: resumed, printsToStderr: printsToStderr,
+                               ingest: ingest)
             }
             guard let started else {
                 abortMessage = "cannot start worker \(number): \(String(cString: strerror(errno)))"
@@ -136,9 +138,13 @@ extension PipelineRun {
             parallel?.threads.append(started)
         }
 
-        if abortMessage == nil { _ = feedWorkers(L) }
+        if abortMessage == nil {
+            if let source = ingestSource { _ = feedWorkers(from: source) } else { _ = feedWorkers(L) }
+        }
         inputEnded = true
         finishWorkers()
+        // What the final barrier did not settle never will be (an abort, a forced stop).
+        ingestSource?.feed.abandon(abortMessage ?? sinkFailure?.message ?? (sl_stop_forced() != 0 ? "the stop was forced" : "the run ended"))
         for t in parallel?.threads ?? [] { pthread_join(t, nil) }
         mergeWorkerCounts()
         clearProgress()
@@ -165,7 +171,8 @@ extension PipelineRun {
 
     /// The worker thread's body: its runtime, its run over the orders it gets, its end.
     private static func runWorker(number: Int, workers: Int, factory: WorkerFactory, inbox: Inbox, outbox: Outbox, console: Console,
-                                  hasDeadLetter: Bool, discardsOutput: Bool, resumed: SourcePosition?, printsToStderr: Bool) {
+                                  hasDeadLetter: Bool, discardsOutput: Bool, resumed: SourcePosition?, printsToStderr: Bool,
+                                  ingest: (any IngestFeed)?) {
         var carried: WorkerCounts?
         var restarts = 0
         var releaseFailures: [String] = []
@@ -186,6 +193,7 @@ extension PipelineRun {
             let link = WorkerLink(number: number, workers: workers, inbox: inbox, outbox: outbox, hasDeadLetter: hasDeadLetter, resumed: resumed)
             link.carried = carried
             link.discardsOutput = discardsOutput
+            link.ingest = ingest
             var options = PipelineRun.Options()
             options.input = .channel(link)
             options.output = .channel
@@ -263,6 +271,50 @@ extension PipelineRun {
                 lineNumber += 1
                 if Self.isBlank(bytes) { continue }
                 dispatch(bytes, line: lineNumber, tooLong: 0)
+            }
+        }
+    }
+
+    /// The coordinator's loop over an ingest feed (`scopelua serve --workers N`): lines
+    /// are dispatched as file lines are, under the numbers the feed gave them; a pause in
+    /// what arrives, with lines not settled, is a barrier across the workers (which
+    /// settles them: a group commit). A graceful stop takes nothing new but dispatches
+    /// what the feed holds. The workers tell the feed of rejects and dead letters
+    /// themselves, before they acknowledge the barrier.
+    func feedWorkers(from source: IngestSource) -> Bool {
+        var stopping = false
+        while true {
+            guard handleMessages() else { return false }
+            if sl_stop_signal() != 0, !stopping {
+                stopping = true
+                source.feed.stopAccepting()
+            }
+            if !flushIfDue() { return false }
+            if barrierDue, !parallelBarrier(.checkpoint) { return false }
+            showParallelProgress()
+            if parallel?.window.isFull ?? false {
+                sendPending()
+                parallel?.outbox.wait(until: nextParallelWakeUp())
+                continue
+            }
+            let wait = stopping || source.unsettled ? 0 : nextParallelWakeUp()
+            switch source.feed.next(deadline: wait, wake: parallel?.outbox.fd ?? -1) {
+            case .idle:
+                if stopping { return true }  // the final barrier settles what was taken
+                if source.unsettled {
+                    if !parallelBarrier(.checkpoint) { return false }
+                } else {
+                    sendPending()
+                    if !flushBeforeWaiting() { return false }
+                }
+            case .end:
+                return true
+            case .lines(let first, let lines):
+                for (k, line) in lines.enumerated() {
+                    source.handedOut = first + k
+                    line.withUnsafeBufferPointer { dispatch($0, line: first + k, tooLong: 0) }
+                }
+                sendPending()  // a request's events go out now, not when a batch fills
             }
         }
     }

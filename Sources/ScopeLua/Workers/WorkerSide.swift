@@ -27,6 +27,9 @@ package final class WorkerLink {
     var carried: WorkerCounts?
     /// `--output none`: events are counted, not encoded (only the done marks go back).
     var discardsOutput = false
+    /// `scopelua serve`: the feed the lines came from, told of rejects and dead letters by
+    /// line (it is thread-safe; the lines keep the numbers the coordinator gave them).
+    var ingest: (any IngestFeed)?
 
     init(number: Int, workers: Int, inbox: Inbox, outbox: Outbox, hasDeadLetter: Bool, resumed: SourcePosition?) {
         self.number = number
