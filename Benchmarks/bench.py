@@ -9,6 +9,8 @@
   Benchmarks/bench.py checkpoint [--runs 5] [--n 200000] analytics-1 with --checkpoint (default interval) vs without
   Benchmarks/bench.py limits [--runs 7] [--n 200000]     analytics-1 with limits = { time = 0.5, instructions = 5e7 }
                                                          on every stage vs without (--limits: other fields)
+  Benchmarks/bench.py serve [--seconds 10] [--batch 100]  scopelua serve (analytics-1, --workers 2) under wrk at 1, 16
+                                                         and 64 connections vs scopelua run --input FILE --workers 2
   Benchmarks/bench.py workers [--runs 5] [--n 200000]    --workers 2 vs --workers 1: the CPU-bound pipeline
                                                          (Benchmarks/cpu_pipeline.lua), then analytics-1
   Benchmarks/bench.py redis [--runs 5] [--n 200000]      analytics-1 as 2 consumers of a Redis stream's group vs
@@ -31,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -515,6 +518,69 @@ REDIS_PY = "redis==5.0.1"
 HIREDIS = "hiredis==3.5.0"
 
 
+def serve(args):
+    """HTTP ingest against reading a file: analytics-1 with --workers 2 as `scopelua serve`,
+    loaded by wrk (POST /events, batches of --batch events, each answered once durable)
+    at 1, 16 and 64 connections for --seconds each, side by side with the same stages
+    over the same number of events through `scopelua run --input FILE --workers 2` (the
+    output to a file in both). Events/s, and wrk's p50/p99 latency per request."""
+    need_packages("the serve benchmark (wrk)", [("wrk", None, "wrk")])
+    with tempfile.TemporaryDirectory() as tmp:
+        events = generate_events(args.n, tmp)
+        with open(events) as f:
+            body = "".join(f.readline() for _ in range(args.batch))
+        script = os.path.join(tmp, "post.lua")
+        with open(script, "w") as f:
+            f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-ndjson"\n'
+                    f"wrk.body = [==[{body}]==]\n")
+
+        def out(tag):
+            d = os.path.join(tmp, tag)
+            os.makedirs(d, exist_ok=True)
+            return d
+
+        file_rates = []
+        for i in range(args.runs):
+            d = out(f"file{i}")
+            wall, _, _ = run_rusage([SCOPELUA, "run", ANALYTICS, "--input", events, "--workers", "2",
+                                     "--output", os.path.join(d, "kept.jsonl")], env=dict(os.environ, ANALYTICS_OUT=d))
+            file_rates.append(args.n / wall)
+        file_rate = statistics.median(file_rates)
+        print(f"serve: analytics-1, --workers 2, output to a file; {args.n} events from a file, {args.runs} runs; "
+              f"HTTP: wrk, POST /events with {args.batch} events a request, {args.seconds} s per connection count")
+        print(f"  scopelua run --input FILE        {file_rate:12,.0f} events/s")
+        results = {}
+        for connections in (1, 16, 64):
+            d = out(f"serve{connections}")
+            server = subprocess.Popen([SCOPELUA, "serve", ANALYTICS, "--listen", "127.0.0.1:0", "--workers", "2",
+                                       "--output", os.path.join(d, "kept.jsonl")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      env=dict(os.environ, ANALYTICS_OUT=d))
+            port = None
+            for line in server.stderr:
+                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+                if m:
+                    port = int(m.group(1))
+                    break
+            if port is None:
+                sys.exit("bench: scopelua serve did not start")
+            threads = min(2, connections)
+            w = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{args.seconds}s", "--latency",
+                                "-s", script, f"http://127.0.0.1:{port}/events"], capture_output=True, text=True, check=True)
+            server.send_signal(signal.SIGTERM)
+            server.communicate()
+            text = w.stdout
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+            lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", text, flags=re.M))
+            bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+            results[connections] = (rps * args.batch, lat.get("50", "?"), lat.get("99", "?"), int(bad.group(1)) if bad else 0)
+            rate, p50, p99, non2xx = results[connections]
+            print(f"  serve, {connections:2d} connection{'s' if connections > 1 else ' '}          {rate:12,.0f} events/s"
+                  f"   {rate / file_rate:5.0%} of the file run   p50 {p50:>8}  p99 {p99:>8}"
+                  + (f"   ({non2xx} answers not 2xx)" if non2xx else ""))
+        print(f"  HTTP ingest at 16 connections: {results[16][0] / file_rate:.0%} of the file run's events/s (target: at least 70%)")
+
+
 def apt_install(packages):
     """Installs Debian packages as scripts/install-deps.sh does: apt-get directly as root,
     through sudo otherwise; exits saying what to do when neither works."""
@@ -802,6 +868,12 @@ def main():
     lm.add_argument("--n", type=int, default=200000)
     lm.add_argument("--limits", default="time = 0.5, instructions = 5e7", help="the limits table's fields")
     lm.set_defaults(fn=limits)
+    sv = sub.add_parser("serve", help="scopelua serve under wrk (1, 16, 64 connections) vs scopelua run --input FILE")
+    sv.add_argument("--runs", type=int, default=3, help="file runs (their median is the reference)")
+    sv.add_argument("--n", type=int, default=200000)
+    sv.add_argument("--batch", type=int, default=100, help="events per request")
+    sv.add_argument("--seconds", type=int, default=10, help="wrk's duration per connection count")
+    sv.set_defaults(fn=serve)
     w = sub.add_parser("workers", help="--workers 2 vs --workers 1: a CPU-bound pipeline, then analytics-1")
     w.add_argument("--runs", type=int, default=5)
     w.add_argument("--n", type=int, default=200000)
