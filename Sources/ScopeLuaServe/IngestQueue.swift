@@ -100,16 +100,12 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
 
     // MARK: - The run's side (IngestFeed)
 
-    /// At most this many events are handed out at once (between two looks at timers,
-    /// barriers and the stop).
-    static let batch = 256
-
-    package func next(deadline: UInt64?, wake: Int32) -> IngestNext {
+    package func next(deadline: UInt64?, wake: Int32, max: Int) -> IngestNext {
         while true {
             let taken: IngestNext? = state.withLock { s in
                 s.started = true
                 if !s.waiting.isEmpty {
-                    let n = min(Self.batch, s.waiting.count)
+                    let n = Swift.max(1, Swift.min(max, s.waiting.count))
                     let lines = Array(s.waiting.prefix(n))
                     s.waiting.removeFirst(n)
                     let first = s.takenUpTo + 1

@@ -8,11 +8,12 @@ import CScopeLua
 package protocol IngestFeed: AnyObject, Sendable {
     /// For messages: `HTTP (127.0.0.1:8080)`.
     var name: String { get }
-    /// The next lines, numbered from 1 in the order handed out (`first` is the number of
-    /// the first): waits until there are some, until `deadline` (monotonic ns; nil: no
-    /// limit), a stop signal (`sl_stop_fd`) or `wake` (a descriptor, -1: none) becoming
-    /// readable, which answer `.idle`; `.end` once the feed is closed and empty.
-    func next(deadline: UInt64?, wake: Int32) -> IngestNext
+    /// The next lines (at most `max`), numbered from 1 in the order handed out (`first`
+    /// is the number of the first): waits until there are some, until `deadline`
+    /// (monotonic ns; nil: no limit), a stop signal (`sl_stop_fd`) or `wake` (a
+    /// descriptor, -1: none) becoming readable, which answer `.idle`; `.end` once the
+    /// feed is closed and empty.
+    func next(deadline: UInt64?, wake: Int32, max: Int) -> IngestNext
     /// Every line up to `line` has left the pipeline and what it wrote is durable.
     func settle(upTo line: Int)
     /// Line `line` was rejected (not JSON, not an object, too long) for `reason`.
@@ -59,6 +60,10 @@ final class IngestSource: EventSource {
 }
 
 extension PipelineRun {
+    /// At most this many lines are taken from an ingest feed at once (between two looks at
+    /// timers, barriers, the stop and the workers' messages).
+    static let ingestBatch = 256
+
     /// The feed to tell of rejects and dead letters by line: the run's own, or, in a
     /// worker, the coordinator's.
     var ingestFeed: (any IngestFeed)? {
@@ -87,7 +92,7 @@ extension PipelineRun {
             showProgress()
             // Lines waiting to be settled: no waiting, so that a pause in what arrives is
             // a barrier at once (a group commit: it answers every request before it).
-            switch source.feed.next(deadline: stopping || source.unsettled ? 0 : nextWakeUp(), wake: -1) {
+            switch source.feed.next(deadline: stopping || source.unsettled ? 0 : nextWakeUp(), wake: -1, max: Self.ingestBatch) {
             case .idle:
                 if stopping { return true }  // all it held was taken; the final barrier settles it
                 if source.unsettled, !barrier(L, .checkpoint) { return false }

@@ -292,13 +292,14 @@ extension PipelineRun {
             if !flushIfDue() { return false }
             if barrierDue, !parallelBarrier(.checkpoint) { return false }
             showParallelProgress()
-            if parallel?.window.isFull ?? false {
+            let take = Self.ingestTake(room: parallel?.window.room ?? 0)
+            if take == 0 {
                 sendPending()
                 parallel?.outbox.wait(until: nextParallelWakeUp())
                 continue
             }
             let wait = stopping || source.unsettled ? 0 : nextParallelWakeUp()
-            switch source.feed.next(deadline: wait, wake: parallel?.outbox.fd ?? -1) {
+            switch source.feed.next(deadline: wait, wake: parallel?.outbox.fd ?? -1, max: take) {
             case .idle:
                 if stopping { return true }  // the final barrier settles what was taken
                 if source.unsettled {
@@ -317,6 +318,13 @@ extension PipelineRun {
                 sendPending()  // a request's events go out now, not when a batch fills
             }
         }
+    }
+
+    /// How many lines the coordinator takes from an ingest feed when the reorder window
+    /// has `room`: a whole batch, or none (backpressure). Never more than fit: a ring that
+    /// overflowed would overwrite lines it still holds.
+    static func ingestTake(room: Int) -> Int {
+        room >= ingestBatch ? ingestBatch : 0
     }
 
     /// Puts one line in its worker's batch: by its partition key, else by its number

@@ -37,6 +37,8 @@ struct ReorderWindow {
     }
 
     var isFull: Bool { next - base >= capacity }
+    /// How many more lines it takes now.
+    var room: Int { capacity - (next - base) }
 
     /// A new line enters the window: its sequence number.
     mutating func add(line: Int) -> Int {
