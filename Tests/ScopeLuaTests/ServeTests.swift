@@ -147,7 +147,7 @@ struct ServeTests {
         let r = HTTPClient.post(s.port, "/events", "{\"a\":1}")
         #expect(r?.status == 200)
         #expect(s.stop() == 143)
-        #expect(Self.lines("\(s.directory)/out.jsonl") == ["{\"seen\":true,\"a\":1}"])
+        #expect(Self.objects("\(s.directory)/out.jsonl") == Self.objects(from: ["{\"seen\":true,\"a\":1}"]))
     }
 
     /// With --workers 2: a request's events are spread over both workers (600 events:
