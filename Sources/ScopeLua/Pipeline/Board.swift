@@ -106,10 +106,12 @@ package struct RunSnapshot: Sendable {
 
 package struct EventCounts: Sendable, Equatable {
     package var read = 0, emitted = 0, filtered = 0, skipped = 0, deadLettered = 0, rejected = 0, retried = 0, inFlight = 0
+    package init() {}
 }
 
 package struct FanoutCounts: Sendable, Equatable {
     package var created = 0, emitted = 0, filtered = 0, skipped = 0, deadLettered = 0, inFlight = 0
+    package init() {}
 }
 
 package struct StageSnapshot: Sendable {
@@ -166,7 +168,7 @@ package struct LatencySnapshot: Sendable, Equatable {
         return lower + width / 2
     }
 
-    func adding(_ o: LatencySnapshot) -> LatencySnapshot {
+    package func adding(_ o: LatencySnapshot) -> LatencySnapshot {
         var sum = self
         for i in sum.buckets.indices where i < o.buckets.count { sum.buckets[i] &+= o.buckets[i] }
         sum.count &+= o.count
@@ -177,7 +179,7 @@ package struct LatencySnapshot: Sendable, Equatable {
 }
 
 extension ResourceCounts {
-    mutating func add(_ o: ResourceCounts) {
+    package mutating func add(_ o: ResourceCounts) {
         acquired += o.acquired
         releasedByHandle += o.releasedByHandle
         releasedByScope += o.releasedByScope
@@ -228,11 +230,20 @@ extension PipelineRun {
         if case .channel(let link) = options.input { slot = link.number }
         var s = RunSnapshot(slot: slot, generation: boardGeneration, pipeline: definition.name, takenAt: now)
         s.ended = ended
-        s.events = EventCounts(read: c.read, emitted: c.original.emitted, filtered: c.original.filtered, skipped: c.original.skipped,
-                               deadLettered: c.original.deadLettered, rejected: c.rejected, retried: c.retried,
-                               inFlight: c.original.inFlight)
-        s.fanout = FanoutCounts(created: c.fanoutCreated, emitted: c.fanout.emitted, filtered: c.fanout.filtered,
-                                skipped: c.fanout.skipped, deadLettered: c.fanout.deadLettered, inFlight: c.fanout.inFlight)
+        s.events.read = c.read
+        s.events.emitted = c.original.emitted
+        s.events.filtered = c.original.filtered
+        s.events.skipped = c.original.skipped
+        s.events.deadLettered = c.original.deadLettered
+        s.events.rejected = c.rejected
+        s.events.retried = c.retried
+        s.events.inFlight = c.original.inFlight
+        s.fanout.created = c.fanoutCreated
+        s.fanout.emitted = c.fanout.emitted
+        s.fanout.filtered = c.fanout.filtered
+        s.fanout.skipped = c.fanout.skipped
+        s.fanout.deadLettered = c.fanout.deadLettered
+        s.fanout.inFlight = c.fanout.inFlight
         let names = parallel == nil ? stages.map(\.definition.name) : definition.allStages.map(\.name)
         s.stages = c.stages.enumerated().map { i, st in
             var snap = StageSnapshot(name: i < names.count ? names[i] : "stage\(i + 1)")
