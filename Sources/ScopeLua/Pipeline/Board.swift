@@ -146,7 +146,7 @@ package struct LatencySnapshot: Sendable, Equatable {
 
     package init() {}
 
-    init(_ h: HistogramSnapshot) {
+    package init(_ h: HistogramSnapshot) {
         count = h.count
         sumSeconds = (Double(h.totalHigh) * 18_446_744_073_709_551_616.0 + Double(h.total)) / 1e9
         maxSeconds = Double(h.max) / 1e9
