@@ -169,7 +169,7 @@ static int timermeasure(lua_State *L) {
         lua_pushvalue(L, lua_upvalueindex(2));  /* the open timer metatable */
         lua_setmetatable(L, -2);
         sl_registry_add(info->current, h);
-        info->counts.acquired++;
+        sl_kindcounts(info, h->kind)->acquired++;
         h->start = sl_monotonic_ns();  /* last, so the runtime's own work is not timed */
         return 1;
       }
@@ -195,7 +195,7 @@ int sl_closetimer(lua_State *L, sl_Box *b) {
   uint64_t elapsed = sl_elapsed_ns(h->start);
   h->how = SL_BY_CLOSE;
   h->value = (int64_t)elapsed;
-  info->counts.released_by_handle++;
+  sl_kindcounts(info, h->kind)->released_by_handle++;
   sl_registry_remove(h);
   if (h->aux >= 0 && h->aux < info->ntimers) sl_hist_record(info->timers[h->aux], elapsed);
   /* Detach: the box keeps the released record, the record goes back to the pool. */

@@ -7,7 +7,7 @@
 
 #include <stdlib.h>
 
-enum { CHUNK = 256 };  /* records per pool chunk */
+enum { CHUNK = SL_POOL_CHUNK };
 
 sl_Pool *sl_pool_new(void) {
   return (sl_Pool *)calloc(1, sizeof(sl_Pool));

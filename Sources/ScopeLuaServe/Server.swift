@@ -2,6 +2,7 @@ import Dispatch
 import Hummingbird
 import Logging
 import NIOCore
+import ScopeLua
 import ServiceLifecycle
 
 /// The HTTP side of `scopelua serve` (docs/ARCHITECTURE.md, "Serving"): Hummingbird on
@@ -33,7 +34,8 @@ package final class Server: @unchecked Sendable {
         init(_ value: T) { self.value = value }
     }
 
-    package init(options: Options, queue: IngestQueue?) {
+    /// `board`: the run's (`RunBoard`); with it, `GET /metrics` and `GET /resources`.
+    package init(options: Options, queue: IngestQueue?, board: RunBoard? = nil) {
         self.options = options
         self.queue = queue
         var logger = Logger(label: "scopelua.serve")
@@ -58,6 +60,17 @@ package final class Server: @unchecked Sendable {
         router.get("readyz") { _, _ -> Response in
             guard let queue else { return Self.text(.ok, "ready\n") }
             return queue.isReady ? Self.text(.ok, "ready\n") : Self.text(.serviceUnavailable, "not ready: the stages are not open, or the server is stopping\n")
+        }
+        if let board {
+            let exporter = MetricsExporter(board: board, queue: queue)
+            router.get("metrics") { _, _ -> Response in
+                var headers = HTTPFields()
+                headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: exporter.render())))
+            }
+            router.get("resources") { _, _ -> Response in
+                Self.json(.ok, ResourcesView.render(board.read()))
+            }
         }
         let port = boundPort, bound = bound
         let app = Application(

@@ -1,5 +1,6 @@
 import ArgumentParser
 import ScopeLua
+import ScopeLuaServe
 
 #if canImport(Glibc)
 import Glibc
@@ -147,6 +148,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Run the stages in N workers, each its own Lua state on its own thread ('auto': one per core; default 1: in the main state). Each worker loads the script and opens its own stages; lines go to workers in blocks of 256 (or by the pipeline's partition_by key); the output keeps input order unless the pipeline says ordered = false.", valueName: "N|auto"))
     var workers: String?
 
+    @Option(name: .customLong("metrics-listen"), help: ArgumentHelp("Serve GET /metrics (Prometheus text), /resources (the open handles, JSON) and /healthz at HOST:PORT while the pipeline runs (port 0: one the system picks; a line on stderr says which). Needs --input.", valueName: "HOST:PORT"))
+    var metricsListen: String?
+
     @Option(name: .customLong("memory-limit"), help: ArgumentHelp("The most memory Lua code may hold in each Lua state (each worker's, with --workers): bytes, or with a unit, 64MB, 512MiB, 2G (units of 1024). Beyond it an allocation fails as Lua's 'not enough memory' in the script; with --workers the worker whose state ran out is replaced by a fresh one, and the event it was processing follows its stage's on_error.", valueName: "SIZE"))
     var memoryLimit: String?
 
@@ -218,7 +222,7 @@ struct Run: ParsableCommand {
     /// Runner options may also follow the script (`scopelua run p.lua --input x`); they
     /// are taken out of the script's arguments. `--` passes everything after it verbatim.
     static let runnerOptions: [String] = ["--input", "--pipeline", "--output", "--dead-letter", "--replay", "--follow", "--grace", "--report", "--trace", "--check",
-                                          "--checkpoint", "--checkpoint-every", "--checkpoint-reset", "--workers", "--memory-limit"]
+                                          "--checkpoint", "--checkpoint-every", "--checkpoint-reset", "--workers", "--memory-limit", "--metrics-listen"]
                                           + PermissionOptions.names
 
     /// The runner option `option` was probably meant to be (`--inptu`: `--input`), if any:
@@ -285,6 +289,7 @@ struct Run: ParsableCommand {
             case "--checkpoint-reset": checkpointReset = true
             case "--workers": workers = try inline ?? value(name)
             case "--memory-limit": memoryLimit = try inline ?? value(name)
+            case "--metrics-listen": metricsListen = try inline ?? value(name)
             case "--grace":
                 let text = try inline ?? value(name)
                 guard let g = Double(text) else {
@@ -327,6 +332,12 @@ struct Run: ParsableCommand {
         if input == nil, checkpoint != nil || checkpointEvery != nil || checkpointReset {
             throw ValidationError("--checkpoint, --checkpoint-every and --checkpoint-reset need --input FILE")
         }
+        if input == nil, metricsListen != nil {
+            throw ValidationError("--metrics-listen needs --input FILE (it watches the pipeline's run)")
+        }
+        let metricsAddress = try metricsListen.map { text in
+            try Serve.address(text, option: "--metrics-listen")
+        }
         if checkpointReset, checkpoint == nil {
             throw ValidationError("--checkpoint-reset needs --checkpoint FILE (the checkpoint to start over)")
         }
@@ -366,8 +377,33 @@ struct Run: ParsableCommand {
         options.trace = trace
         options.memoryLimit = try memoryLimit.map(Self.size)
         options.permissions = try permissionOptions.permissions()
+        var server: Server?
+        if let (host, port) = metricsAddress {
+            let board = RunBoard()
+            request.pipeline?.board = board
+            server = try Self.startMetrics(host: host, port: port, board: board)
+        }
         let status = ScriptRunner.run(request, options: options)
+        server?.stop()
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// `--metrics-listen`: the views of `scopelua serve` (no POST /events) on the same
+    /// server, reading the run's board; the readiness line names the port.
+    static func startMetrics(host: String, port: Int, board: RunBoard) throws -> Server {
+        var o = Server.Options()
+        o.host = host
+        o.port = port
+        o.ingest = false
+        let server = Server(options: o, queue: nil, board: board)
+        switch server.start() {
+        case .success(let bound):
+            StandardError.write(line: "scopelua: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(bound) (GET /metrics, /resources, /healthz)")
+            return server
+        case .failure(let failure):
+            StandardError.write(line: "scopelua: cannot listen on \(host):\(port) for --metrics-listen: \(failure.message)")
+            throw ExitCode(1)
+        }
     }
 
     /// `-e` and `-l` in the order the command line gave them (lua.c runs them so).

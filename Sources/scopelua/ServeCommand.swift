@@ -20,7 +20,9 @@ struct Serve: ParsableCommand {
             (by its number in the request) and the rest are accepted. A body over --max-body \
             is 413; when --queue events already wait, 503 with Retry-After (nothing of the \
             request was taken); while stopping, 503. GET /healthz answers while the process \
-            lives, GET /readyz once the stages are open and until a stop begins.
+            lives, GET /readyz once the stages are open and until a stop begins. GET /metrics \
+            (Prometheus text) and GET /resources (the open handles, JSON) watch the run (see \
+            the README, "Watching a run").
 
             SIGINT/SIGTERM: new requests get 503, the events already taken finish, the final \
             barrier answers their requests, the stages close, the listener closes; exit \
@@ -68,8 +70,8 @@ struct Serve: ParsableCommand {
     var script: String
 
     /// `HOST:PORT` (`[::1]:PORT` for IPv6).
-    static func address(_ text: String) throws -> (host: String, port: Int) {
-        let bad = ValidationError("--listen must be HOST:PORT, like 127.0.0.1:8080 or [::1]:8080 (got '\(text)')")
+    static func address(_ text: String, option: String = "--listen") throws -> (host: String, port: Int) {
+        let bad = ValidationError("\(option) must be HOST:PORT, like 127.0.0.1:8080 or [::1]:8080 (got '\(text)')")
         guard let colon = text.lastIndex(of: ":") else { throw bad }
         var host = String(text[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
@@ -97,10 +99,11 @@ struct Serve: ParsableCommand {
         serverOptions.host = host
         serverOptions.port = port
         serverOptions.maxBody = maxBodyBytes
-        let server = Server(options: serverOptions, queue: ingest)
+        let board = RunBoard()
+        let server = Server(options: serverOptions, queue: ingest, board: board)
         switch server.start() {
         case .success(let bound):
-            StandardError.write(line: "scopelua: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(bound) (POST /events; GET /healthz, /readyz)")
+            StandardError.write(line: "scopelua: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(bound) (POST /events; GET /healthz, /readyz, /metrics, /resources)")
         case .failure(let failure):
             StandardError.write(line: "scopelua: cannot listen on \(listen): \(failure.message)")
             throw ExitCode(1)
@@ -109,6 +112,7 @@ struct Serve: ParsableCommand {
         var request = RunRequest(script: script)
         var p = RunRequest.PipelineOptions(input: "http://\(listen)")
         p.ingest = ingest
+        p.board = board
         p.name = pipeline
         p.output = output ?? "-"
         p.deadLetter = deadLetter

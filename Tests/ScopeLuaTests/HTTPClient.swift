@@ -109,12 +109,14 @@ final class ServeProcess {
     }
 
     /// Starts `scopelua serve job.lua --listen 127.0.0.1:0 ARGS` in `directory` and waits
-    /// for its "listening on" line (the readiness marker), then for /readyz.
+    /// for its "listening on" line (the readiness marker), then for /readyz. `command`
+    /// replaces `serve --listen 127.0.0.1:0` (`run --metrics-listen 127.0.0.1:0`).
     init(_ arguments: [String], in directory: String, environment: [String: String] = [:],
+         command: [String] = ["serve", "--listen", "127.0.0.1:0"],
          sourceLocation: SourceLocation = #_sourceLocation) throws {
         self.directory = directory
         process.executableURL = URL(fileURLWithPath: scopeluaPath)
-        process.arguments = ["serve", "--listen", "127.0.0.1:0"] + arguments
+        process.arguments = command + arguments
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         process.standardError = errPipe

@@ -92,6 +92,8 @@ sl_Handle *sl_tohandle(lua_State *L, int idx);
 /* ---- records and boxes (records.c) -------------------------------------------------
  * Why: the ownership rule above. Records come from a per-state pool of fixed-size
  * chunks, so the hot path (timer.measure) allocates one with a pointer pop. */
+/* Records per pool chunk (a snapshot of the open handles walks the chunks). */
+enum { SL_POOL_CHUNK = 256 };
 typedef struct sl_Pool {
   sl_Handle *free;           /* free records, linked through `record` */
   sl_Handle **chunks;
@@ -292,7 +294,9 @@ typedef struct sl_StateInfo {
   int guarded;     /* allocation failures abort instead of raising (see sl_alloc) */
   int trace;       /* --trace: every acquire and release goes through Swift */
   int64_t lastid;  /* the last handle id given out */
-  sl_Counts counts;
+  /* By kind (a handle's `kind`): /metrics shows them per kind; the run's totals are
+   * their sums. An index, not a second counter: acquire and release stay one add. */
+  sl_Counts counts[SL_MAXKINDS];
   sl_Registry *current;        /* the registry of the scope acquisitions go to */
   /* Functions seen at acquisition sites → interned source; timer.measure labels →
    * statistics index; the registry references of the tables pinning their keys. */
@@ -340,6 +344,12 @@ typedef struct sl_StateInfo {
   /* 1 + the state's slot with the limits' watchdog (limits.c), 0: none. */
   int limitslot;
 } sl_StateInfo;
+
+/* The counts of handles of `kind` (out-of-range kinds count as kind 0: never a write
+ * outside the array). */
+__attribute__((returns_nonnull)) static inline sl_Counts *sl_kindcounts(sl_StateInfo *info, int32_t kind) {
+  return &info->counts[(uint32_t)kind < SL_MAXKINDS ? kind : 0];
+}
 
 enum { SL_COUNT_STATE = 1, SL_COUNT_CALL = 2 };
 

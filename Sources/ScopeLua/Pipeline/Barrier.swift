@@ -323,6 +323,9 @@ extension PipelineRun {
             checkpointing.barriers += 1
             checkpointing.committed = record.position
         }
+        // The board first: an HTTP request answered by the acknowledgement below is
+        // already counted in /metrics when its answer goes out.
+        publish()
         // What was read before this barrier is done and durable (committed): the source
         // may let it go now, never before (a Redis stream acknowledges its entries).
         let source: EventSource? = streamSource ?? ingestSource ?? checkpointing.source

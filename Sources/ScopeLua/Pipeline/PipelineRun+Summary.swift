@@ -258,7 +258,10 @@ extension PipelineRun {
         progressOnScreen = false
     }
 
+    /// The feed loops call this between events: it also publishes to the run's board
+    /// when due (Board.swift), so every loop that shows progress publishes.
     func showProgress() {
+        publishIfDue()
         guard drawsProgress else { return }
         let now = sl_monotonic_ns()
         guard now &- lastProgress > 500_000_000 else { return }

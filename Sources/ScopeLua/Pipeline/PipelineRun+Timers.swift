@@ -9,9 +9,11 @@ import Glibc
 extension PipelineRun {
     // MARK: - Timers
 
-    /// The earliest of the next timer and the next progress update (monotonic ns).
+    /// The earliest of the next timer, the next progress update and the next
+    /// publication to the board (monotonic ns).
     func nextWakeUp() -> UInt64? {
         var wake: UInt64? = drawsProgress ? sl_monotonic_ns() &+ 500_000_000 : nil
+        if board != nil { wake = min(wake ?? nextPublish, nextPublish) }
         if checkpointing.dueTime != .max { wake = min(wake ?? checkpointing.dueTime, checkpointing.dueTime) }
         for t in timers.scheduled where t.handle != nil {
             wake = min(wake ?? t.due, t.due)

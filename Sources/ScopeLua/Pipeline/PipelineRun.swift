@@ -50,6 +50,9 @@ package final class PipelineRun {
         var workerFactory: WorkerFactory?
         /// A worker's: `print` goes to stderr (the run's events go to stdout).
         var printsToStderr = false
+        /// Where the run publishes what `/metrics` and `/resources` show (Board.swift);
+        /// nil: the runtime's (`Runtime.board`, how a worker's run finds it), if any.
+        package var board: RunBoard?
     }
 
     package enum Outcome: Equatable {
@@ -202,12 +205,19 @@ package final class PipelineRun {
 
     /// When the sinks are flushed next while events flow (see `flushIfDue`).
     var nextFlush: UInt64 = 0
+    /// The board this run publishes to, this run's number there, and when it publishes
+    /// next (Board.swift).
+    let board: RunBoard?
+    let boardGeneration: Int
+    var nextPublish: UInt64 = 0
 
     package init(_ rt: Runtime, _ definition: PipelineDefinition, options: Options) {
         self.rt = rt
         self.timers = rt.timerState
         self.definition = definition
         self.options = options
+        board = options.board ?? rt.board
+        boardGeneration = board?.generation() ?? 0
     }
 
     // MARK: - Running
@@ -217,6 +227,9 @@ package final class PipelineRun {
         startedAt = sl_monotonic_ns()
         rt.activeRun = self
         defer { rt.activeRun = nil }
+        // The last publication: the final counts, what is still open after the stages
+        // closed (normally nothing). Runs after every other defer below.
+        defer { publish(ended: true) }
         let base = lua_gettop(L)
         defer { lua_settop(L, base) }
         Lua.reserve(L, 64, for: "a pipeline run")

@@ -59,6 +59,9 @@ public struct RunRequest: Sendable {
         /// `scopelua serve`: the lines come from this feed (the HTTP server), not `input`,
         /// which then only names it.
         package var ingest: (any IngestFeed)?
+        /// `serve`, `run --metrics-listen`: where the run (each worker too) publishes what
+        /// `/metrics` and `/resources` show.
+        package var board: RunBoard?
 
         public init(input: String) {
             self.input = input
@@ -317,6 +320,7 @@ public enum ScriptRunner {
         options.checkpointReset = p.checkpointReset
         options.workers = workers != nil ? p.workers : 1
         options.workerFactory = workers
+        options.board = p.board
         options.progress = sl_stderr_isatty() != 0
         // From here on a write to a pipe nobody reads fails with EPIPE (the run stops
         // gracefully) instead of killing the process: also for what is left in stdout's
@@ -358,6 +362,7 @@ public enum ScriptRunner {
             var o = options
             o.diagnostics = diagnostics
             let rt = Runtime(options: o)
+            rt.board = request.pipeline?.board  // the worker's run publishes there too
             setArgTable(rt.L, request)
             // The events go to stdout: what the worker's copy of the script prints while it
             // loads goes to stderr (the main state printed it to stdout already, before

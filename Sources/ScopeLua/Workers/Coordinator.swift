@@ -248,6 +248,7 @@ extension PipelineRun {
             if !flushIfDue() { return false }
             if barrierDue, !parallelBarrier(.checkpoint) { return false }
             showParallelProgress()
+            publishIfDue()
             if parallel?.window.isFull ?? false {
                 // Backpressure: nothing more is read until the oldest lines are done.
                 sendPending()

@@ -126,6 +126,7 @@ extension PipelineRun {
         while true {
             if sl_stop_forced() != 0 { return .failed }
             if !fireTimers(L) { return .failed }
+            publishIfDue()
             guard let order = link.inbox.next(deadline: nextWakeUp()) else {
                 link.post()  // what timers emitted
                 continue

@@ -17,6 +17,8 @@ public struct ResourceCounts: Equatable, Sendable {
     public var releaseErrors = 0
 
     public var released: Int { releasedByHandle + releasedByScope + leaked }
+
+    public init() {}
 }
 
 /// Statistics for one `timer.measure` label, in seconds.
@@ -113,8 +115,23 @@ package final class Ledger {
         self.info = info
     }
 
+    /// The run's counts: every kind's, summed.
     var counts: ResourceCounts {
-        let c = info.pointee.counts
+        var total = ResourceCounts()
+        for k in 0..<Int(SL_MAXKINDS) {
+            let c = sl_kindcounts(info, Int32(k)).pointee
+            total.acquired += Int(c.acquired)
+            total.releasedByHandle += Int(c.released_by_handle)
+            total.releasedByScope += Int(c.released_by_scope)
+            total.leaked += Int(c.leaked)
+            total.releaseErrors += Int(c.release_errors)
+        }
+        return total
+    }
+
+    /// The counts of handles of `kind` (a `ResourceKind`'s index).
+    package func counts(ofKind kind: Int) -> ResourceCounts {
+        let c = sl_kindcounts(info, Int32(kind)).pointee
         var counts = ResourceCounts()
         counts.acquired = Int(c.acquired)
         counts.releasedByHandle = Int(c.released_by_handle)
@@ -122,6 +139,11 @@ package final class Ledger {
         counts.leaked = Int(c.leaked)
         counts.releaseErrors = Int(c.release_errors)
         return counts
+    }
+
+    /// Each `timer.measure` label's histogram, as plain data, in label order.
+    package var timerSnapshots: [(label: String, histogram: HistogramSnapshot)] {
+        zip(timerLabels, timerStats).map { ($0, $1.snapshot) }
     }
 
     /// A new timer label's index.

@@ -37,7 +37,7 @@ extension Runtime {
         _ = lua_setmetatable(L, -2)
         let owner = scope ?? current
         owner.add(h)
-        info.pointee.counts.acquired += 1
+        sl_kindcounts(info, kind.rawValue).pointee.acquired += 1
         if options.trace { traceAcquire(h, owner) }
         return h
     }
@@ -61,27 +61,28 @@ extension Runtime {
         guard h.pointee.isOpen else { return 0 }
         sl_rec_pin(h)
         defer { sl_rec_unpin(arena.pool, h) }
+        let counts = sl_kindcounts(info, h.pointee.kind)
         switch cause {
         case .closed:
             h.pointee.how = Int32(SL_BY_CLOSE)
-            info.pointee.counts.released_by_handle += 1
+            counts.pointee.released_by_handle += 1
         case .handle(let site):
             h.pointee.how = Int32(SL_BY_HANDLE)
             h.pointee.relsource = site.source
             h.pointee.relline = site.line
-            info.pointee.counts.released_by_handle += 1
+            counts.pointee.released_by_handle += 1
         case .scopeEnd(let scope):
             h.pointee.how = Int32(SL_BY_SCOPE)
             h.pointee.detail = Int64(internPath(scope))
-            info.pointee.counts.released_by_scope += 1
+            counts.pointee.released_by_scope += 1
         case .parent(let owner):
             h.pointee.how = Int32(SL_BY_PARENT)
             h.pointee.relsource = owner.pointee.kind
             h.pointee.detail = owner.pointee.id
-            info.pointee.counts.released_by_scope += 1
+            counts.pointee.released_by_scope += 1
         case .collected:
             h.pointee.how = Int32(SL_BY_GC)
-            info.pointee.counts.leaked += 1
+            counts.pointee.leaked += 1
         }
         sl_registry_remove(h)
         guard let raw = h.pointee.record else {
@@ -101,7 +102,7 @@ extension Runtime {
         }
         Lua.reserve(L, 8, for: "a release handler")
         if !r.close(self, L, h, error: errIndex) {
-            info.pointee.counts.release_errors += 1
+            counts.pointee.release_errors += 1
             failures += 1
         }
         h.pointee.record = nil
