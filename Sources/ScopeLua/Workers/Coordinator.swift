@@ -248,7 +248,6 @@ extension PipelineRun {
             if !flushIfDue() { return false }
             if barrierDue, !parallelBarrier(.checkpoint) { return false }
             showParallelProgress()
-            publishIfDue()
             if parallel?.window.isFull ?? false {
                 // Backpressure: nothing more is read until the oldest lines are done.
                 sendPending()
@@ -564,7 +563,9 @@ extension PipelineRun {
         return wake
     }
 
+    /// The progress line, and the board's snapshot (at most every 250 ms each).
     private func showParallelProgress() {
+        publishIfDue()
         guard drawsProgress, let p = parallel else { return }
         let now = sl_monotonic_ns()
         guard now &- lastProgress > 500_000_000 else { return }
