@@ -213,6 +213,25 @@ struct MetricsTests {
         #expect(s.stop() == 143)
     }
 
+    /// `serve --workers 2`: the counts are the workers' summed, and /resources has a
+    /// state per worker, each with the file its `open` keeps.
+    @Test func serveWithTwoWorkers() throws {
+        let s = try Self.serve(["--workers", "2"])
+        let body = (1...600).map { "{\"n\":\($0)}" }.joined(separator: "\n") + "\n{\"bad\":true}\nnot json\n"
+        #expect(HTTPClient.post(s.port, "/events", body)?.status == 200)
+        var samples: [Sample]?
+        #expect(waitUntil(seconds: 10) {
+            samples = Self.scrape(s.port)
+            return Self.events(samples)["read"] == 602
+        })
+        #expect(Self.events(samples) == ["read": 602, "emitted": 300, "filtered": 300, "skipped": 0, "dead_lettered": 1, "rejected": 1])
+        #expect(Self.value(samples, "scopelua_stage_calls_total", ["stage": "enrich"]) == 601)
+        #expect(Self.value(samples, "scopelua_resources_open", ["kind": "file"]) == 2)
+        let resources = HTTPClient.get(s.port, "/resources")?.body ?? ""
+        #expect(resources.contains("\"worker 1\"") && resources.contains("\"worker 2\""), "\(resources)")
+        #expect(s.stop() == 143)
+    }
+
     /// A handle a stage holds shows in /resources (kind, label, scope, site, age) and is
     /// gone once released; the file `open` keeps shows in the stage's scope throughout.
     @Test func resourcesShowAHeldHandleUntilItIsReleased() throws {
