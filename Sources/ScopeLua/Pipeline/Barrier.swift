@@ -297,14 +297,26 @@ extension PipelineRun {
     /// The end of a barrier, once every stage flushed (in every worker): the sinks are
     /// flushed (and synced, with a checkpoint), then the checkpoint commits. False when
     /// the run must stop.
-    func commitBarrier() -> Bool {
-        // Synced when something outside relies on the barrier: a checkpoint, a Redis
-        // group's acknowledgement, an HTTP request's answer.
-        let durable = checkpointing.store != nil || streamSource != nil || ingestSource != nil
+    /// Whether a barrier syncs the sinks: when something outside relies on it (a
+    /// checkpoint, a Redis group's acknowledgement, an HTTP request's answer).
+    var barrierSyncs: Bool {
+        checkpointing.store != nil || streamSource != nil || ingestSource != nil
+    }
+
+    /// Flushes the output and dead-letter sinks (and syncs them when `barrierSyncs`).
+    /// False when one failed (the run stops).
+    func flushSinksForBarrier() -> Bool {
         for sink in [output, deadLetter as EventSink?].compactMap({ $0 }) {
-            let code = sink.flush(durable: durable)
+            let code = sink.flush(durable: barrierSyncs)
             if code != 0 { return sinkFailed(sink, errno: code) }
         }
+        return true
+    }
+
+    func commitBarrier() -> Bool {
+        // (A sink synced since its last write, as the coordinator does while the workers
+        // flush, is not synced again.)
+        guard flushSinksForBarrier() else { return false }
 
         if let store = checkpointing.store, let source = checkpointing.source {
             guard let identity = source.identity() else {

@@ -61,12 +61,13 @@ extension FileSink: RecordSink {
 
     func flush(durable: Bool) -> Int32 {
         let code = flush()
-        guard code == 0, durable, let file else { return code }
+        guard code == 0, durable, unsynced, let file else { return code }
         // A pipe, a socket or a terminal has nothing to sync (EINVAL): what it was
         // handed is the reader's now.
         if fsync(fileno(file)) != 0, errno != EINVAL, errno != EROFS {
             return errno
         }
+        unsynced = false
         return 0
     }
 
@@ -84,6 +85,7 @@ extension FileSink: RecordSink {
     func resume(at state: Int64, _ L: LuaState) -> Int32 {
         guard let file else { return EBADF }
         errno = 0
+        unsynced = true
         if fflush(file) != 0 || ftruncate(fileno(file), off_t(state)) != 0 || fseeko(file, off_t(state), SEEK_SET) != 0 {
             return errno != 0 ? errno : EIO
         }
@@ -178,6 +180,9 @@ final class FileSink {
     /// The path (or "stdout") and what it is ("output", "dead-letter file"), for messages.
     let name: String
     let what: String
+    /// Written (or truncated, or just opened) since the last sync (a durable flush): one
+    /// with nothing new skips the fsync.
+    private(set) var unsynced = true
 
     /// Takes over `fd` (open for writing); nil (fd left open) if stdio cannot.
     init?(fd: Int32, name: String, what: String) {
@@ -204,6 +209,7 @@ final class FileSink {
 
     func writeLine(_ p: UnsafePointer<CChar>, _ len: Int) -> Int32 {
         guard let file else { return EBADF }
+        unsynced = true
         return sl_writeline(file, p, len)
     }
 

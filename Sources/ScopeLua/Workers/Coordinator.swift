@@ -45,6 +45,10 @@ final class ParallelState {
     /// Barrier acknowledgements this barrier, and whether all said ok.
     var acks = 0
     var acksOK = true
+    /// The barrier under way: every line up to this sequence number is before it; and
+    /// whether the sinks were already synced for it (see `awaitAcks`).
+    var barrierSeq = -1
+    var barrierSynced = false
     /// The counts each worker gave at its last barrier, and at its end.
     var lastCounts: [WorkerCounts]
     var ends: [WorkerEnd?]
@@ -462,6 +466,8 @@ extension PipelineRun {
         p.acks = 0
         p.acksOK = true
         let lastSeq = p.window.next - 1
+        p.barrierSeq = lastSeq
+        p.barrierSynced = false
         let committing = checkpointing.source?.line ?? read
         for inbox in p.inboxes { inbox.send(.barrier(reason: why, lastSeq: lastSeq, committing: committing)) }
         return true
@@ -477,6 +483,14 @@ extension PipelineRun {
                 return p.acksOK && ok
             }
             if !ok || p.ends.contains(where: { $0 != nil }) { return nil }
+            // Every line before the barrier is written: the sinks are synced now, while the
+            // workers still run their stages' flush (their own syncs: a database's commit),
+            // not after. What a flush emits comes later and is synced at the commit.
+            if !p.barrierSynced, barrierSyncs, p.window.base > p.barrierSeq {
+                p.barrierSynced = true
+                guard flushSinksForBarrier() else { return nil }
+                continue
+            }
             // What arrives is written out promptly, also while a slow worker is awaited.
             guard flushIfDue() else { return nil }
             p.outbox.wait(until: nextParallelWakeUp())
