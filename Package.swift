@@ -19,10 +19,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         // `scopelua serve` and --metrics-listen: the HTTP server, its start-up and
-        // shutdown, and the Prometheus metrics (swift-metrics' API, swift-prometheus' text).
+        // shutdown, and the Prometheus metrics (swift-prometheus' registry and text format;
+        // swift-metrics' API would drop the metrics' help texts, see MetricsExporter).
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
-        .package(url: "https://github.com/apple/swift-metrics", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
@@ -94,7 +94,6 @@ let package = Package(
                 "ScopeLua", "CScopeLua",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: librarySettings

@@ -1,6 +1,5 @@
 import CScopeLua
 import ScopeLua
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -56,7 +55,7 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
         var started = false
     }
 
-    private let state = Mutex(State())
+    private let state = Protected(State())
     /// Woken when events are offered; the run's thread waits on it (with the stop pipe).
     private let pipe: WakePipe
 

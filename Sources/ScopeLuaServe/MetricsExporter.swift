@@ -1,7 +1,6 @@
 import CScopeLua
 import Prometheus
 import ScopeLua
-import Synchronization
 
 /// `GET /metrics`: the run's board (`RunBoard`, what each Lua state of the run last
 /// published) in Prometheus' text format, read on an HTTP thread.
@@ -23,7 +22,7 @@ package final class MetricsExporter: Sendable {
         var counters: [String: (counter: Counter, exported: Int64)] = [:]
         var gauges: [String: Gauge] = [:]
     }
-    private let state = Mutex(State())
+    private let state = Protected(State())
 
     package init(board: RunBoard, queue: IngestQueue?) {
         self.board = board

@@ -21,7 +21,7 @@ package final class RunBoard: Sendable {
         var restarts = 0
     }
 
-    private let slots = Mutex<[Int: Slot]>([:])
+    private let slots = Protected<[Int: Slot]>([:])
     private let nextGeneration = Atomic<Int>(1)
 
     package init() {}
