@@ -127,34 +127,41 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
 
     package func settle(upTo line: Int) {
         let done: [(CheckedContinuation<IngestResult, Never>, IngestResult)] = state.withLock { s in
-            var done: [(CheckedContinuation<IngestResult, Never>, IngestResult)] = []
-            while let t = s.tickets.first, t.last <= line {
-                s.tickets.removeFirst()
-                let count = t.last - t.first + 1
-                let result = IngestResult(status: .done, accepted: count - t.rejected.count,
-                                          rejected: t.rejected.map { ($0.line - t.first + 1, $0.reason) },
-                                          deadLettered: t.deadLettered)
-                done.append((t.continuation, result))
+            // The settled tickets are a prefix (tickets are in event order): taken off at
+            // once, not one removeFirst each (thousands of one-event requests may wait).
+            let n = s.tickets.prefix { $0.last <= line }.count
+            let settled = s.tickets.prefix(n).map { t in
+                (t.continuation, IngestResult(status: .done, accepted: t.last - t.first + 1 - t.rejected.count,
+                                              rejected: t.rejected.map { ($0.line - t.first + 1, $0.reason) },
+                                              deadLettered: t.deadLettered))
             }
-            return done
+            s.tickets.removeFirst(n)
+            return settled
         }
         for (c, r) in done { c.resume(returning: r) }
     }
 
     package func rejected(line: Int, reason: String) {
         state.withLock { s in
-            if let i = s.tickets.firstIndex(where: { $0.first <= line && line <= $0.last }) {
-                s.tickets[i].rejected.append((line, reason))
-            }
+            if let i = Self.ticket(holding: line, in: s.tickets) { s.tickets[i].rejected.append((line, reason)) }
         }
     }
 
     package func deadLettered(line: Int) {
         state.withLock { s in
-            if let i = s.tickets.firstIndex(where: { $0.first <= line && line <= $0.last }) {
-                s.tickets[i].deadLettered += 1
-            }
+            if let i = Self.ticket(holding: line, in: s.tickets) { s.tickets[i].deadLettered += 1 }
         }
+    }
+
+    /// The index of the ticket whose events include `line` (tickets are in event order,
+    /// their ranges adjacent): a binary search.
+    private static func ticket(holding line: Int, in tickets: [Ticket]) -> Int? {
+        var lo = 0, hi = tickets.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if tickets[mid].last < line { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < tickets.count && tickets[lo].first <= line ? lo : nil
     }
 
     package func stopAccepting() {
