@@ -120,8 +120,9 @@ struct ServeTests {
         Thread { held.set(HTTPClient.post(port, "/events", "{\"wait\":true}")) }.start()
         #expect(waitUntil { FileManager.default.fileExists(atPath: "\(s.directory)/started") })
         Thread { queued.set(HTTPClient.post(port, "/events", "{\"q\":1}\n{\"q\":2}")) }.start()
-        // Queued: /readyz still says ready; the request is not answered yet.
-        usleep(200_000)
+        // Queued (the readiness marker: /metrics' queue depth), and not answered yet.
+        #expect(waitUntil { MetricsTests.value(MetricsTests.scrape(port), "scopelua_ingest_queue_depth") == 2 })
+        #expect(HTTPClient.get(port, "/readyz")?.status == 200)
         #expect(queued.value == nil)
         kill(s.process.processIdentifier, SIGTERM)
         #expect(waitUntil { HTTPClient.get(s.port, "/readyz")?.status == 503 })
@@ -135,6 +136,36 @@ struct ServeTests {
         #expect(queued.value?.status == 200)
         let out = Self.lines("\(s.directory)/out.jsonl")
         #expect(out.count == 3 && !out.contains { $0.contains("late") }, "\(out)")
+    }
+
+    /// A run that aborts while requests are taken: the one whose event aborted it and the
+    /// one queued behind are answered 503 "not done" (never 200), the server stops, exit 1.
+    @Test func anAbortAnswersWhatWasTakenAsNotDone() throws {
+        let dir = temporaryDirectory()
+        write(Self.job.replacingOccurrences(of: "on_error = \"dead_letter\"", with: "on_error = \"abort\""), to: "job.lua", in: dir)
+        let s = try ServeProcess(["job.lua", "--output", "out.jsonl"], in: dir)
+        let held = Held(), queued = Held(), port = s.port
+        Thread { held.set(HTTPClient.post(port, "/events", "{\"wait\":true}\n{\"bad\":true}")) }.start()
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(dir)/started") })
+        Thread { queued.set(HTTPClient.post(port, "/events", "{\"q\":1}")) }.start()
+        #expect(waitUntil { MetricsTests.value(MetricsTests.scrape(port), "scopelua_ingest_queue_depth") == 1 })
+        write("", to: "go", in: dir)
+        #expect(waitUntil { held.value != nil && queued.value != nil })
+        #expect(held.value?.status == 503)
+        #expect(held.value?.body.hasPrefix("{\"error\":\"not done: pipeline 'p' aborted: stage 'enrich' failed on line 2: job.lua:4: bad event") == true,
+                "\(held.value?.body ?? "")")
+        #expect(queued.value?.status == 503)
+        #expect(s.stop() == 1)
+        #expect(s.stderr.contains("scopelua: pipeline 'p' aborted: stage 'enrich' failed on line 2"), "\(s.stderr)")
+    }
+
+    /// A port another process listens on: the error names it, exit 1, nothing runs.
+    @Test func anAddressInUseIsAnError() throws {
+        let s = try Self.start()
+        let r = try scopelua(["serve", "--listen", "127.0.0.1:\(s.port)", "job.lua"], directory: s.directory)
+        #expect(r.status == 1)
+        #expect(r.stderr.hasPrefix("scopelua: cannot listen on 127.0.0.1:\(s.port): "), "\(r.stderr)")
+        #expect(s.stop() == 143)
     }
 
     /// A client that sends half a body and hangs up: nothing is taken, the server goes on.
