@@ -155,6 +155,8 @@ struct ServeTests {
         #expect(held.value?.body.hasPrefix("{\"error\":\"not done: pipeline 'p' aborted: stage 'enrich' failed on line 2: job.lua:4: bad event") == true,
                 "\(held.value?.body ?? "")")
         #expect(queued.value?.status == 503)
+        // It stops by itself (a signal now would kill it while its server shuts down).
+        #expect(waitUntil { !s.process.isRunning })
         #expect(s.stop() == 1)
         #expect(s.stderr.contains("scopelua: pipeline 'p' aborted: stage 'enrich' failed on line 2"), "\(s.stderr)")
     }
