@@ -1,3 +1,5 @@
+import ScopeLua
+
 /// A `POST /events` body as the events it holds, one JSON text each, for the run to
 /// decode as it decodes input lines: JSON lines (one event per line, blank lines
 /// skipped), a JSON array (one event per element), or one object (which may span lines).
@@ -10,28 +12,42 @@ enum EventBody {
         case empty
     }
 
-    static func split(_ body: [UInt8]) -> Result<[[UInt8]], Failure> {
+    /// The body's events, in place (the body is not copied: each event is a range of it),
+    /// except a pretty-printed object, joined into one line.
+    static func split(_ body: [UInt8]) -> Result<IngestChunk, Failure> {
         guard let start = body.firstIndex(where: { !isSpace($0) }) else { return .failure(.empty) }
         if body[start] == UInt8(ascii: "[") { return elements(of: body, from: start) }
-        let lines = body.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
-            .map { line -> ArraySlice<UInt8> in
-                var l = line
-                while let last = l.last, isSpace(last) { l = l.dropLast() }  // CR, trailing blanks
-                return l
-            }
-            .filter { $0.contains { !isSpace($0) } }
+        let lines = lineRanges(body)
         // One object over several lines (pretty-printed): its first line is not a whole
         // value. Newlines are only whitespace between JSON tokens (a string cannot hold
         // one raw), so the object joins into one line.
-        if lines.count > 1, let first = lines.first, valueEnd(first, from: first.startIndex) == nil {
-            return .success([Array(lines.joined(separator: [UInt8(ascii: " ")]))])
+        if lines.count > 1, let first = lines.first, valueEnd(body[first], from: first.lowerBound) == nil {
+            let joined = Array(lines.map { body[$0] }.joined(separator: [UInt8(ascii: " ")]))
+            return .success(IngestChunk(bytes: joined, ranges: [0..<joined.count]))
         }
-        return lines.isEmpty ? .failure(.empty) : .success(lines.map { Array($0) })
+        return lines.isEmpty ? .failure(.empty) : .success(IngestChunk(bytes: body, ranges: lines))
     }
 
-    /// The elements of the array that starts at `start`, each as its text.
-    private static func elements(of body: [UInt8], from start: Int) -> Result<[[UInt8]], Failure> {
-        var out: [[UInt8]] = []
+    /// Each line that is not blank, without its line end and trailing blanks (a CR).
+    private static func lineRanges(_ body: [UInt8]) -> [Range<Int>] {
+        var lines: [Range<Int>] = []
+        body.withUnsafeBufferPointer { b in
+            var start = 0
+            while start < b.count {
+                var end = start
+                while end < b.count, b[end] != UInt8(ascii: "\n") { end += 1 }
+                var last = end
+                while last > start, isSpace(b[last - 1]) { last -= 1 }
+                if last > start { lines.append(start..<last) }  // trailing blanks gone: blank means empty
+                start = end + 1
+            }
+        }
+        return lines
+    }
+
+    /// The elements of the array that starts at `start`, each as its range.
+    private static func elements(of body: [UInt8], from start: Int) -> Result<IngestChunk, Failure> {
+        var out: [Range<Int>] = []
         var i = body.index(after: start)
         skipSpace(body, &i)
         if i < body.endIndex, body[i] == UInt8(ascii: "]") {
@@ -42,7 +58,7 @@ enum EventBody {
                 guard i < body.endIndex, let end = valueEnd(body[...], from: i) else {
                     return .failure(.badArray("the array's element \(out.count + 1) does not end (unbalanced brackets or an unterminated string)"))
                 }
-                out.append(Array(body[i..<end]))
+                out.append(i..<end)
                 i = end
                 skipSpace(body, &i)
                 guard i < body.endIndex else { return .failure(.badArray("the array does not end with ']'")) }
@@ -58,7 +74,7 @@ enum EventBody {
         }
         skipSpace(body, &i)
         guard i == body.endIndex else { return .failure(.badArray("something follows the array")) }
-        return out.isEmpty ? .failure(.empty) : .success(out)
+        return out.isEmpty ? .failure(.empty) : .success(IngestChunk(bytes: body, ranges: out))
     }
 
     /// Where the JSON value starting at `i` ends (one past it), by brackets and strings

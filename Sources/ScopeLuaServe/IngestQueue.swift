@@ -43,11 +43,24 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
         var continuation: CheckedContinuation<IngestResult, Never>
         var rejected: [(line: Int, reason: String)] = []
         var deadLettered = 0
+        /// Its events settled so far (`settle(lines:)`), and whether it was answered.
+        var settled = 0
+        var answered = false
+
+        var result: IngestResult {
+            IngestResult(status: .done, accepted: last - first + 1 - rejected.count,
+                         rejected: rejected.sorted { $0.line < $1.line }.map { ($0.line - first + 1, $0.reason) },
+                         deadLettered: deadLettered)
+        }
     }
 
     private struct State {
-        var waiting: [[UInt8]] = []  // offered, not taken yet (FIFO)
-        var nextLine = 1             // the number the next offered event gets
+        var waiting: [IngestChunk] = []  // offered, not taken yet (FIFO from `head`)
+        var head = 0
+        var headTaken = 0                // events of waiting[head] already taken
+        var waitingCount = 0             // events offered, not taken yet
+        var sleeping = false             // the run's thread waits for an offer (wake it)
+        var nextLine = 1                 // the number the next offered event gets
         var takenUpTo = 0            // the last number handed to the run
         var tickets: [Ticket] = []   // unanswered, by number
         var accepting = true
@@ -70,59 +83,97 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
     // MARK: - The server's side
 
     /// Offers a request's events; `done` gets the answer (at once when refused).
-    package func offer(_ events: [[UInt8]], _ done: CheckedContinuation<IngestResult, Never>) {
-        let refusal: String? = state.withLock { s in
-            if let why = s.closedWhy { return why }
+    package func offer(_ events: IngestChunk, _ done: CheckedContinuation<IngestResult, Never>) {
+        let (refusal, wake): (String?, Bool) = state.withLock { s in
+            if let why = s.closedWhy { return (why, false) }
             // A stop signal is seen here at once, even while the run is busy in a stage
             // (it only looks between events).
-            if !s.accepting || sl_stop_signal() != 0 { return "the server is stopping" }
-            if s.waiting.count + events.count > capacity {
-                return "the queue is full (\(s.waiting.count) events wait, --queue \(capacity))"
+            if !s.accepting || sl_stop_signal() != 0 { return ("the server is stopping", false) }
+            if s.waitingCount + events.count > capacity {
+                return ("the queue is full (\(s.waitingCount) events wait, --queue \(capacity))", false)
             }
             let first = s.nextLine
             s.nextLine += events.count
-            s.waiting += events
+            s.waiting.append(events)
+            s.waitingCount += events.count
             s.tickets.append(Ticket(first: first, last: first + events.count - 1, continuation: done))
-            return nil
+            // A thread that is not waiting looks at the queue before it waits: no system
+            // call for it (most offers, under load).
+            defer { s.sleeping = false }
+            return (nil, s.sleeping)
         }
         if let refusal {
             done.resume(returning: IngestResult(status: .refused(refusal)))
             return
         }
-        pipe.wake()
+        if wake { pipe.wake() }
     }
 
     /// Stages open and not stopping (`/readyz`).
     package var isReady: Bool { state.withLock { $0.started && $0.accepting && $0.closedWhy == nil } && sl_stop_signal() == 0 }
     /// Events waiting to be taken (a gauge for `/metrics`).
-    package var depth: Int { state.withLock { $0.waiting.count } }
+    package var depth: Int { state.withLock { $0.waitingCount } }
 
     // MARK: - The run's side (IngestFeed)
 
     package func next(deadline: UInt64?, wake: Int32, max: Int) -> IngestNext {
         while true {
+            let waits = deadline.map { $0 > sl_monotonic_ns() } ?? true
             let taken: IngestNext? = state.withLock { s in
                 s.started = true
-                if !s.waiting.isEmpty {
-                    let n = Swift.max(1, Swift.min(max, s.waiting.count))
-                    let lines = Array(s.waiting.prefix(n))
-                    s.waiting.removeFirst(n)
-                    let first = s.takenUpTo + 1
-                    s.takenUpTo += n
-                    return .lines(first: first, lines)
-                }
-                return s.closedWhy != nil ? .end : nil
+                if s.waitingCount > 0 { return .lines(first: s.takenUpTo + 1, Self.take(&s, Swift.max(1, max))) }
+                if s.closedWhy != nil { return .end }
+                s.sleeping = waits
+                return nil
             }
             if let taken { return taken }
-            if let deadline, deadline <= sl_monotonic_ns() { return .idle }
+            if !waits { return .idle }
             let woken = pipe.wait(until: deadline, also: wake)
             pipe.drain()
             if !woken || wake >= 0 || sl_stop_signal() != 0 {
                 // The deadline, a stop, or the caller's own descriptor (it has something to
                 // do): one more look at the queue, then idle.
-                if state.withLock({ $0.waiting.isEmpty }) { return .idle }
+                let empty = state.withLock { s in
+                    s.sleeping = false
+                    return s.waitingCount == 0
+                }
+                if empty { return .idle }
             }
         }
+    }
+
+    /// Takes up to `max` events off the front: whole chunks as they are, the part of one
+    /// that fits as a chunk of its own (sharing the body).
+    private static func take(_ s: inout State, _ max: Int) -> [IngestChunk] {
+        var out: [IngestChunk] = []
+        var n = 0
+        while n < max, s.head < s.waiting.count {
+            let chunk = s.waiting[s.head]
+            let k = Swift.min(max - n, chunk.count - s.headTaken)
+            if s.headTaken == 0, k == chunk.count {
+                out.append(chunk)
+            } else {
+                out.append(IngestChunk(bytes: chunk.bytes, ranges: Array(chunk.ranges[s.headTaken..<(s.headTaken + k)])))
+            }
+            n += k
+            s.headTaken += k
+            if s.headTaken == chunk.count {
+                s.waiting[s.head] = IngestChunk(bytes: [], ranges: [])  // its body goes now
+                s.head += 1
+                s.headTaken = 0
+            }
+        }
+        // The taken chunks leave the array now and then, not one removeFirst each.
+        if s.head == s.waiting.count {
+            s.waiting.removeAll(keepingCapacity: true)
+            s.head = 0
+        } else if s.head >= 64, s.head * 2 >= s.waiting.count {
+            s.waiting.removeFirst(s.head)
+            s.head = 0
+        }
+        s.waitingCount -= n
+        s.takenUpTo += n
+        return out
     }
 
     package func settle(upTo line: Int) {
@@ -130,13 +181,30 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
             // The settled tickets are a prefix (tickets are in event order): taken off at
             // once, not one removeFirst each (thousands of one-event requests may wait).
             let n = s.tickets.prefix { $0.last <= line }.count
-            let settled = s.tickets.prefix(n).map { t in
-                (t.continuation, IngestResult(status: .done, accepted: t.last - t.first + 1 - t.rejected.count,
-                                              rejected: t.rejected.map { ($0.line - t.first + 1, $0.reason) },
-                                              deadLettered: t.deadLettered))
-            }
+            let settled = s.tickets.prefix(n).filter { !$0.answered }.map { ($0.continuation, $0.result) }
             s.tickets.removeFirst(n)
             return settled
+        }
+        for (c, r) in done { c.resume(returning: r) }
+    }
+
+    package func settle(lines: ClosedRange<Int>) {
+        let done: [(CheckedContinuation<IngestResult, Never>, IngestResult)] = state.withLock { s in
+            var done: [(CheckedContinuation<IngestResult, Never>, IngestResult)] = []
+            guard var i = Self.ticket(holding: lines.lowerBound, in: s.tickets) else { return done }
+            while i < s.tickets.count, s.tickets[i].first <= lines.upperBound {
+                let t = s.tickets[i]
+                s.tickets[i].settled += min(t.last, lines.upperBound) - max(t.first, lines.lowerBound) + 1
+                if s.tickets[i].settled >= t.last - t.first + 1, !t.answered {
+                    s.tickets[i].answered = true
+                    done.append((t.continuation, t.result))
+                }
+                i += 1
+            }
+            // The answered tickets at the front leave (the others wait for their turn).
+            let n = s.tickets.prefix { $0.answered }.count
+            if n > 0 { s.tickets.removeFirst(n) }
+            return done
         }
         for (c, r) in done { c.resume(returning: r) }
     }
@@ -171,9 +239,12 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
     package func abandon(_ why: String) {
         let left: [CheckedContinuation<IngestResult, Never>] = state.withLock { s in
             if s.closedWhy == nil { s.closedWhy = "the server is stopping" }
-            let left = s.tickets.map(\.continuation)
+            let left = s.tickets.filter { !$0.answered }.map(\.continuation)
             s.tickets = []
             s.waiting = []
+            s.head = 0
+            s.headTaken = 0
+            s.waitingCount = 0
             return left
         }
         for c in left { c.resume(returning: IngestResult(status: .failed(why))) }

@@ -2,6 +2,7 @@ import Dispatch
 import Hummingbird
 import Logging
 import NIOCore
+import NIOPosix
 import ScopeLua
 import ServiceLifecycle
 
@@ -86,6 +87,16 @@ package final class Server: @unchecked Sendable {
 
     /// Starts listening; returns the port (the one the system chose for port 0), or why
     /// it could not.
+    /// Makes the server's event loops the threads Swift concurrency runs tasks on, so a
+    /// request's handler runs where its connection's I/O is: without it every request
+    /// crossed from an event loop to the concurrency pool and back, two thread wake-ups
+    /// each way on the path of every answer. Once per process, on the main thread, before
+    /// any task starts. False when it could not (the pool stays as it is; all still works).
+    @discardableResult
+    package static func runTasksOnEventLoops() -> Bool {
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+    }
+
     package func start() -> Result<Int, ServerFailure> {
         let group = group, ended = ended, failure = failure, bound = bound
         Task.detached {
@@ -117,7 +128,7 @@ package final class Server: @unchecked Sendable {
     // MARK: - POST /events
 
     static func ingest(_ body: [UInt8], into queue: IngestQueue) async -> Response {
-        let events: [[UInt8]]
+        let events: IngestChunk
         switch EventBody.split(body) {
         case .success(let e): events = e
         case .failure(.empty): return json(.badRequest, "{\"error\":\"no events in the body: send JSON lines, a JSON array of objects or one object\"}")

@@ -100,6 +100,7 @@ struct Serve: ParsableCommand {
         serverOptions.port = port
         serverOptions.maxBody = maxBodyBytes
         let board = RunBoard()
+        Server.runTasksOnEventLoops()
         let server = Server(options: serverOptions, queue: ingest, board: board)
         switch server.start() {
         case .success(let bound):

@@ -8,7 +8,7 @@ import Testing
 struct EventBodyTests {
     static func split(_ text: String) -> [String]? {
         guard case .success(let events) = EventBody.split(Array(text.utf8)) else { return nil }
-        return events.map { String(decoding: $0, as: UTF8.self) }
+        return events.lines.map { String(decoding: $0, as: UTF8.self) }
     }
 
     static func failure(_ text: String) -> EventBody.Failure? {

@@ -201,6 +201,30 @@ struct ServeTests {
         #expect(s.stderr.contains("  worker 2   read "), "\(s.stderr)")
     }
 
+    /// With workers, a request waits for the barrier of the worker that had its events,
+    /// not for every worker's: while one worker holds an event (output unordered, so
+    /// nothing else waits for it to be written first), a request the other worker took
+    /// is answered, its events on disk; the held one once it is let go. (With one barrier
+    /// for all workers, the second answer waited for the held event.)
+    @Test func aRequestWaitsOnlyForItsOwnWorkersBarrier() throws {
+        let dir = temporaryDirectory()
+        write(Self.job.replacingOccurrences(of: "pipeline \"p\" { \"enrich\" }", with: "pipeline \"p\" { \"enrich\", ordered = false }"),
+              to: "job.lua", in: dir)
+        let s = try ServeProcess(["job.lua", "--output", "out.jsonl", "--workers", "2"], in: dir)
+        let held = Held(), port = s.port
+        Thread { held.set(HTTPClient.post(port, "/events", "{\"wait\":true}")) }.start()
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(s.directory)/started") })
+        let other = HTTPClient.post(port, "/events", "{\"b\":1}\n{\"b\":2}")
+        #expect(other?.body == "{\"accepted\":2,\"rejected\":[],\"dead_lettered\":0}\n")
+        #expect(held.value == nil)
+        #expect(Self.objects("\(s.directory)/out.jsonl").map { $0["b"] as? Int } == [1, 2])
+        write("", to: "go", in: s.directory)
+        #expect(waitUntil { held.value?.status == 200 })
+        #expect(held.value?.body == "{\"accepted\":1,\"rejected\":[],\"dead_lettered\":0}\n")
+        #expect(s.stop() == 143)
+        #expect(Self.lines("\(s.directory)/out.jsonl").count == 3)
+    }
+
     /// Many clients at once with --workers 2 (4800 events in flight, more than the
     /// workers' reorder window of 4096 lines): every request is answered, and each one's
     /// events come out together and in order, each once.

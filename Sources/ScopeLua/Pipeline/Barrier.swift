@@ -262,7 +262,7 @@ extension PipelineRun {
         read >= checkpointing.dueRead || checkpointing.dueTime != .max && sl_monotonic_ns() >= checkpointing.dueTime
     }
 
-    private func scheduleBarrier() {
+    func scheduleBarrier() {
         guard let every = checkpointing.every else { return }
         checkpointing.dueRead = every.events.map { read.addingReportingOverflow($0).overflow ? .max : read + $0 } ?? .max
         checkpointing.dueTime = every.seconds.map { Self.later(sl_monotonic_ns(), by: Self.nanoseconds($0)) } ?? .max
@@ -294,9 +294,6 @@ extension PipelineRun {
         return commitBarrier()
     }
 
-    /// The end of a barrier, once every stage flushed (in every worker): the sinks are
-    /// flushed (and synced, with a checkpoint), then the checkpoint commits. False when
-    /// the run must stop.
     /// Whether a barrier syncs the sinks: when something outside relies on it (a
     /// checkpoint, a Redis group's acknowledgement, an HTTP request's answer).
     var barrierSyncs: Bool {
@@ -313,6 +310,9 @@ extension PipelineRun {
         return true
     }
 
+    /// The end of a barrier, once every stage flushed (in every worker): the sinks are
+    /// flushed (and synced, with a checkpoint), then the checkpoint commits. False when
+    /// the run must stop.
     func commitBarrier() -> Bool {
         // (A sink synced since its last write, as the coordinator does while the workers
         // flush, is not synced again.)

@@ -16,6 +16,10 @@ package protocol IngestFeed: AnyObject, Sendable {
     func next(deadline: UInt64?, wake: Int32, max: Int) -> IngestNext
     /// Every line up to `line` has left the pipeline and what it wrote is durable.
     func settle(upTo line: Int)
+    /// Lines `lines` left the pipeline and what they wrote is durable (lines before them
+    /// may not be yet: with workers, each worker's lines are made durable by its own
+    /// barriers).
+    func settle(lines: ClosedRange<Int>)
     /// Line `line` was rejected (not JSON, not an object, too long) for `reason`.
     func rejected(line: Int, reason: String)
     /// An event of line `line` was dead-lettered (its record is written, not yet durable).
@@ -30,7 +34,37 @@ package protocol IngestFeed: AnyObject, Sendable {
 package enum IngestNext {
     case idle
     case end
-    case lines(first: Int, [[UInt8]])
+    /// Lines numbered from `first` on, in the order of the chunks and their ranges.
+    case lines(first: Int, [IngestChunk])
+}
+
+/// Lines one after another in one buffer (a request's body, as received): line `i` is
+/// `bytes[ranges[i]]`. Why not an array per line: cutting a body of a hundred events
+/// into a hundred arrays cost the HTTP threads more than parsing the request did.
+package struct IngestChunk: Sendable {
+    package var bytes: [UInt8]
+    package var ranges: [Range<Int>]
+
+    package init(bytes: [UInt8], ranges: [Range<Int>]) {
+        self.bytes = bytes
+        self.ranges = ranges
+    }
+
+    package var count: Int { ranges.count }
+
+    /// Each line's bytes (for tests and messages; the run reads them in place).
+    package var lines: [ArraySlice<UInt8>] { ranges.map { bytes[$0] } }
+
+    /// Calls `body` with each line's bytes in place, and its number (`first` for the
+    /// first); stops at the first false. False when one did.
+    package func forEachLine(first: Int, _ body: (UnsafeBufferPointer<UInt8>, Int) -> Bool) -> Bool {
+        bytes.withUnsafeBufferPointer { all in
+            for (k, r) in ranges.enumerated() where !body(UnsafeBufferPointer(rebasing: all[r]), first + k) {
+                return false
+            }
+            return true
+        }
+    }
 }
 
 /// The run's view of an ingest feed: where it stands (the last line handed out), and
@@ -99,13 +133,15 @@ extension PipelineRun {
                 if !flushBeforeWaiting() { return false }
             case .end:
                 return true
-            case .lines(let first, let lines):
-                for (k, line) in lines.enumerated() {
-                    let number = first + k
-                    source.handedOut = number
-                    let ok = line.withUnsafeBufferPointer { takeLine(L, $0, line: number, codec: codec) }
+            case .lines(var first, let chunks):
+                for chunk in chunks {
+                    let ok = chunk.forEachLine(first: first) { line, number in
+                        source.handedOut = number
+                        guard takeLine(L, line, line: number, codec: codec) else { return false }
+                        return !barrierDue || barrier(L, .checkpoint)
+                    }
                     guard ok else { return false }
-                    if barrierDue, !barrier(L, .checkpoint) { return false }
+                    first += chunk.count
                 }
             }
         }

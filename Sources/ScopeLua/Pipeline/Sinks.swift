@@ -63,8 +63,9 @@ extension FileSink: RecordSink {
         let code = flush()
         guard code == 0, durable, unsynced, let file else { return code }
         // A pipe, a socket or a terminal has nothing to sync (EINVAL): what it was
-        // handed is the reader's now.
-        if fsync(fileno(file)) != 0, errno != EINVAL, errno != EROFS {
+        // handed is the reader's now. fdatasync: the data and the length that reads it
+        // back, not the file's times (one write less to the disk per barrier).
+        if fdatasync(fileno(file)) != 0, errno != EINVAL, errno != EROFS {
             return errno
         }
         unsynced = false

@@ -25,6 +25,15 @@ package struct WorkerFactory: @unchecked Sendable {
     }
 }
 
+/// Consecutive ingest lines that went to one worker (`ParallelState.runs`): by sequence
+/// number, and the sync count when all of them were first seen written (nil: not yet).
+struct IngestRun {
+    var first: Int
+    var last: Int
+    var worker: Int
+    var writtenAt: Int?
+}
+
 /// The coordinator's side of a run with workers. A class: the feed loop changes it for
 /// every line, in place.
 final class ParallelState {
@@ -49,6 +58,26 @@ final class ParallelState {
     /// whether the sinks were already synced for it (see `awaitAcks`).
     var barrierSeq = -1
     var barrierSynced = false
+    /// `scopelua serve`: each worker's own barriers (see `feedWorkers(from:)`), by worker
+    /// index: lines dispatched to it and not done; the last line dispatched to it; the
+    /// last line (of any worker) its latest barrier was ordered after, and the one its
+    /// latest acknowledged barrier was (every line of its own up to it is flushed); its
+    /// barrier under way (nil: none).
+    var outstanding: [Int]
+    var lastDispatched: [Int]
+    var coveredUpTo: [Int]
+    var flushedUpTo: [Int]
+    var barrierOf: [Int?]
+    /// The lines dispatched and not answered yet, as runs of consecutive lines that went
+    /// to one worker, in order; `breakRun`: the next line starts a new run (a barrier was
+    /// ordered after the last one).
+    var runs: [IngestRun] = []
+    var breakRun = false
+    /// How many times the sinks were synced for ingest lines (a run written before the
+    /// latest sync began is durable in the sinks).
+    var syncs = 0
+    /// Whether the own barriers acknowledged so far all succeeded.
+    var ownBarriersOK = true
     /// The counts each worker gave at its last barrier, and at its end.
     var lastCounts: [WorkerCounts]
     var ends: [WorkerEnd?]
@@ -74,6 +103,11 @@ final class ParallelState {
         self.partition = partition
         lastCounts = Array(repeating: WorkerCounts(), count: count)
         ends = Array(repeating: nil, count: count)
+        outstanding = Array(repeating: 0, count: count)
+        lastDispatched = Array(repeating: -1, count: count)
+        coveredUpTo = Array(repeating: -1, count: count)
+        flushedUpTo = Array(repeating: -1, count: count)
+        barrierOf = Array(repeating: nil, count: count)
     }
 }
 
@@ -279,49 +313,151 @@ extension PipelineRun {
         }
     }
 
-    /// The coordinator's loop over an ingest feed (`scopelua serve --workers N`): lines
-    /// are dispatched as file lines are, under the numbers the feed gave them; a pause in
-    /// what arrives, with lines not settled, is a barrier across the workers (which
-    /// settles them: a group commit). A graceful stop takes nothing new but dispatches
-    /// what the feed holds. The workers tell the feed of rejects and dead letters
-    /// themselves, before they acknowledge the barrier.
+    /// The coordinator's loop over an ingest feed (`scopelua serve --workers N`): each
+    /// request's lines go to the worker with the fewest lines to do (whole, when they fit
+    /// in one take; by the partition key when the pipeline has one), under the numbers
+    /// the feed gave them. A request is answered once its lines are done, written, the
+    /// sinks synced, and every worker that had some of them ran a barrier after them.
+    /// Those barriers are each worker's own (docs/ARCHITECTURE.md, "Serving"): a worker
+    /// whose lines are all done while nothing waits in the feed flushes at once, while the
+    /// others go on with theirs, so one worker's flush (a database's commit, waiting for
+    /// the disk) overlaps the other's work instead of stopping every worker at once. A
+    /// graceful stop takes nothing new but dispatches what the feed holds; the final
+    /// barrier is everyone's. The workers tell the feed of rejects and dead letters
+    /// themselves, before they acknowledge a barrier.
     func feedWorkers(from source: IngestSource) -> Bool {
+        guard let p = parallel else { return false }
         var stopping = false
         while true {
-            guard handleMessages() else { return false }
+            guard handleMessages(), settleIngest(p, source) else { return false }
             if sl_stop_signal() != 0, !stopping {
                 stopping = true
                 source.feed.stopAccepting()
             }
             if !flushIfDue() { return false }
-            if barrierDue, !parallelBarrier(.checkpoint) { return false }
+            if barrierDue { orderWorkerBarriers(p, idleOnly: false) }
             showParallelProgress()
-            let take = Self.ingestTake(room: parallel?.window.room ?? 0)
+            let take = Self.ingestTake(room: p.window.room)
             if take == 0 {
                 sendPending()
-                parallel?.outbox.wait(until: nextParallelWakeUp())
+                p.outbox.wait(until: nextParallelWakeUp())
                 continue
             }
-            let wait = stopping || source.unsettled ? 0 : nextParallelWakeUp()
-            switch source.feed.next(deadline: wait, wake: parallel?.outbox.fd ?? -1, max: take) {
+            let flushable = p.count > 0 && (0..<p.count).contains { Self.flushesNow(p, $0, idleOnly: true) }
+            let wait = stopping || flushable ? 0 : nextParallelWakeUp()
+            switch source.feed.next(deadline: wait, wake: p.outbox.fd, max: take) {
             case .idle:
-                if stopping { return true }  // the final barrier settles what was taken
-                if source.unsettled {
-                    if !parallelBarrier(.checkpoint) { return false }
-                } else {
-                    sendPending()
-                    if !flushBeforeWaiting() { return false }
-                }
+                // All it held was taken: the barriers under way end, then the final
+                // barrier settles the rest.
+                if stopping { return awaitWorkerBarriers(p, source) }
+                orderWorkerBarriers(p, idleOnly: true)
+                sendPending()
+                if !flushBeforeWaiting() { return false }
             case .end:
-                return true
-            case .lines(let first, let lines):
-                for (k, line) in lines.enumerated() {
-                    source.handedOut = first + k
-                    line.withUnsafeBufferPointer { dispatch($0, line: first + k, tooLong: 0) }
+                return awaitWorkerBarriers(p, source)
+            case .lines(var first, let chunks):
+                for chunk in chunks {
+                    let worker = p.partition == nil ? Self.leastBusy(p) : nil
+                    _ = chunk.forEachLine(first: first) { line, number in
+                        dispatch(line, line: number, tooLong: 0, to: worker)
+                        return true
+                    }
+                    first += chunk.count
+                    source.handedOut = first - 1
                 }
                 sendPending()  // a request's events go out now, not when a batch fills
             }
         }
+    }
+
+    /// The worker with the fewest lines to do (the first of those).
+    static func leastBusy(_ p: ParallelState) -> Int {
+        var best = 0
+        for w in p.outstanding.indices where p.outstanding[w] < p.outstanding[best] { best = w }
+        return best
+    }
+
+    /// Whether worker `w` gets a barrier now: it has lines no barrier covers, none under
+    /// way, and (`idleOnly`) all its lines are done.
+    static func flushesNow(_ p: ParallelState, _ w: Int, idleOnly: Bool) -> Bool {
+        p.lastDispatched[w] > p.coveredUpTo[w] && p.barrierOf[w] == nil && (!idleOnly || p.outstanding[w] == 0)
+    }
+
+    /// Orders a barrier to each worker that `flushesNow`, after every line dispatched so
+    /// far. What its flush emits is written after the lines before it (lines of other
+    /// workers done meanwhile may come first: nothing resumes from a position here).
+    private func orderWorkerBarriers(_ p: ParallelState, idleOnly: Bool) {
+        let due = (0..<p.count).filter { Self.flushesNow(p, $0, idleOnly: idleOnly) }
+        guard !due.isEmpty else { return }
+        sendPending()
+        let upTo = p.window.next - 1
+        for w in due {
+            p.barrierOf[w] = upTo
+            p.coveredUpTo[w] = upTo
+            p.inboxes[w].send(.barrier(reason: .checkpoint, lastSeq: upTo, committing: read))
+        }
+        p.breakRun = true
+    }
+
+    /// Answers the requests whose lines are durable: done and written, the sinks synced
+    /// after that, and flushed by a barrier of the worker that had them. The sinks are
+    /// synced as soon as written lines a barrier covers are not (while the worker still
+    /// flushes). A request waits for its own worker's flush only, not for the others'
+    /// (and, when the output is ordered, for the lines before it to be done). False
+    /// when the run must stop.
+    private func settleIngest(_ p: ParallelState, _ source: IngestSource) -> Bool {
+        guard p.ownBarriersOK else {
+            if abortMessage == nil, sinkFailure == nil { abortMessage = "pipeline '\(definition.name)': a worker's barrier failed" }
+            return false
+        }
+        for i in p.runs.indices where p.runs[i].writtenAt == nil {
+            let run = p.runs[i]
+            // Ordered, a line is written once every line before it is done; unordered,
+            // once it is done (what it produced was written as it came).
+            if run.last < p.window.base || !p.ordered && (run.first...run.last).allSatisfy({ p.window.isDone($0) }) {
+                p.runs[i].writtenAt = p.syncs
+            }
+        }
+        // Written since the last sync, and a barrier of its worker covers it (under way:
+        // the sync overlaps the worker's flush).
+        if p.runs.contains(where: { $0.writtenAt == p.syncs && p.coveredUpTo[$0.worker] >= $0.last }) {
+            p.syncs += 1
+            guard flushSinksForBarrier() else { return false }
+        }
+        // Ingest lines are numbered in dispatch order: line = sequence number + offset.
+        let offset = source.handedOut - (p.window.next - 1)
+        var settledAny = false
+        var kept: [IngestRun] = []
+        for run in p.runs {
+            if let at = run.writtenAt, at < p.syncs, run.last <= p.flushedUpTo[run.worker] {
+                if !settledAny {
+                    settledAny = true
+                    applyCounts()
+                    read = p.restored.read + p.window.next
+                    publish()  // an answered request is counted in /metrics when its answer goes
+                }
+                source.feed.settle(lines: (run.first + offset)...(run.last + offset))
+            } else {
+                kept.append(run)
+            }
+        }
+        if settledAny {
+            p.runs = kept
+            scheduleBarrier()
+        }
+        return true
+    }
+
+    /// Waits until no worker's own barrier is under way (before the final barrier, which
+    /// is everyone's). False when the run must stop.
+    private func awaitWorkerBarriers(_ p: ParallelState, _ source: IngestSource) -> Bool {
+        while p.barrierOf.contains(where: { $0 != nil }) {
+            guard handleMessages(), settleIngest(p, source) else { return false }
+            guard p.barrierOf.contains(where: { $0 != nil }) else { break }
+            if p.ends.contains(where: { $0 != nil }) { return false }
+            p.outbox.wait(until: nextParallelWakeUp())
+        }
+        return settleIngest(p, source)
     }
 
     /// How many lines the coordinator takes from an ingest feed when the reorder window
@@ -333,10 +469,12 @@ extension PipelineRun {
 
     /// Puts one line in its worker's batch: by its partition key, else by its number
     /// (round-robin blocks of `batchSize` lines, the same for every run over the input).
-    private func dispatch(_ bytes: UnsafeBufferPointer<UInt8>, line: Int, tooLong: Int) {
+    private func dispatch(_ bytes: UnsafeBufferPointer<UInt8>, line: Int, tooLong: Int, to chosen: Int? = nil) {
         guard let p = parallel else { return }
         let worker: Int
-        if let partition = p.partition, tooLong == 0 {
+        if let chosen {
+            worker = chosen
+        } else if let partition = p.partition, tooLong == 0 {
             worker = partition(bytes) ?? 0
         } else {
             worker = ((line - 1) / p.batchSize) % p.count
@@ -346,6 +484,16 @@ extension PipelineRun {
         }
         p.lastWorker = worker
         let seq = p.window.add(line: line)
+        p.outstanding[worker] += 1
+        p.lastDispatched[worker] = seq
+        if ingestSource != nil {
+            if !p.breakRun, let last = p.runs.last, last.worker == worker, last.last == seq - 1, last.writtenAt == nil {
+                p.runs[p.runs.count - 1].last = seq
+            } else {
+                p.runs.append(IngestRun(first: seq, last: seq, worker: worker))
+                p.breakRun = false
+            }
+        }
         let start = p.pending[worker].bytes.count
         p.pending[worker].bytes.append(contentsOf: bytes)
         p.pending[worker].items.append(.init(seq: seq, line: line, start: start, end: p.pending[worker].bytes.count, tooLong: tooLong))
@@ -374,11 +522,12 @@ extension PipelineRun {
         guard let p = parallel else { return false }
         for message in p.outbox.take() {
             switch message {
-            case .results(_, let results):
+            case .results(let w, let results):
                 let bytes = ResultBytes(results.bytes)
                 for e in results.entries {
                     if e.kind == .done {
                         p.window.markDone(e.seq)
+                        if p.outstanding.indices.contains(w - 1) { p.outstanding[w - 1] -= 1 }
                         continue
                     }
                     let chunk = ReorderWindow.Chunk(kind: e.kind, bytes: bytes, start: e.start, end: e.end)
@@ -391,6 +540,12 @@ extension PipelineRun {
                 var written = 0
                 p.window.drain { written += writeChunk($0) }
                 p.written += written
+            case .barrierDone(let w, let ok, let counts) where p.barrierOf.indices.contains(w - 1) && p.barrierOf[w - 1] != nil:
+                // A worker's own barrier (`feedWorkers(from:)`).
+                p.flushedUpTo[w - 1] = p.barrierOf[w - 1] ?? p.flushedUpTo[w - 1]
+                p.barrierOf[w - 1] = nil
+                p.ownBarriersOK = p.ownBarriersOK && ok
+                p.lastCounts[w - 1] = counts
             case .barrierDone(let w, let ok, let counts):
                 p.acks += 1
                 p.acksOK = p.acksOK && ok
@@ -675,3 +830,4 @@ private final class ThreadBody: @unchecked Sendable {
     let body: @Sendable () -> Void
     init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }
+

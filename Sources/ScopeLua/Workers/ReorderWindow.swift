@@ -63,6 +63,11 @@ struct ReorderWindow {
         slots[seq % capacity].chunks.append(chunk)
     }
 
+    /// Whether line `seq` is done (its results are in).
+    func isDone(_ seq: Int) -> Bool {
+        seq < base || holds(seq) && slots[seq % capacity].done
+    }
+
     mutating func markDone(_ seq: Int) {
         guard holds(seq) else { return }
         slots[seq % capacity].done = true
