@@ -9,7 +9,7 @@
   Benchmarks/bench.py checkpoint [--runs 5] [--n 200000] analytics-1 with --checkpoint (default interval) vs without
   Benchmarks/bench.py limits [--runs 7] [--n 200000]     analytics-1 with limits = { time = 0.5, instructions = 5e7 }
                                                          on every stage vs without (--limits: other fields)
-  Benchmarks/bench.py serve [--seconds 10] [--batch 100]  scopelua serve (analytics-1, --workers 2) under wrk at 1, 16
+  Benchmarks/bench.py serve [--seconds 10] [--dir D]      scopelua serve (analytics-1, --workers 2) under wrk at 1, 16
                                                          and 64 connections vs scopelua run --input FILE --workers 2
   Benchmarks/bench.py workers [--runs 5] [--n 200000]    --workers 2 vs --workers 1: the CPU-bound pipeline
                                                          (Benchmarks/cpu_pipeline.lua), then analytics-1
@@ -525,7 +525,7 @@ def serve(args):
     over the same number of events through `scopelua run --input FILE --workers 2` (the
     output to a file in both). Events/s, and wrk's p50/p99 latency per request."""
     need_packages("the serve benchmark (wrk)", [("wrk", None, "wrk")])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         events = generate_events(args.n, tmp)
         with open(events) as f:
             body = "".join(f.readline() for _ in range(args.batch))
@@ -873,6 +873,8 @@ def main():
     sv.add_argument("--n", type=int, default=200000)
     sv.add_argument("--batch", type=int, default=100, help="events per request")
     sv.add_argument("--seconds", type=int, default=10, help="wrk's duration per connection count")
+    sv.add_argument("--dir", default=None, help="where the events, the outputs and the databases go (default: a "
+                    "temporary directory under $TMPDIR; /dev/shm: a RAM disk, where a sync does not wait for a disk)")
     sv.set_defaults(fn=serve)
     w = sub.add_parser("workers", help="--workers 2 vs --workers 1: a CPU-bound pipeline, then analytics-1")
     w.add_argument("--runs", type=int, default=5)
