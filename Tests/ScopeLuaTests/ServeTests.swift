@@ -225,6 +225,28 @@ struct ServeTests {
         #expect(Self.lines("\(s.directory)/out.jsonl").count == 3)
     }
 
+    /// With workers, a stage whose flush fails at a worker's own barrier: the request it
+    /// was to make durable is answered 503 "not done" (never 200), the run stops with the
+    /// flush's error, exit 1.
+    @Test func aWorkersFailingFlushAnswersNotDone() throws {
+        let dir = temporaryDirectory()
+        write("""
+            stage "s" {
+              process = function(ctx, e) return e end,
+              flush = function(ctx) error("flush broke") end,
+            }
+            pipeline "p" { "s" }
+            """, to: "job.lua", in: dir)
+        let s = try ServeProcess(["job.lua", "--output", "out.jsonl", "--workers", "2"], in: dir)
+        let answer = HTTPClient.post(s.port, "/events", "{\"a\":1}\n{\"a\":2}")
+        #expect(answer?.status == 503)
+        #expect(answer?.body.hasPrefix("{\"error\":\"not done: pipeline 'p' aborted: stage 's' failed in flush (checkpoint): job.lua:3: flush broke") == true,
+                "\(answer?.body ?? "")")
+        #expect(waitUntil { !s.process.isRunning })
+        #expect(s.stop() == 1)
+        #expect(s.stderr.contains("scopelua: pipeline 'p' aborted: stage 's' failed in flush (checkpoint): job.lua:3: flush broke"), "\(s.stderr)")
+    }
+
     /// Many clients at once with --workers 2 (4800 events in flight, more than the
     /// workers' reorder window of 4096 lines): every request is answered, and each one's
     /// events come out together and in order, each once.

@@ -343,7 +343,7 @@ extension PipelineRun {
                 p.outbox.wait(until: nextParallelWakeUp())
                 continue
             }
-            let flushable = p.count > 0 && (0..<p.count).contains { Self.flushesNow(p, $0, idleOnly: true) }
+            let flushable = (0..<p.count).contains { Self.flushesNow(p, $0, idleOnly: true) }
             let wait = stopping || flushable ? 0 : nextParallelWakeUp()
             switch source.feed.next(deadline: wait, wake: p.outbox.fd, max: take) {
             case .idle:
@@ -424,40 +424,32 @@ extension PipelineRun {
             p.syncs += 1
             guard flushSinksForBarrier() else { return false }
         }
+        let durable = { (run: IngestRun) in
+            (run.writtenAt.map { $0 < p.syncs } ?? false) && run.last <= p.flushedUpTo[run.worker]
+        }
+        guard p.runs.contains(where: durable) else { return true }
+        applyCounts()
+        read = p.restored.read + p.window.next
+        publish()  // an answered request is counted in /metrics when its answer goes
         // Ingest lines are numbered in dispatch order: line = sequence number + offset.
         let offset = source.handedOut - (p.window.next - 1)
-        var settledAny = false
-        var kept: [IngestRun] = []
-        for run in p.runs {
-            if let at = run.writtenAt, at < p.syncs, run.last <= p.flushedUpTo[run.worker] {
-                if !settledAny {
-                    settledAny = true
-                    applyCounts()
-                    read = p.restored.read + p.window.next
-                    publish()  // an answered request is counted in /metrics when its answer goes
-                }
-                source.feed.settle(lines: (run.first + offset)...(run.last + offset))
-            } else {
-                kept.append(run)
-            }
+        for run in p.runs where durable(run) {
+            source.feed.settle(lines: (run.first + offset)...(run.last + offset))
         }
-        if settledAny {
-            p.runs = kept
-            scheduleBarrier()
-        }
+        p.runs.removeAll(where: durable)
+        scheduleBarrier()
         return true
     }
 
     /// Waits until no worker's own barrier is under way (before the final barrier, which
     /// is everyone's). False when the run must stop.
     private func awaitWorkerBarriers(_ p: ParallelState, _ source: IngestSource) -> Bool {
-        while p.barrierOf.contains(where: { $0 != nil }) {
+        while true {
             guard handleMessages(), settleIngest(p, source) else { return false }
-            guard p.barrierOf.contains(where: { $0 != nil }) else { break }
+            if !p.barrierOf.contains(where: { $0 != nil }) { return true }
             if p.ends.contains(where: { $0 != nil }) { return false }
             p.outbox.wait(until: nextParallelWakeUp())
         }
-        return settleIngest(p, source)
     }
 
     /// How many lines the coordinator takes from an ingest feed when the reorder window
@@ -467,8 +459,9 @@ extension PipelineRun {
         room >= ingestBatch ? ingestBatch : 0
     }
 
-    /// Puts one line in its worker's batch: by its partition key, else by its number
-    /// (round-robin blocks of `batchSize` lines, the same for every run over the input).
+    /// Puts one line in its worker's batch: the `chosen` one (an ingest request's), else by
+    /// its partition key, else by its number (round-robin blocks of `batchSize` lines, the
+    /// same for every run over the input).
     private func dispatch(_ bytes: UnsafeBufferPointer<UInt8>, line: Int, tooLong: Int, to chosen: Int? = nil) {
         guard let p = parallel else { return }
         let worker: Int
@@ -542,7 +535,7 @@ extension PipelineRun {
                 p.written += written
             case .barrierDone(let w, let ok, let counts) where p.barrierOf.indices.contains(w - 1) && p.barrierOf[w - 1] != nil:
                 // A worker's own barrier (`feedWorkers(from:)`).
-                p.flushedUpTo[w - 1] = p.barrierOf[w - 1] ?? p.flushedUpTo[w - 1]
+                if let upTo = p.barrierOf[w - 1] { p.flushedUpTo[w - 1] = upTo }
                 p.barrierOf[w - 1] = nil
                 p.ownBarriersOK = p.ownBarriersOK && ok
                 p.lastCounts[w - 1] = counts
@@ -830,4 +823,3 @@ private final class ThreadBody: @unchecked Sendable {
     let body: @Sendable () -> Void
     init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }
-
