@@ -99,8 +99,9 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
             s.tickets.append(Ticket(first: first, last: first + events.count - 1, continuation: done))
             // A thread that is not waiting looks at the queue before it waits: no system
             // call for it (most offers, under load).
-            defer { s.sleeping = false }
-            return (nil, s.sleeping)
+            let wake = s.sleeping
+            s.sleeping = false
+            return (nil, wake)
         }
         if let refusal {
             done.resume(returning: IngestResult(status: .refused(refusal)))
