@@ -13,11 +13,15 @@
 #   json fuzz      scripts/fuzz-json.sh 60        json.decode/json.encode fuzzing, 60 s
 # A failing stage does not stop the later ones (one run shows every failure), except
 # install-deps. The last line counts the stages; the exit status is 1 if any failed.
+# A failed stage's failure lines (failed tests, errors, sanitizer reports) are printed
+# again after the table, so the end of the output says what failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 
 names=() results=() times=()
 passed=0 failed=0 skipped=0
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 
 # stage NAME COMMAND...: runs one stage, prints its name and how long it took.
 stage() {
@@ -25,7 +29,12 @@ stage() {
   shift
   echo
   echo "==> stage: $name ($*)"
-  if "$@"; then result=passed; passed=$((passed + 1)); else result=FAILED; failed=$((failed + 1)); fi
+  # Each stage's output is also kept, for the failure summary at the end.
+  if "$@" 2>&1 | tee "$logs/${#names[@]}.log"; then
+    result=passed; passed=$((passed + 1))
+  else
+    result=FAILED; failed=$((failed + 1))
+  fi
   echo "<== stage: $name $result in $((SECONDS - started))s"
   names+=("$name") results+=("$result") times+=("$((SECONDS - started))")
   [ $result = passed ]
@@ -56,6 +65,15 @@ for i in "${!names[@]}"; do
   total=$((total + times[i]))
 done
 printf '%-15s %-9s %7s\n' total "" "$total"
+# What failed, from each failed stage's output: Swift Testing's ✘ lines, XCTest's
+# failures, compiler and script errors, sanitizer and valgrind reports.
+for i in "${!names[@]}"; do
+  [ "${results[$i]}" = FAILED ] || continue
+  echo
+  echo "== what failed in stage '${names[$i]}':"
+  grep -E '✘|error:|: failed|FAIL|Fatal error|ERROR: AddressSanitizer|runtime error:|ERROR SUMMARY: [1-9]|Segmentation fault|Assertion' \
+    "$logs/$i.log" | grep -v '✔' | head -40
+done
 summary="stages: $passed passed, $failed failed"
 [ $skipped -gt 0 ] && summary+=", $skipped skipped"
 echo "$summary"

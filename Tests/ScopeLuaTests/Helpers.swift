@@ -183,6 +183,19 @@ func runProcess(_ executable: String, _ arguments: [String], stdin: String? = ni
                          stderr: String(decoding: errData.data, as: UTF8.self))
 }
 
+/// Copies an executable that a test then runs. The copy is made by `cp`, a child process:
+/// a copy written by this process (FileManager.copyItem) holds a descriptor open for
+/// writing that a child forked meanwhile by a test running in parallel inherits until it
+/// execs, and running the copy in that window fails with ETXTBSY ("Text file busy").
+/// `cp`'s descriptor is never in this process, so no child of ours can hold it.
+func copyExecutable(_ source: String, to destination: String,
+                    sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let copied = try runProcess("/bin/cp", [source, destination], sourceLocation: sourceLocation)
+    guard copied.status == 0 else {
+        throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: "cp \(source) \(destination): \(copied.stderr)"])
+    }
+}
+
 /// `scopelua ARGS...`
 func scopelua(_ arguments: [String], stdin: String? = nil, directory: String? = nil,
               sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {

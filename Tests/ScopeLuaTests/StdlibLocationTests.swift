@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ScopeLuaCore
+import ScopeLua
 
 /// The shipped Lua modules are found relative to the running executable (installed or
 /// in a clone), never at a path baked in by the build; SCOPELUA_STDLIB and the host's
@@ -48,7 +49,7 @@ import Testing
         let stdlib = "\(prefix)/share/scopelua/stdlib"
         try FileManager.default.createDirectory(atPath: "\(prefix)/bin", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: stdlib, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: scopeluaPath, toPath: "\(prefix)/bin/scopelua")
+        try copyExecutable(scopeluaPath, to: "\(prefix)/bin/scopelua")
         write("return 'installed module'", to: "probe_module.lua", in: stdlib)
         let installed = try runProcess("\(prefix)/bin/scopelua", ["-e", "print((require 'probe_module')); print(package.path)"],
                                        directory: prefix)
@@ -58,7 +59,7 @@ import Testing
         // Elsewhere, with no stdlib beside it, it finds none (the clone it was built in
         // is not remembered).
         let elsewhere = temporaryDirectory()
-        try FileManager.default.copyItem(atPath: scopeluaPath, toPath: "\(elsewhere)/scopelua")
+        try copyExecutable(scopeluaPath, to: "\(elsewhere)/scopelua")
         let bare = try runProcess("\(elsewhere)/scopelua", ["-e", "print(package.path)"], directory: elsewhere)
         #expect(bare.status == 0)
         #expect(!bare.stdout.contains("stdlib"))
@@ -68,5 +69,29 @@ import Testing
         let forced = try runProcess("\(prefix)/bin/scopelua", ["-e", "print(package.path)"],
                                     directory: prefix, environment: ["SCOPELUA_STDLIB": "\(elsewhere)/mods"])
         #expect(forced.stdout.hasPrefix("\(elsewhere)/mods/?.lua;"))
+    }
+
+    /// The copy a test runs can be run at once, even while other tests start child
+    /// processes: a copy written by this process failed now and then with "Text file
+    /// busy" (a child forked meanwhile held its descriptor open for writing until it
+    /// exec'd or exited). Here the children are forked and linger 20 ms before they exit,
+    /// as a child the scheduler left waiting on a loaded machine would.
+    @Test func aCopiedExecutableRunsWhileOtherTestsStartProcesses() throws {
+        let dir = temporaryDirectory()
+        let stop = Protected(false)
+        let forking = Thread {
+            while !stop.withLock({ $0 }) {
+                let child = fork()
+                if child == 0 { usleep(20_000); _exit(0) }
+                if child > 0 { var status: Int32 = 0; waitpid(child, &status, 0) }
+            }
+        }
+        forking.start()
+        defer { stop.withLock { $0 = true } }
+        for i in 0..<5 {
+            try copyExecutable(scopeluaPath, to: "\(dir)/scopelua-\(i)")
+            #expect(try runProcess("\(dir)/scopelua-\(i)", ["--version"]).status == 0)
+            try? FileManager.default.removeItem(atPath: "\(dir)/scopelua-\(i)")
+        }
     }
 }
