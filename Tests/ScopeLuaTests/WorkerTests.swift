@@ -6,6 +6,40 @@ import Testing
 /// closed per worker; the output in input order (or completion order); the counts of
 /// the run summed over the workers; stops, checkpoints and descriptors as with one.
 @Suite(.timeLimit(.minutes(1))) struct WorkerTests {
+    /// A worker whose flush fails at a barrier says why in the acknowledgement itself:
+    /// the coordinator may take it before the worker's `failed` message (posted just
+    /// after), and the run's error (a serve request's 503) must still be the flush's
+    /// error, not a bare "a worker's barrier failed" (a race CI hit).
+    @Test func aFailedBarriersAcknowledgementSaysWhy() throws {
+        let rt = Runtime()
+        defer { rt.close() }
+        _ = try rt.execute("""
+            stage "s" {
+              process = function(ctx, e) return e end,
+              flush = function(ctx) error("flush broke") end,
+            }
+            pipeline "p" { "s" }
+            """, name: "=job.lua")
+        let definition = try #require(rt.pipelines.pipelines["p"])
+        let inbox = Inbox()
+        let outbox = try #require(Outbox())
+        let link = WorkerLink(number: 1, workers: 2, inbox: inbox, outbox: outbox, hasDeadLetter: false, resumed: nil)
+        var options = PipelineRun.Options()
+        options.input = .channel(link)
+        options.output = .channel
+        let line = Array("{\"a\":1}".utf8)
+        inbox.send(.batch(WorkBatch(bytes: line, items: [.init(seq: 0, line: 1, start: 0, end: line.count)])))
+        inbox.send(.barrier(reason: .checkpoint, lastSeq: 0, committing: 1))
+        let run = PipelineRun(rt, definition, options: options)
+        _ = run.execute(rt.L, parent: rt.root)
+        run.releaseReferences(rt.L)
+        var failures: [String?] = []
+        for case .barrierDone(_, let failure, _) in outbox.take() { failures.append(failure) }
+        #expect(failures.count == 1)
+        let failure = try #require(failures.first ?? nil)
+        #expect(failure.hasPrefix("pipeline 'p' aborted: stage 's' failed in flush (checkpoint): job.lua:3: flush broke\n"), "\(failure)")
+    }
+
     /// `n` events: ids 1...n, users u0...u6.
     static func events(_ n: Int) -> String {
         (1...n).map { "{\"id\":\($0),\"user\":{\"id\":\"u\($0 % 7)\"}}\n" }.joined()

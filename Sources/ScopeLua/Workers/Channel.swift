@@ -256,9 +256,10 @@ package final class WakePipe: @unchecked Sendable {
 final class Outbox: @unchecked Sendable {
     enum Message: Sendable {
         case results(worker: Int, WorkerResults)
-        /// The worker ran the barrier (`ok`: every flush succeeded and nothing is in
-        /// flight); its counts then.
-        case barrierDone(worker: Int, ok: Bool, counts: WorkerCounts)
+        /// The worker ran the barrier; `failure`: nil when every flush succeeded and
+        /// nothing is in flight, else why not (the worker's abort, so the coordinator
+        /// can say it even when this arrives before the worker's `failed`); its counts then.
+        case barrierDone(worker: Int, failure: String?, counts: WorkerCounts)
         /// The worker stopped early (its stage aborted): the run stops.
         case failed(worker: Int, message: String)
         case ended(worker: Int, WorkerEnd)

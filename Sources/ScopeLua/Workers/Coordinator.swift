@@ -51,9 +51,9 @@ final class ParallelState {
     let batchSize: Int
     let ordered: Bool
     let partition: ((UnsafeBufferPointer<UInt8>) -> Int?)?
-    /// Barrier acknowledgements this barrier, and whether all said ok.
+    /// Barrier acknowledgements this barrier, and the first failure one of them gave.
     var acks = 0
-    var acksOK = true
+    var ackFailure: String?
     /// The barrier under way: every line up to this sequence number is before it; and
     /// whether the sinks were already synced for it (see `awaitAcks`).
     var barrierSeq = -1
@@ -76,8 +76,8 @@ final class ParallelState {
     /// How many times the sinks were synced for ingest lines (a run written before the
     /// latest sync began is durable in the sinks).
     var syncs = 0
-    /// Whether the own barriers acknowledged so far all succeeded.
-    var ownBarriersOK = true
+    /// The first failure an own barrier's acknowledgement gave (nil: all succeeded).
+    var ownBarrierFailure: String?
     /// The counts each worker gave at its last barrier, and at its end.
     var lastCounts: [WorkerCounts]
     var ends: [WorkerEnd?]
@@ -406,8 +406,8 @@ extension PipelineRun {
     /// (and, when the output is ordered, for the lines before it to be done). False
     /// when the run must stop.
     private func settleIngest(_ p: ParallelState, _ source: IngestSource) -> Bool {
-        guard p.ownBarriersOK else {
-            if abortMessage == nil, sinkFailure == nil { abortMessage = "pipeline '\(definition.name)': a worker's barrier failed" }
+        if let failure = p.ownBarrierFailure {
+            if abortMessage == nil, sinkFailure == nil { abortMessage = failure }
             return false
         }
         for i in p.runs.indices where p.runs[i].writtenAt == nil {
@@ -533,15 +533,15 @@ extension PipelineRun {
                 var written = 0
                 p.window.drain { written += writeChunk($0) }
                 p.written += written
-            case .barrierDone(let w, let ok, let counts) where p.barrierOf.indices.contains(w - 1) && p.barrierOf[w - 1] != nil:
+            case .barrierDone(let w, let failure, let counts) where p.barrierOf.indices.contains(w - 1) && p.barrierOf[w - 1] != nil:
                 // A worker's own barrier (`feedWorkers(from:)`).
                 if let upTo = p.barrierOf[w - 1] { p.flushedUpTo[w - 1] = upTo }
                 p.barrierOf[w - 1] = nil
-                p.ownBarriersOK = p.ownBarriersOK && ok
+                if p.ownBarrierFailure == nil { p.ownBarrierFailure = failure }
                 p.lastCounts[w - 1] = counts
-            case .barrierDone(let w, let ok, let counts):
+            case .barrierDone(let w, let failure, let counts):
                 p.acks += 1
-                p.acksOK = p.acksOK && ok
+                if p.ackFailure == nil { p.ackFailure = failure }
                 p.lastCounts[w - 1] = counts
             case .failed(_, let message):
                 if abortMessage == nil { abortMessage = message }
@@ -600,7 +600,9 @@ extension PipelineRun {
     func parallelBarrier(_ why: BarrierReason) -> Bool {
         guard startBarrier(why) else { return false }
         guard let ok = awaitAcks(), ok else {
-            if abortMessage == nil, sinkFailure == nil { abortMessage = "pipeline '\(definition.name)': a worker's barrier failed" }
+            if abortMessage == nil, sinkFailure == nil {
+                abortMessage = parallel?.ackFailure ?? "pipeline '\(definition.name)': a worker's barrier failed"
+            }
             return false
         }
         applyCounts()
@@ -612,7 +614,7 @@ extension PipelineRun {
         sendPending()
         guard let p = parallel, !p.failed else { return false }
         p.acks = 0
-        p.acksOK = true
+        p.ackFailure = nil
         let lastSeq = p.window.next - 1
         p.barrierSeq = lastSeq
         p.barrierSynced = false
@@ -622,13 +624,14 @@ extension PipelineRun {
     }
 
     /// Waits for every worker's acknowledgement (writing what arrives meanwhile): whether
-    /// all succeeded, or nil when a worker failed or ended first.
+    /// all succeeded (else `ackFailure` says why), or nil when a worker failed or ended
+    /// first.
     private func awaitAcks() -> Bool? {
         while true {
             let ok = handleMessages()
             guard let p = parallel else { return nil }
             if p.acks >= p.count {
-                return p.acksOK && ok
+                return p.ackFailure == nil && ok
             }
             if !ok || p.ends.contains(where: { $0 != nil }) { return nil }
             // Every line before the barrier is written: the sinks are synced now, while the

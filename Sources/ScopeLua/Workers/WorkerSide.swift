@@ -173,7 +173,8 @@ extension PipelineRun {
                 let ok = barrier(L, .checkpoint)
                 checkpointing.committingOverride = nil
                 link.post()
-                link.outbox.post(.barrierDone(worker: link.number, ok: ok, counts: workerCounts(histograms: false)))
+                link.outbox.post(.barrierDone(worker: link.number, failure: ok ? nil : barrierFailure(link),
+                                              counts: workerCounts(histograms: false)))
                 if !ok { return .failed }
             case .finish:
                 continue  // only after a final barrier (see `finishWorker`)
@@ -183,6 +184,12 @@ extension PipelineRun {
         }
     }
 
+    /// Why this worker's barrier failed, for its acknowledgement: its abort (a flush's
+    /// error), else the bare fact.
+    func barrierFailure(_ link: WorkerLink) -> String {
+        abortMessage ?? "pipeline '\(definition.name)': worker \(link.number)'s barrier failed"
+    }
+
     /// After the final barrier was ordered: runs it, tells the coordinator, and waits
     /// for its verdict. Returns the error the stages close with (nil: none).
     func finishWorker(_ L: LuaState, _ link: WorkerLink, reason: BarrierReason, committing: Int) -> String? {
@@ -190,7 +197,8 @@ extension PipelineRun {
         finalBarrier(L, reason: reason)
         checkpointing.committingOverride = nil
         link.post()
-        link.outbox.post(.barrierDone(worker: link.number, ok: checkpointing.finished, counts: workerCounts(histograms: false)))
+        link.outbox.post(.barrierDone(worker: link.number, failure: checkpointing.finished ? nil : barrierFailure(link),
+                                      counts: workerCounts(histograms: false)))
         while true {
             switch link.inbox.next(deadline: nil) {
             case .finish(let uncommitted)?: return uncommitted
