@@ -3,7 +3,7 @@ import Testing
 
 /// The C bridge (ARCHITECTURE rule 1): Swift functions fail by returning a status; the
 /// trampoline raises. Failing a million times must not leak anything.
-@Suite(.timeLimit(.minutes(1))) struct BridgeTests {
+@Suite(.timeLimit(testTimeLimit)) struct BridgeTests {
     /// In a scopelua process of its own: the resident size of the test process moves
     /// with whatever the suites running in parallel allocate (it failed now and then,
     /// 10 MiB of growth against a limit of 8).

@@ -6,7 +6,7 @@ import Testing
 /// then the same command again, must leave the output, the dead letters and a SQLite
 /// table exactly as an uninterrupted run does. Children block where the test wants them
 /// (a marker file says they got there) and are killed there: nothing waits on a clock.
-@Suite(.timeLimit(.minutes(1))) struct CheckpointTests {
+@Suite(.timeLimit(testTimeLimit)) struct CheckpointTests {
     /// The pipeline the kill tests run. Every kind of event and sink is there: filtered
     /// events, dead letters (stage errors and rejected lines), events emitted in process
     /// and in flush, and a stage that inserts every event into SQLite and commits in

@@ -5,7 +5,7 @@ import Testing
 
 /// The TSC calibration and its later check (issue 9, item 9), fed made-up readings: no
 /// assertion depends on how busy the machine is.
-@Suite(.timeLimit(.minutes(1))) struct ClockTests {
+@Suite(.timeLimit(testTimeLimit)) struct ClockTests {
     /// A TSC of 2.5 GHz: 0.4 ns per tick, exactly, for tick counts that are multiples of 5.
     static let rate = (UInt64(2) << 32) / 5
 

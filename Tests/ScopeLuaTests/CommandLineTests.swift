@@ -4,7 +4,7 @@ import Testing
 
 /// What a new user types: the implicit `run`, --version, --check, mistyped runner
 /// options, a second --input, an output that cannot be written, --help after an error.
-@Suite(.timeLimit(.minutes(1))) struct CommandLineTests {
+@Suite(.timeLimit(testTimeLimit)) struct CommandLineTests {
     @discardableResult
     func pipelineScript(in dir: String) -> String {
         write("""

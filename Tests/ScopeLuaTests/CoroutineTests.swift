@@ -3,7 +3,7 @@ import Testing
 
 /// Coroutines: what a coroutine acquires belongs to the scope current where it runs
 /// (is resumed), so abandoning or killing a coroutine cannot keep resources alive.
-@Suite(.timeLimit(.minutes(1))) struct CoroutineTests {
+@Suite(.timeLimit(testTimeLimit)) struct CoroutineTests {
     @Test func neverResumedCoroutineDoesNotOutliveItsScope() {
         let dir = temporaryDirectory()
         let run = runLua(watching: dir, """

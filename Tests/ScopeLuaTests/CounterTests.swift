@@ -4,7 +4,7 @@ import Testing
 @testable import ScopeLuaCore
 
 /// Counters a long-running service keeps (issue 9, item 8): none may wrap.
-@Suite(.timeLimit(.minutes(1))) struct CounterTests {
+@Suite(.timeLimit(testTimeLimit)) struct CounterTests {
     /// A hot label past 2^32 samples in one bucket. Recording four billion samples would
     /// take minutes, so the counters are set as if 2^32 - 1 samples of 10 ns had been
     /// recorded (values under 64 ns have a bucket each: bucket 10 holds 10 ns), then one

@@ -4,7 +4,7 @@ import Testing
 /// How a `POST /events` body is cut into events (EventBody.split): without decoding, so
 /// that a bad event is the run's to reject by its number, and only an array whose
 /// elements cannot be told apart is refused whole.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(testTimeLimit))
 struct EventBodyTests {
     static func split(_ text: String) -> [String]? {
         guard case .success(let events) = EventBody.split(Array(text.utf8)) else { return nil }

@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// The scripts users copy from must run.
-@Suite(.timeLimit(.minutes(1))) struct ExampleScriptTests {
+@Suite(.timeLimit(testTimeLimit)) struct ExampleScriptTests {
     let events = "\(repositoryRoot)/scripts/data/events.jsonl"
 
     @Test func tour() throws {

@@ -26,7 +26,7 @@ import Testing
         """
     }
 
-    @Test(.timeLimit(.minutes(1)), arguments: [("os.exit(1, true)", Int32(1)), ("os.exit(false)", 1), ("os.exit(3)", 3), ("os.exit(false, true)", 1)])
+    @Test(.timeLimit(testTimeLimit), arguments: [("os.exit(1, true)", Int32(1)), ("os.exit(false)", 1), ("os.exit(3)", 3), ("os.exit(false, true)", 1)])
     func aFailureStatusReleasesEverythingAsAnError(call: String, status: Int32) throws {
         let dir = temporaryDirectory()
         write(Self.script(exit: call), to: "exit.lua", in: dir)
@@ -39,7 +39,7 @@ import Testing
         #expect(read("\(dir)/out.txt") == "complete\n")
     }
 
-    @Test(.timeLimit(.minutes(1)), arguments: ["os.exit(0, true)", "os.exit(true)", "os.exit()"])
+    @Test(.timeLimit(testTimeLimit), arguments: ["os.exit(0, true)", "os.exit(true)", "os.exit()"])
     func aSuccessStatusReleasesEverythingNormally(call: String) throws {
         let dir = temporaryDirectory()
         write(Self.script(exit: call), to: "exit.lua", in: dir)
@@ -52,14 +52,14 @@ import Testing
         #expect(read("\(dir)/out.txt") == "complete\n")
     }
 
-    @Test(.timeLimit(.minutes(1))) func aFailedReleaseTurnsSuccessIntoFailure() throws {
+    @Test(.timeLimit(testTimeLimit)) func aFailedReleaseTurnsSuccessIntoFailure() throws {
         let r = try scopelua(["run", "-e", "local f = fs.open('/dev/full', 'w'); f:write('x'); os.exit(0)"])
         #expect(r.status == 1)
         #expect(r.stderr == "scopelua: release error: release of file#1 \"/dev/full\" failed: No space left on device\n")
     }
 
     /// From a stage, os.exit closes the pipeline: every stage's close gets the error.
-    @Test(.timeLimit(.minutes(1))) func fromAStageItClosesThePipeline() throws {
+    @Test(.timeLimit(testTimeLimit)) func fromAStageItClosesThePipeline() throws {
         let dir = temporaryDirectory()
         write("""
             stage "a" {

@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// fs.open files and adopted io.open files.
-@Suite(.timeLimit(.minutes(1))) struct FileTests {
+@Suite(.timeLimit(testTimeLimit)) struct FileTests {
     @Test func writeReadLinesSeekLikeIo() {
         let dir = temporaryDirectory()
         let run = runLua("""

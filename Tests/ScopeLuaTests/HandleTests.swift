@@ -3,7 +3,7 @@ import Testing
 
 /// What every handle does: <close>, release, is_open, kind, id, tostring, use after
 /// release, leaks.
-@Suite(.timeLimit(.minutes(1))) struct HandleTests {
+@Suite(.timeLimit(testTimeLimit)) struct HandleTests {
     /// A `<close>` variable holding a timer whose release is logged through a defer in
     /// an inner scope is awkward; instead each test checks `is_open` from outside.
     @Test func closeOnNormalExitBreakGotoReturnAndError() {

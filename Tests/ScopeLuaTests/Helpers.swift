@@ -110,6 +110,14 @@ func processStatus(_ pid: pid_t, _ field: String, has signal: Int32) -> Bool {
 /// True when scripts/ci-asan.sh runs the suite (built with AddressSanitizer).
 let runningUnderASan = ProcessInfo.processInfo.environment["SCOPELUA_ASAN"] != nil
 
+/// Every suite's time limit, so that a hang fails its test instead of the whole run. The
+/// clock of a test starts when the runner starts it, but the runner starts every test at
+/// once and its body then waits for one of the pool's threads (two on CI's two cores):
+/// the limit has to cover that wait too. The suite takes about half a minute in a debug
+/// build and over a minute under ASan, where one minute failed tests that were only
+/// waiting.
+let testTimeLimit: TimeLimitTrait.Duration = .minutes(runningUnderASan ? 10 : 3)
+
 /// The built `scopelua` executable (next to the test bundle).
 let scopeluaPath: String = {
     let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()

@@ -5,7 +5,7 @@ import Testing
 
 /// The queue between the HTTP threads and the run (IngestQueue): how requests' events
 /// are numbered and handed out, and when each request is answered.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(testTimeLimit))
 struct IngestQueueTests {
     static func chunk(_ lines: [String]) -> IngestChunk {
         guard case .success(let c) = EventBody.split(Array(lines.joined(separator: "\n").utf8)) else {

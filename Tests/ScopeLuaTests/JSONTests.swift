@@ -2,7 +2,7 @@ import Testing
 @testable import ScopeLua
 import CScopeLua
 
-@Suite(.timeLimit(.minutes(1))) struct JSONTests {
+@Suite(.timeLimit(testTimeLimit)) struct JSONTests {
     @Test func emptyArraysAndNullRoundTrip() {
         let run = runLua("""
             local v = json.decode([[{"a":[],"b":{},"c":[1,[],{"k\\"q":[]}],"e":null,"s":"x[]y"}]])
@@ -173,7 +173,7 @@ import CScopeLua
     /// without escapes; the time limit catches a quadratic decoder, no timing is asserted.
     /// Also one 8 MiB string of escapes, after which the scratch buffer it grew is
     /// shrunk back.
-    @Test(.timeLimit(.minutes(1))) func decodingIsLinearInEscapedStrings() throws {
+    @Test(.timeLimit(testTimeLimit)) func decodingIsLinearInEscapedStrings() throws {
         let rt = Runtime()
         defer { rt.close() }
         let values = try rt.execute(#"""
@@ -194,7 +194,7 @@ import CScopeLua
     /// Encoding is linear too, and the encoder's reusable buffer, grown for one huge
     /// value, is shrunk back afterwards (it used to stay at 8 times the value's size).
     /// Small buffers stay between calls.
-    @Test(.timeLimit(.minutes(1))) func encodeBufferShrinksAfterAHugeValue() throws {
+    @Test(.timeLimit(testTimeLimit)) func encodeBufferShrinksAfterAHugeValue() throws {
         let rt = Runtime()
         defer { rt.close() }
         let values = try rt.execute(#"""

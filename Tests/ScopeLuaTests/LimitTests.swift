@@ -9,7 +9,7 @@ import ScopeLuaRepl
 /// event under the stage's on_error, the run goes on with the other events, and what the
 /// event acquired is released (the ledger and the process's descriptors back where they
 /// started).
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(testTimeLimit))
 struct LimitTests {
     /// A pipeline whose stage opens a file for every event (in its task scope) and runs
     /// `hostile` on event 3; it logs "after" when code after the hostile part runs.

@@ -2,7 +2,7 @@ import Testing
 @testable import ScopeLua
 
 /// The `log` module: lines to stderr (the diagnostics sink), never to stdout.
-@Suite(.timeLimit(.minutes(1))) struct LogTests {
+@Suite(.timeLimit(testTimeLimit)) struct LogTests {
     @Test func levelsAndArgumentsAsPrintJoinsThem() {
         let run = runLua("""
             log.info("started", 3, nil, true)

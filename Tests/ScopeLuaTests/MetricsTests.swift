@@ -5,7 +5,7 @@ import Testing
 
 /// `GET /metrics` and `GET /resources` over real HTTP: `scopelua serve`, and
 /// `scopelua run --metrics-listen` on a followed file (with and without workers).
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(testTimeLimit))
 struct MetricsTests {
     /// `enrich` keeps a file open from `open` to `close` (`kept.log`); dead-letters `bad`
     /// events; an event with `open = NAME` opens that file and keeps it in the stage

@@ -24,7 +24,7 @@ private enum ProbeModule: RuntimeModule {
 
 /// The core's module mechanism (docs/ARCHITECTURE.md, "Layers"): a runtime installs the
 /// core's bindings and the modules it is given; `Runtime(options:)` gives the standard ones.
-@Suite(.timeLimit(.minutes(1))) struct ModuleTests {
+@Suite(.timeLimit(testTimeLimit)) struct ModuleTests {
     @Test func aCoreRuntimeHasScopesButNoModules() throws {
         let rt = Runtime(options: RuntimeOptions(), modules: [])
         defer { rt.close() }

@@ -7,7 +7,7 @@ import Testing
 /// Numbers a script passes that no Swift conversion can hold (issue 9, item 3): each
 /// is a Lua error naming the argument and the allowed range, never a trap (which ended
 /// the whole process with status 132, nothing released).
-@Suite(.timeLimit(.minutes(1))) struct NumericArgumentTests {
+@Suite(.timeLimit(testTimeLimit)) struct NumericArgumentTests {
     /// In a child process: before, the first case trapped and ended it.
     @Test func timerDelaysAndIntervalsOutOfRangeAreLuaErrors() throws {
         let dir = temporaryDirectory()

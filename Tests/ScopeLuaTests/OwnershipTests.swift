@@ -8,7 +8,7 @@ import Testing
 /// AddressSanitizer (scripts/ci-asan.sh) and valgrind (scripts/valgrind-scripts.sh) the
 /// old design failed these with use-after-free reports; here they also check what the
 /// script sees and that every record goes back to the pool.
-@Suite(.timeLimit(.minutes(1))) struct OwnershipTests {
+@Suite(.timeLimit(testTimeLimit)) struct OwnershipTests {
     /// Runs `source`, collects garbage (finalizers included), and returns the run with the number of
     /// records still out of the pool before the runtime is closed.
     func runCounting(_ source: String) -> (LuaRun, live: Int64) {

@@ -10,7 +10,7 @@ import Testing
 /// decoding it, by json.decode's grammar and rules (docs/ARCHITECTURE.md, "Partition
 /// keys"). Expectations compare outcomes of lines: the same key, another key, missing,
 /// invalid.
-@Suite(.timeLimit(.minutes(1))) struct PartitionKeyTests {
+@Suite(.timeLimit(testTimeLimit)) struct PartitionKeyTests {
     /// What `path` finds in `line`, given as text or as exact bytes (in a buffer of
     /// exactly its size).
     private func locate(_ path: String, _ line: String) throws -> PartitionKey.Outcome {

@@ -19,7 +19,7 @@ private func expectClean(_ run: LuaRun, sourceLocation: SourceLocation = #_sourc
 
 /// `--sandbox` (issue 14): hostile scripts against the checks, allowed operations, the
 /// exact denials, and the command line.
-@Suite(.timeLimit(.minutes(1))) struct PermissionTests {
+@Suite(.timeLimit(testTimeLimit)) struct PermissionTests {
     /// A directory with `data/` (readable, holding `a.txt`), `out/` (writable) and a
     /// `secret.txt` beside them.
     func layout() -> (dir: String, permissions: Permissions) {

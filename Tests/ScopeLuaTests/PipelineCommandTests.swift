@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// `scopelua run script.lua --input ...` end to end, signals included.
-@Suite(.timeLimit(.minutes(1))) struct PipelineCommandTests {
+@Suite(.timeLimit(testTimeLimit)) struct PipelineCommandTests {
     static let identity = """
         stage "pass" { process = function(ctx, e) return e end }
         pipeline "p" { "pass" }

@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// Pipelines driven from Lua with p:run (in process).
-@Suite(.timeLimit(.minutes(1))) struct PipelineTests {
+@Suite(.timeLimit(testTimeLimit)) struct PipelineTests {
     @Test func stagesOpenInOrderAndCloseInReverseWithNesting() {
         let run = runLua("""
             local log = {}

@@ -6,7 +6,7 @@ import CLua
 
 /// What a user of a pipeline sees when something goes wrong (issue 10): no silent wrong
 /// result, errors that say where, a summary on stderr.
-@Suite(.timeLimit(.minutes(1))) struct PipelineUXTests {
+@Suite(.timeLimit(testTimeLimit)) struct PipelineUXTests {
     // MARK: - process returns neither a table nor nil
 
     @Test func aPredicateStyleReturnIsAnErrorOfTheEvent() {
@@ -289,7 +289,7 @@ import CLua
 
     // MARK: - retry backoff
 
-    @Test(.timeLimit(.minutes(1))) func timersFireWhileAnEventWaitsToBeRetriedAndTheWaitIsReported() throws {
+    @Test(.timeLimit(testTimeLimit)) func timersFireWhileAnEventWaitsToBeRetriedAndTheWaitIsReported() throws {
         let run = runLua("""
             local ticks, ticks_at_retry = 0, nil
             stage "ticker" {
@@ -327,7 +327,7 @@ import CLua
         #expect(r.stderr.contains(#/\n             flaky         2        1 +[0-9.]+(ns|us|ms) +[0-9.]+(ns|us|ms) +[0-9.]+(ns|us|ms) +[0-9.]+ms\n/#), "\(r.stderr)")
     }
 
-    @Test(.timeLimit(.minutes(1))) func aTimerThatAbortsDuringABackoffLeavesTheWaitingEventInFlight() throws {
+    @Test(.timeLimit(testTimeLimit)) func aTimerThatAbortsDuringABackoffLeavesTheWaitingEventInFlight() throws {
         let dir = temporaryDirectory()
         write("""
             stage "ticker" {
@@ -355,7 +355,7 @@ import CLua
                        environment: ["SCOPELUA": scopeluaPath])
     }
 
-    @Test(.timeLimit(.minutes(1))) func theProgressLineNeverRunsIntoTheOutputOnTheSameTerminal() throws {
+    @Test(.timeLimit(testTimeLimit)) func theProgressLineNeverRunsIntoTheOutputOnTheSameTerminal() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/script") else {
             Issue.record("script (util-linux) is not installed")
             return

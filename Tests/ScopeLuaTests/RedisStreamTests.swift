@@ -4,7 +4,7 @@ import Testing
 
 /// Redis streams as a pipeline's input (a consumer group) and output (issue 13), against
 /// a real redis-server each test starts on a free loopback port.
-@Suite(.timeLimit(.minutes(1))) struct RedisStreamTests {
+@Suite(.timeLimit(testTimeLimit)) struct RedisStreamTests {
     /// A stage that records what it saw, and blocks (writing `reached`) at the event with
     /// id BLOCK_AT, or after BLOCK_AFTER events, until killed.
     static let job = """

@@ -5,7 +5,7 @@ import Testing
 
 /// `redis.connect`: connections (kind "redis") owned by a scope, against a real
 /// redis-server each test starts for itself (`RedisServer`) and stops when it ends.
-@Suite(.timeLimit(.minutes(1))) struct RedisTests {
+@Suite(.timeLimit(testTimeLimit)) struct RedisTests {
     /// `show(v)`: a reply as text, types visible: `{1,{2,x},false}`, `err=...` for
     /// `{err = ...}`, `nil`.
     static let show = """

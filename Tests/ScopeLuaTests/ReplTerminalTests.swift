@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// `scopelua repl` as a person uses it: in a real terminal (tmux), and with piped input.
-@Suite(.serialized, .timeLimit(.minutes(1))) struct ReplTerminalTests {
+@Suite(.serialized, .timeLimit(testTimeLimit)) struct ReplTerminalTests {
     @Test func pipedInputRunsWithoutPrompts() throws {
         let r = try scopelua(["repl"], stdin: "x = 20\n=x + 22\nfunction f()\nreturn 'multi'\nend\nf()\n")
         #expect(r.status == 0)

@@ -4,7 +4,7 @@ import Testing
 
 /// Values bound to a statement that is still stepping after the call returned (issue 9,
 /// items 2 and 10): the statement must own them, whatever the loop body collects.
-@Suite(.timeLimit(.minutes(1))) struct SQLLifetimeTests {
+@Suite(.timeLimit(testTimeLimit)) struct SQLLifetimeTests {
     /// A long string and a blob, made fresh for the call (nothing else refers to them),
     /// compared on every row of a rows loop whose body collects garbage several times
     /// and then allocates strings of the same size (so freed memory is reused at once).

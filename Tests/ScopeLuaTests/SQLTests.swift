@@ -3,7 +3,7 @@ import Testing
 @testable import ScopeLua
 
 /// The sql module against real SQLite files.
-@Suite(.timeLimit(.minutes(1))) struct SQLTests {
+@Suite(.timeLimit(testTimeLimit)) struct SQLTests {
     @Test func bindingRoundTripsValues() {
         let dir = temporaryDirectory()
         let run = runLua("""

@@ -2,7 +2,7 @@ import Testing
 @testable import ScopeLua
 
 /// scope(), defer(), scope.current(): ownership and LIFO release.
-@Suite(.timeLimit(.minutes(1))) struct ScopeTests {
+@Suite(.timeLimit(testTimeLimit)) struct ScopeTests {
     @Test func resourcesAndDefersReleaseNewestFirst() {
         let run = runLua("""
             local log = {}

@@ -5,7 +5,7 @@ import Testing
 /// `scopelua serve` over real HTTP on a free loopback port: each body format, per-line
 /// rejects, 413, backpressure, a graceful stop with requests in flight, a client that
 /// hangs up mid-request.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(testTimeLimit))
 struct ServeTests {
     /// A stage that dead-letters `bad` events; with `gate`, an event with `wait = true`
     /// writes `started` and then holds the run until the file `go` exists.

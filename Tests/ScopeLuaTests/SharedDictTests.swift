@@ -6,7 +6,7 @@ import Testing
 /// which every runtime created with a copy of the same options shares — the workers of
 /// `--workers N`, each its own Lua state on its own thread (docs/ARCHITECTURE.md,
 /// "Shared dictionaries").
-@Suite(.timeLimit(.minutes(1))) struct SharedDictTests {
+@Suite(.timeLimit(testTimeLimit)) struct SharedDictTests {
 
     // MARK: - One runtime
 

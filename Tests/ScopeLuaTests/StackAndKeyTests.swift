@@ -7,7 +7,7 @@ import Testing
 
 /// Lua C API calls that raise or overrun when Swift ignores their preconditions (issue
 /// 9, item 10): a nil table key, a stack that cannot grow.
-@Suite(.timeLimit(.minutes(1))) struct StackAndKeyTests {
+@Suite(.timeLimit(testTimeLimit)) struct StackAndKeyTests {
     /// SQLite returns NULL for a column name when it is out of memory. That name used
     /// to become a nil key, and lua_rawset raised through Swift frames; now the row
     /// is an error that names the column.

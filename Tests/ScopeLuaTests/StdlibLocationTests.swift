@@ -6,7 +6,7 @@ import ScopeLua
 /// The shipped Lua modules are found relative to the running executable (installed or
 /// in a clone), never at a path baked in by the build; SCOPELUA_STDLIB and the host's
 /// option come first.
-@Suite(.timeLimit(.minutes(1))) struct StdlibLocationTests {
+@Suite(.timeLimit(testTimeLimit)) struct StdlibLocationTests {
     @Test func anInstalledBinaryLooksUnderItsPrefixsShare() {
         #expect(StdlibLocation.candidates(executable: "/usr/local/bin/scopelua") == ["/usr/local/share/scopelua/stdlib"])
         #expect(StdlibLocation.candidates(executable: "/opt/sl/bin/scopelua") == ["/opt/sl/share/scopelua/stdlib"])

@@ -56,7 +56,7 @@ final class StopBoard: @unchecked Sendable {
 /// in a child copy of this test process, calls the C API directly from its own threads
 /// (the test's thread is the run's state, two `Thread`s are the workers), and raises its
 /// signals there; its expectations are reported back here.
-@Suite(.serialized, .timeLimit(.minutes(1))) struct StopTargetTests {
+@Suite(.serialized, .timeLimit(testTimeLimit)) struct StopTargetTests {
     /// A runtime that keeps its diagnostics to itself.
     static func quietRuntime() -> Runtime {
         var options = RuntimeOptions()

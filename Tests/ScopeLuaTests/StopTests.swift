@@ -128,7 +128,7 @@ func rowCount(_ path: String) -> Int64? {
     /// Item 11: the stop is an error raised in the script at its next instruction, so
     /// scopes unwind with it (the defer sees it, the transaction rolls back, the file is
     /// flushed and closed), then the run exits with 128 + the signal.
-    @Test(.timeLimit(.minutes(1)), arguments: Mode.allCases, [SIGINT, SIGTERM])
+    @Test(.timeLimit(testTimeLimit), arguments: Mode.allCases, [SIGINT, SIGTERM])
     func aStopUnwindsAPlainScriptWithTheStopAsItsError(mode: Mode, signal: Int32) throws {
         let dir = temporaryDirectory()
         let body = Self.holdings + """
@@ -167,7 +167,7 @@ func rowCount(_ path: String) -> Int64? {
 
     /// Item 11: a pipeline run from a script (`p:run{}`) stops between events like an
     /// `--input` run (the stages close), then the stop reaches the script as an error.
-    @Test(.timeLimit(.minutes(1))) func aStopEndsPRunBetweenEventsThenUnwindsTheScript() throws {
+    @Test(.timeLimit(testTimeLimit)) func aStopEndsPRunBetweenEventsThenUnwindsTheScript() throws {
         let dir = temporaryDirectory()
         write(Self.holdings + """
 
@@ -194,7 +194,7 @@ func rowCount(_ path: String) -> Int64? {
 
     /// Item 11: `--input` pipelines keep stopping gracefully between events, and what
     /// the script holds in the run scope is released after them.
-    @Test(.timeLimit(.minutes(1))) func anInputPipelineStillStopsBetweenEvents() throws {
+    @Test(.timeLimit(testTimeLimit)) func anInputPipelineStillStopsBetweenEvents() throws {
         let dir = temporaryDirectory()
         write("""
             local f = fs.open("out.txt", "w"); f:setvbuf("full"); f:write("complete\\n")
@@ -261,7 +261,7 @@ func rowCount(_ path: String) -> Int64? {
 
     /// Item 12: once forced (here by the grace period), the stop ends the run whatever
     /// the script does, and still releases what the runtime owns.
-    @Test(.timeLimit(.minutes(1)), arguments: swallowers.keys.sorted())
+    @Test(.timeLimit(testTimeLimit), arguments: swallowers.keys.sorted())
     func aForcedStopCannotBeSwallowed(_ name: String) throws {
         let dir = temporaryDirectory()
         write(Self.holdings + "\n" + (Self.swallowers[name] ?? ""), to: "loop.lua", in: dir)
@@ -277,7 +277,7 @@ func rowCount(_ path: String) -> Int64? {
     }
 
     /// Item 12: a second signal forces the stop at once, even with a long grace period.
-    @Test(.timeLimit(.minutes(1))) func aSecondSignalForcesAStopTheScriptCaught() throws {
+    @Test(.timeLimit(testTimeLimit)) func aSecondSignalForcesAStopTheScriptCaught() throws {
         let dir = temporaryDirectory()
         write(Self.holdings + "\n" + (Self.swallowers["pcall"] ?? ""), to: "loop.lua", in: dir)
         let child = try WatchedChild(["run", "--grace", "600", "loop.lua"], directory: dir)
@@ -292,7 +292,7 @@ func rowCount(_ path: String) -> Int64? {
     }
 
     /// Item 12: a pipeline stage looping around pcall is interrupted by force too.
-    @Test(.timeLimit(.minutes(1))) func aForcedStopEndsAStageThatSwallowsErrors() throws {
+    @Test(.timeLimit(testTimeLimit)) func aForcedStopEndsAStageThatSwallowsErrors() throws {
         let dir = temporaryDirectory()
         write("""
             stage "stubborn" {
@@ -317,7 +317,7 @@ func rowCount(_ path: String) -> Int64? {
 
     /// Item 12: after a forced stop, Lua code run by releases gets one more grace period;
     /// a deferred function that never ends fails then, and the rest is still released.
-    @Test(.timeLimit(.minutes(1))) func releaseCodeIsBoundedAfterAForcedStop() throws {
+    @Test(.timeLimit(testTimeLimit)) func releaseCodeIsBoundedAfterAForcedStop() throws {
         let dir = temporaryDirectory()
         write("""
             local f = fs.open("out.txt", "w"); f:setvbuf("full"); f:write("complete\\n")
@@ -338,7 +338,7 @@ func rowCount(_ path: String) -> Int64? {
 
     /// Item 12: a run stuck outside Lua (here in os.execute) is ended by the last resort:
     /// output flushed, exit 128 + the signal.
-    @Test(.timeLimit(.minutes(1))) func theLastResortFlushesAndExits() throws {
+    @Test(.timeLimit(testTimeLimit)) func theLastResortFlushesAndExits() throws {
         let dir = temporaryDirectory()
         write("""
             local f = fs.open("out.txt", "w"); f:setvbuf("full"); f:write("complete\\n")

@@ -83,7 +83,7 @@ final class StreamingChild {
 /// Output latency (issue 11, "Following and streaming"): an event that left the
 /// pipeline reaches the output's reader promptly, also while the input is idle, and in
 /// whole lines.
-@Suite(.timeLimit(.minutes(1))) struct OutputLatencyTests {
+@Suite(.timeLimit(testTimeLimit)) struct OutputLatencyTests {
     static let script = """
         stage "s" {
           on_error = "dead_letter",
@@ -188,7 +188,7 @@ final class StreamingChild {
 /// `--follow` (issue 11, "Following and streaming"): the input file is followed by its
 /// name as it grows, like `tail -F`. Each test waits for what it needs to see (output
 /// lines, a note on stderr), never for a fixed time.
-@Suite(.timeLimit(.minutes(1))) struct FollowTests {
+@Suite(.timeLimit(testTimeLimit)) struct FollowTests {
     static let identity = """
         stage "pass" { process = function(ctx, e) return e end }
         pipeline "p" { "pass" }

@@ -6,7 +6,7 @@ import Testing
 /// before (they are in small caches) and nothing is traced; everything else goes
 /// through Swift. These tests mix both paths and check that a handle behaves the same
 /// whichever path made or released it.
-@Suite(.timeLimit(.minutes(1))) struct TimerTests {
+@Suite(.timeLimit(testTimeLimit)) struct TimerTests {
     /// The first call of a loop takes the Swift path, the next ones the C path: ids run
     /// on, sites name the right lines, and statistics count every pair.
     @Test func fastAndSlowPathsShareIdsSitesAndStatistics() {
@@ -166,7 +166,7 @@ import Testing
 
 /// Timers outside pipelines: they fire in timer.sleep and timer.loop, and a script whose
 /// timers never fire is told so.
-@Suite(.timeLimit(.minutes(1))) struct TimerLoopTests {
+@Suite(.timeLimit(testTimeLimit)) struct TimerLoopTests {
     @Test func sleepFiresDueTimersAndLoopRunsUntilNoneIsPending() {
         let run = runLua("""
             local log = {}

@@ -2,7 +2,7 @@ import Testing
 @testable import ScopeLua
 
 /// `scopelua --version`: scopelua's version and the libraries' as loaded at run time.
-@Suite(.timeLimit(.minutes(1))) struct VersionTests {
+@Suite(.timeLimit(testTimeLimit)) struct VersionTests {
     @Test func theLuaReleaseIsReadFromTheLibrarysIdent() {
         #expect(Lua.release(fromIdent: "$LuaVersion: Lua 5.4.4  Copyright (C) 1994-2022 Lua.org, PUC-Rio $$LuaAuthors: R. Ierusalimschy $") == "5.4.4")
         #expect(Lua.release(fromIdent: "$LuaVersion: Lua 5.4.6  Copyright") == "5.4.6")

@@ -1,7 +1,7 @@
 import Testing
 @testable import ScopeLua
 
-@Suite(.timeLimit(.minutes(1))) struct WithResourceTests {
+@Suite(.timeLimit(testTimeLimit)) struct WithResourceTests {
     @Test func releasesAllNewestFirstAndReturnsResults() {
         let run = runLua("""
             local a, b = timer.measure("a"), timer.measure("b")

@@ -4,7 +4,7 @@ import Testing
 
 /// Workers and delivery (issue 12): a graceful stop with 4 workers in the middle of a
 /// stream, kill -9 and resume with 2 workers, timers that fire in every worker.
-@Suite(.timeLimit(.minutes(1))) struct WorkerDeliveryTests {
+@Suite(.timeLimit(testTimeLimit)) struct WorkerDeliveryTests {
     /// Starts scopelua in `dir` with stdin from a pipe the test writes; stderr to a file.
     static func start(_ arguments: [String], in dir: String) throws -> (Process, FileHandle) {
         let process = Process()
@@ -166,7 +166,7 @@ import Testing
 }
 
 /// Crash isolation and aborts with workers (issue 12).
-@Suite(.timeLimit(.minutes(1))) struct WorkerCrashTests {
+@Suite(.timeLimit(testTimeLimit)) struct WorkerCrashTests {
     static let job = """
         local function log(ctx, ...)
           local f <close> = assert(io.open("log-" .. ctx.worker .. ".txt", "a"))
@@ -256,7 +256,7 @@ import Testing
 }
 
 /// A forced stop reaches a worker stuck in Lua (its state is a stop target of its own).
-@Suite(.timeLimit(.minutes(1))) struct WorkerForcedStopTests {
+@Suite(.timeLimit(testTimeLimit)) struct WorkerForcedStopTests {
     /// SIGTERM, then the grace period runs out (two signals sent back to back may reach
     /// the process as one): the forced stop interrupts the worker spinning in Lua (even
     /// through pcall), the run ends with 143.
@@ -293,7 +293,7 @@ import Testing
 
 /// --follow with workers: a file that appears later, then is rotated; what was written
 /// reaches the output while the input is idle; SIGTERM ends the run (143).
-@Suite(.timeLimit(.minutes(1))) struct WorkerFollowTests {
+@Suite(.timeLimit(testTimeLimit)) struct WorkerFollowTests {
     @Test func followingALateAndRotatedFileWithWorkers() throws {
         let dir = temporaryDirectory()
         write("stage 's' { process = function(ctx, e) e.w = ctx.worker return e end }\npipeline 'p' { 's' }\n", to: "job.lua", in: dir)

@@ -5,7 +5,7 @@ import Testing
 /// `--workers N` (issue 12): each worker its own Lua state, stages opened, flushed and
 /// closed per worker; the output in input order (or completion order); the counts of
 /// the run summed over the workers; stops, checkpoints and descriptors as with one.
-@Suite(.timeLimit(.minutes(1))) struct WorkerTests {
+@Suite(.timeLimit(testTimeLimit)) struct WorkerTests {
     /// A worker whose flush fails at a barrier says why in the acknowledgement itself:
     /// the coordinator may take it before the worker's `failed` message (posted just
     /// after), and the run's error (a serve request's 503) must still be the flush's
