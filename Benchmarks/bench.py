@@ -870,7 +870,8 @@ def main():
     lm.set_defaults(fn=limits)
     sv = sub.add_parser("serve", help="scopelua serve under wrk (1, 16, 64 connections) vs scopelua run --input FILE")
     sv.add_argument("--runs", type=int, default=3, help="file runs (their median is the reference)")
-    sv.add_argument("--n", type=int, default=200000)
+    sv.add_argument("--n", type=int, default=1000000,
+                    help="events in the file run (its reference: 200 000 take a third of a second, too short to be steady)")
     sv.add_argument("--batch", type=int, default=100, help="events per request")
     sv.add_argument("--seconds", type=int, default=10, help="wrk's duration per connection count")
     sv.add_argument("--dir", default=None, help="where the events, the outputs and the databases go (default: a "
