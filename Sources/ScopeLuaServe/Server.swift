@@ -85,8 +85,6 @@ package final class Server: @unchecked Sendable {
         group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger))
     }
 
-    /// Starts listening; returns the port (the one the system chose for port 0), or why
-    /// it could not.
     /// Makes the server's event loops the threads Swift concurrency runs tasks on, so a
     /// request's handler runs where its connection's I/O is: without it every request
     /// crossed from an event loop to the concurrency pool and back, two thread wake-ups
@@ -97,6 +95,8 @@ package final class Server: @unchecked Sendable {
         NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
     }
 
+    /// Starts listening; returns the port (the one the system chose for port 0), or why
+    /// it could not.
     package func start() -> Result<Int, ServerFailure> {
         let group = group, ended = ended, failure = failure, bound = bound
         Task.detached {
