@@ -32,6 +32,17 @@ struct IngestRun {
     var last: Int
     var worker: Int
     var writtenAt: Int?
+    /// Unordered output: every line of the run before this one is known to be done. The
+    /// next look starts here, so a line is looked at until it is done, not on every turn
+    /// of the feed loop while the rest of its run is worked on.
+    var checked: Int
+
+    init(first: Int, last: Int, worker: Int) {
+        self.first = first
+        self.last = last
+        self.worker = worker
+        checked = first
+    }
 }
 
 /// The coordinator's side of a run with workers. A class: the feed loop changes it for
@@ -411,11 +422,13 @@ extension PipelineRun {
             return false
         }
         for i in p.runs.indices where p.runs[i].writtenAt == nil {
-            let run = p.runs[i]
             // Ordered, a line is written once every line before it is done; unordered,
             // once it is done (what it produced was written as it came).
-            if run.last < p.window.base || !p.ordered && (run.first...run.last).allSatisfy({ p.window.isDone($0) }) {
+            if p.runs[i].last < p.window.base {
                 p.runs[i].writtenAt = p.syncs
+            } else if !p.ordered {
+                while p.runs[i].checked <= p.runs[i].last, p.window.isDone(p.runs[i].checked) { p.runs[i].checked += 1 }
+                if p.runs[i].checked > p.runs[i].last { p.runs[i].writtenAt = p.syncs }
             }
         }
         // Written since the last sync, and a barrier of its worker covers it (under way:
