@@ -201,6 +201,18 @@ struct ServeTests {
         #expect(s.stderr.contains("  worker 2   read "), "\(s.stderr)")
     }
 
+    /// Each worker's thread is named for it (what `top -H`, `ps -L` and perf show), so an
+    /// operator can tell a busy worker from the coordinator (the main thread) and HTTP.
+    @Test func workerThreadsAreNamed() throws {
+        let s = try Self.start(["--workers", "2"])
+        let tasks = "/proc/\(s.process.processIdentifier)/task"
+        let names = try FileManager.default.contentsOfDirectory(atPath: tasks).compactMap {
+            read("\(tasks)/\($0)/comm")?.trimmingCharacters(in: .newlines)
+        }
+        #expect(names.filter { $0.hasPrefix("scopelua-w") }.sorted() == ["scopelua-w1", "scopelua-w2"], "\(names)")
+        #expect(s.stop() == 143)
+    }
+
     /// With workers, a request waits for the barrier of the worker that had its events,
     /// not for every worker's: while one worker holds an event (output unordered, so
     /// nothing else waits for it to be written first), a request the other worker took

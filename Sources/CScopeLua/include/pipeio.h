@@ -7,6 +7,7 @@
 #define SCOPELUA_PIPEIO_H
 
 #include <stdio.h>
+#include <pthread.h>
 
 #include <lua.h>
 
@@ -40,5 +41,7 @@ int sl_writeline(FILE *f, const char *p, size_t len);
 /* The CPUs this process may run on (its affinity mask: a container's limit), at least 1
  * (cpus.c). */
 int sl_usable_cpus(void);
+/* Names a thread (its first 15 bytes; cpus.c). 0, or an errno value. */
+int sl_name_thread(pthread_t thread, const char *name);
 
 #endif

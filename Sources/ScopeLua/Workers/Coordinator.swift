@@ -175,7 +175,7 @@ extension PipelineRun {
         let ingest = ingestSource?.feed
         for i in 0..<count {
             let inbox = state.inboxes[i], number = i + 1
-            let started = startThread {
+            let started = startThread(named: "scopelua-w\(number)") {
                 Self.runWorker(number: number, workers: count, factory: factory, inbox: inbox, outbox: outbox, console: console,
                                hasDeadLetter: hasDeadLetter, discardsOutput: discardsOutput, resumed: resumed, printsToStderr: printsToStderr,
                                ingest: ingest)
@@ -813,8 +813,10 @@ extension PipelineRun {
     static let batchSize = 256
 }
 
-/// Starts a thread running `body` (joinable). Nil (errno set) if it cannot.
-func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t? {
+/// Starts a thread running `body` (joinable). Nil (errno set) if it cannot. Its `name`
+/// (cut to 15 bytes, the kernel's limit) is what `top -H`, `ps -L`, perf and gdb show,
+/// so an operator can tell a busy worker from the coordinator and the HTTP threads.
+func startThread(named name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t? {
     let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
     var thread = pthread_t()
     var attr = pthread_attr_t()
@@ -831,6 +833,7 @@ func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t? {
         errno = rc
         return nil
     }
+    _ = sl_name_thread(thread, name)  // a name is a help, not a need: a failure is ignored
     return thread
 }
 
