@@ -11,6 +11,7 @@
                                                          on every stage vs without (--limits: other fields)
   Benchmarks/bench.py serve [--seconds 10] [--dir D]      scopelua serve (analytics-1, --workers 2) under wrk at 1, 16
                                                          and 64 connections vs scopelua run --input FILE --workers 2
+                                                         (--threads: the server's threads, on a CPU and waiting for one)
   Benchmarks/bench.py workers [--runs 5] [--n 200000]    --workers 2 vs --workers 1: the CPU-bound pipeline
                                                          (Benchmarks/cpu_pipeline.lua), then analytics-1
   Benchmarks/bench.py redis [--runs 5] [--n 200000]      analytics-1 as 2 consumers of a Redis stream's group vs
@@ -565,8 +566,10 @@ def serve(args):
             if port is None:
                 sys.exit("bench: scopelua serve did not start")
             threads = min(2, connections)
+            before, started = thread_times(server.pid), time.monotonic()
             w = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{args.seconds}s", "--latency",
                                 "-s", script, f"http://127.0.0.1:{port}/events"], capture_output=True, text=True, check=True)
+            after, wall = thread_times(server.pid), time.monotonic() - started
             server.send_signal(signal.SIGTERM)
             server.communicate()
             text = w.stdout
@@ -578,7 +581,40 @@ def serve(args):
             print(f"  serve, {connections:2d} connection{'s' if connections > 1 else ' '}          {rate:12,.0f} events/s"
                   f"   {rate / file_rate:5.0%} of the file run   p50 {p50:>8}  p99 {p99:>8}"
                   + (f"   ({non2xx} answers not 2xx)" if non2xx else ""))
+            if args.threads:
+                print_thread_times(before, after, wall)
         print(f"  HTTP ingest at 16 connections: {results[16][0] / file_rate:.0%} of the file run's events/s (target: at least 70%)")
+
+
+def thread_times(pid):
+    """{thread id: (name, ns on a CPU, ns waiting for a CPU, times scheduled)} of a
+    process's threads, from /proc/PID/task/*/schedstat (Linux)."""
+    times = {}
+    task_dir = f"/proc/{pid}/task"
+    for tid in os.listdir(task_dir):
+        try:
+            with open(f"{task_dir}/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"{task_dir}/{tid}/schedstat") as f:
+                run, wait, slices = (int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        times[tid] = (name, run, wait, slices)
+    return times
+
+
+def print_thread_times(before, after, wall):
+    """Each busy thread's share of the wall time on a CPU and waiting for one (runnable, but
+    both CPUs taken), and how often it was scheduled: where a closed loop's latency goes."""
+    for tid, (name, run, wait, slices) in sorted(after.items(), key=lambda t: t[1][0]):
+        _, run0, wait0, slices0 = before.get(tid, (name, 0, 0, 0))
+        on_cpu = (run - run0) / 1e9 / wall
+        if on_cpu < 0.01:
+            continue
+        role = "workers" if name.startswith("scopelua-w") else "HTTP" if name.startswith("NIO") else "coordinator" \
+            if name == "scopelua" else "other"
+        print(f"      {name:16} ({role:11}) on a CPU {on_cpu:4.0%}, waiting for one {(wait - wait0) / 1e9 / wall:4.0%}, "
+              f"scheduled {(slices - slices0) / wall:6,.0f}/s")
 
 
 def apt_install(packages):
@@ -876,6 +912,8 @@ def main():
     sv.add_argument("--seconds", type=int, default=10, help="wrk's duration per connection count")
     sv.add_argument("--dir", default=None, help="where the events, the outputs and the databases go (default: a "
                     "temporary directory under $TMPDIR; /dev/shm: a RAM disk, where a sync does not wait for a disk)")
+    sv.add_argument("--threads", action="store_true", help="after each connection count, the server's busy threads: "
+                    "their share of the time on a CPU, waiting for one, and how often they were scheduled (Linux schedstat)")
     sv.set_defaults(fn=serve)
     w = sub.add_parser("workers", help="--workers 2 vs --workers 1: a CPU-bound pipeline, then analytics-1")
     w.add_argument("--runs", type=int, default=5)
