@@ -143,18 +143,24 @@ package final class IngestQueue: IngestFeed, @unchecked Sendable {
         }
     }
 
-    /// Takes up to `max` events off the front: whole chunks as they are, the part of one
-    /// that fits as a chunk of its own (sharing the body).
+    /// Takes up to `max` events off the front: whole requests as they are. A request is cut
+    /// only when it comes first and does not fit: the part that fits is a chunk of its own
+    /// (sharing the body), and the rest comes first in the next take, marked `continues`.
+    /// So a request that fits in a take is never split between takes (with workers, each
+    /// take's lines for a worker are one batch, and its output is written together).
     private static func take(_ s: inout State, _ max: Int) -> [IngestChunk] {
         var out: [IngestChunk] = []
         var n = 0
         while n < max, s.head < s.waiting.count {
             let chunk = s.waiting[s.head]
-            let k = Swift.min(max - n, chunk.count - s.headTaken)
+            let left = chunk.count - s.headTaken
+            if n > 0, left > max - n { break }  // it waits for a take of its own
+            let k = Swift.min(max - n, left)
             if s.headTaken == 0, k == chunk.count {
                 out.append(chunk)
             } else {
-                out.append(IngestChunk(bytes: chunk.bytes, ranges: Array(chunk.ranges[s.headTaken..<(s.headTaken + k)])))
+                out.append(IngestChunk(bytes: chunk.bytes, ranges: Array(chunk.ranges[s.headTaken..<(s.headTaken + k)]),
+                                       continues: s.headTaken > 0))
             }
             n += k
             s.headTaken += k

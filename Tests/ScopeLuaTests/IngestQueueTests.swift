@@ -42,8 +42,17 @@ struct IngestQueueTests {
         return (first, chunks.flatMap { $0.lines.map { String(decoding: $0, as: UTF8.self) } })
     }
 
+    /// What `next` hands out, chunk by chunk: each one's lines and whether it `continues`
+    /// a request cut by the take before.
+    static func takeChunks(_ q: IngestQueue, max: Int) -> (Int, [([String], Bool)])? {
+        guard case .lines(let first, let chunks) = q.next(deadline: 0, wake: -1, max: max) else { return nil }
+        return (first, chunks.map { ($0.lines.map { String(decoding: $0, as: UTF8.self) }, $0.continues) })
+    }
+
     /// Requests are numbered on across each other and handed out at most `max` at a time,
-    /// a request cut where `max` falls; nothing waiting is `.idle` at once with a past
+    /// whole: one that does not fit after others waits for the next take, and only one
+    /// that does not fit alone is cut, its rest marked as continuing it (with workers it
+    /// goes where its beginning went). Nothing waiting is `.idle` at once with a past
     /// deadline.
     @Test func linesAreHandedOutInOrderAtMostMaxAtATime() async throws {
         let q = try #require(IngestQueue(name: "test", capacity: 100))
@@ -52,14 +61,20 @@ struct IngestQueueTests {
         #expect(await Self.eventually { q.depth == 3 })
         Self.offer(q, ["{\"b\":1}", "{\"b\":2}"], key: "b", into: answers)
         #expect(await Self.eventually { q.depth == 5 })
-        let first = Self.take(q, max: 2)
-        #expect(first?.0 == 1 && first?.1 == ["{\"a\":1}", "{\"a\":2}"])
-        let second = Self.take(q, max: 10)
-        #expect(second?.0 == 3 && second?.1 == ["{\"a\":3}", "{\"b\":1}", "{\"b\":2}"])
+        Self.offer(q, (1...5).map { "{\"c\":\($0)}" }, key: "c", into: answers)
+        #expect(await Self.eventually { q.depth == 10 })
+        let first = Self.takeChunks(q, max: 4)  // a; b does not fit in the one place left
+        #expect(first?.0 == 1 && first?.1.map(\.0) == [["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]] && first?.1.map(\.1) == [false])
+        let second = Self.takeChunks(q, max: 4)  // b; c does not fit in the two left
+        #expect(second?.0 == 4 && second?.1.map(\.0) == [["{\"b\":1}", "{\"b\":2}"]])
+        let third = Self.takeChunks(q, max: 4)  // c alone does not fit: cut
+        #expect(third?.0 == 6 && third?.1.map(\.0) == [(1...4).map { "{\"c\":\($0)}" }] && third?.1.map(\.1) == [false])
+        let fourth = Self.takeChunks(q, max: 4)  // the rest of c, then nothing
+        #expect(fourth?.0 == 10 && fourth?.1.map(\.0) == [["{\"c\":5}"]] && fourth?.1.map(\.1) == [true])
         if case .idle = q.next(deadline: 0, wake: -1, max: 10) {} else { Issue.record("expected .idle") }
         #expect(q.depth == 0)
         q.abandon("the test ended")
-        #expect(await Self.eventually { answers["a"] != nil && answers["b"] != nil })
+        #expect(await Self.eventually { answers["a"] != nil && answers["b"] != nil && answers["c"] != nil })
         #expect(answers["a"]?.status == .failed("the test ended"))
     }
 

@@ -213,15 +213,34 @@ struct ServeTests {
         #expect(s.stop() == 143)
     }
 
+    /// A stage that holds an event with `wait = true` until the file `go` exists (after
+    /// writing `started`), and marks an event with `mark = "name"` by making that file.
+    static func gatedJob(ordering: String) -> String {
+        """
+        stage "enrich" {
+          process = function(ctx, e)
+            if e.wait then
+              local f = assert(io.open("started", "w")) f:close()
+              while not io.open("go") do os.execute("sleep 0.01") end
+            end
+            if e.mark then local f = assert(io.open(e.mark, "w")) f:close() end
+            return e
+          end,
+        }
+        pipeline "p" { "enrich"\(ordering) }
+        """
+    }
+
     /// With workers, a request waits for the barrier of the worker that had its events,
-    /// not for every worker's: while one worker holds an event (output unordered, so
-    /// nothing else waits for it to be written first), a request the other worker took
-    /// is answered, its events on disk; the held one once it is let go. (With one barrier
-    /// for all workers, the second answer waited for the held event.)
-    @Test func aRequestWaitsOnlyForItsOwnWorkersBarrier() throws {
+    /// not for every worker's, and (serve's default order: each request's) not for the
+    /// lines the other worker took before it: while one worker holds an event, a request
+    /// the other worker took is answered, its events on disk; the held one once it is let
+    /// go. (With one barrier for all workers, or the output in arrival order, the second
+    /// answer waited for the held event.)
+    @Test(arguments: ["", ", ordered = false"])
+    func aRequestWaitsOnlyForItsOwnWorkersBarrier(ordering: String) throws {
         let dir = temporaryDirectory()
-        write(Self.job.replacingOccurrences(of: "pipeline \"p\" { \"enrich\" }", with: "pipeline \"p\" { \"enrich\", ordered = false }"),
-              to: "job.lua", in: dir)
+        write(Self.gatedJob(ordering: ordering), to: "job.lua", in: dir)
         let s = try ServeProcess(["job.lua", "--output", "out.jsonl", "--workers", "2"], in: dir)
         let held = Held(), port = s.port
         Thread { held.set(HTTPClient.post(port, "/events", "{\"wait\":true}")) }.start()
@@ -234,7 +253,44 @@ struct ServeTests {
         #expect(waitUntil { held.value?.status == 200 })
         #expect(held.value?.body == "{\"accepted\":1,\"rejected\":[],\"dead_lettered\":0}\n")
         #expect(s.stop() == 143)
-        #expect(Self.lines("\(s.directory)/out.jsonl").count == 3)
+        #expect(Self.objects("\(s.directory)/out.jsonl").map { $0["b"] as? Int } == [1, 2, nil])
+    }
+
+    /// `ordered = true` said on the pipeline keeps the server's arrival order in serve too:
+    /// the other worker's request, done while the first one's event is held, is written
+    /// (and answered) after it.
+    @Test func anOrderedPipelineKeepsArrivalOrder() throws {
+        let dir = temporaryDirectory()
+        write(Self.gatedJob(ordering: ", ordered = true"), to: "job.lua", in: dir)
+        let s = try ServeProcess(["job.lua", "--output", "out.jsonl", "--workers", "2"], in: dir)
+        let held = Held(), other = Held(), port = s.port
+        Thread { held.set(HTTPClient.post(port, "/events", "{\"wait\":true}")) }.start()
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(s.directory)/started") })
+        Thread { other.set(HTTPClient.post(port, "/events", "{\"b\":1}\n{\"b\":2,\"mark\":\"b-done\"}")) }.start()
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(s.directory)/b-done") })
+        #expect(held.value == nil && other.value == nil)
+        write("", to: "go", in: s.directory)
+        #expect(waitUntil { held.value?.status == 200 && other.value?.status == 200 })
+        #expect(s.stop() == 143)
+        #expect(Self.objects("\(s.directory)/out.jsonl").map { $0["b"] as? Int } == [nil, 1, 2])
+    }
+
+    /// A request too big for one take (256 events) is cut; with workers its rest goes to
+    /// the worker that has its beginning, so its events come out in order even while that
+    /// worker is held on its first event and the other worker is free.
+    @Test func aCutRequestStaysOnOneWorker() throws {
+        let dir = temporaryDirectory()
+        write(Self.gatedJob(ordering: ""), to: "job.lua", in: dir)
+        let s = try ServeProcess(["job.lua", "--output", "out.jsonl", "--workers", "2"], in: dir)
+        let held = Held(), port = s.port
+        let body = (["{\"wait\":true,\"i\":1}"] + (2...600).map { "{\"i\":\($0)}" }).joined(separator: "\n")
+        Thread { held.set(HTTPClient.post(port, "/events", body)) }.start()
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "\(s.directory)/started") })
+        write("", to: "go", in: s.directory)
+        #expect(waitUntil { held.value?.status == 200 })
+        #expect(held.value?.body == "{\"accepted\":600,\"rejected\":[],\"dead_lettered\":0}\n")
+        #expect(s.stop() == 143)
+        #expect(Self.objects("\(s.directory)/out.jsonl").map { $0["i"] as? Int } == Array(1...600))
     }
 
     /// With workers, a stage whose flush fails at a worker's own barrier: the request it
@@ -261,7 +317,8 @@ struct ServeTests {
 
     /// Many clients at once with --workers 2 (4800 events in flight, more than the
     /// workers' reorder window of 4096 lines): every request is answered, and each one's
-    /// events come out together and in order, each once.
+    /// events come out together and in order, each once (serve's default order is each
+    /// request's; a request of up to 256 events is never split between takes).
     @Test func manyClientsWithWorkers() throws {
         let s = try Self.start(["--workers", "2"])
         let port = s.port, clients = 48, rounds = 3

@@ -342,4 +342,18 @@ import Testing
         let auto = try runProcess(scopeluaPath, ["run", "job.lua", "--input", "in.jsonl", "--output", "none", "--workers", "auto"], directory: dir)
         #expect(auto.status == 0, "\(auto.stderr)")
     }
+
+    /// In `scopelua serve`, the rest of a request cut where a take ended goes to the worker
+    /// that has its beginning, however busy; a new request to the one with the fewest lines.
+    @Test func theRestOfACutRequestGoesWhereItsBeginningWent() throws {
+        let outbox = try #require(Outbox())
+        let p = ParallelState(count: 2, inboxes: [Inbox(), Inbox()], outbox: outbox, console: Console(),
+                              window: ReorderWindow(capacity: 4096), batchSize: 256, ordered: false, partition: nil)
+        let piece = { (continues: Bool) in IngestChunk(bytes: [], ranges: [0..<0], continues: continues) }
+        #expect(PipelineRun.ingestWorker(p, for: piece(false)) == 0)
+        p.outstanding[0] = 256
+        #expect(PipelineRun.ingestWorker(p, for: piece(true)) == 0)
+        #expect(PipelineRun.ingestWorker(p, for: piece(false)) == 1)
+        #expect(PipelineRun.ingestWorker(p, for: piece(true)) == 1)
+    }
 }

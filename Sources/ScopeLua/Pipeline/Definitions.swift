@@ -127,9 +127,10 @@ package final class PipelineDefinition {
     /// `partition_by = "user.id"`: with workers, events with the same value there go to
     /// the same worker (Workers/Coordinator.swift).
     var partitionBy: PartitionKey?
-    /// `ordered = false`: with workers, the output is written as events finish, not in
-    /// input order.
-    var ordered = true
+    /// `ordered`: with workers, whether the output keeps input order (true) or is written
+    /// as events finish (false). Nil (not said): input order when reading a file or a
+    /// stream; in `scopelua serve`, each request's order (see `PipelineRun.ordersOutput`).
+    var ordered: Bool?
 
     init(name: String, items: [Item], policy: ErrorPolicy?, site: String? = nil) {
         self.name = name

@@ -44,10 +44,14 @@ package enum IngestNext {
 package struct IngestChunk: Sendable {
     package var bytes: [UInt8]
     package var ranges: [Range<Int>]
+    /// Its first line is not its request's first: the rest of a request that a take cut
+    /// (with workers, it goes where the part before it went).
+    package var continues: Bool
 
-    package init(bytes: [UInt8], ranges: [Range<Int>]) {
+    package init(bytes: [UInt8], ranges: [Range<Int>], continues: Bool = false) {
         self.bytes = bytes
         self.ranges = ranges
+        self.continues = continues
     }
 
     package var count: Int { ranges.count }

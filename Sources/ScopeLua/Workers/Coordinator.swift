@@ -58,6 +58,9 @@ final class ParallelState {
     var pending: [WorkBatch]
     /// The worker the last line went to (a batch is sent when the next line goes elsewhere).
     var lastWorker: Int?
+    /// `scopelua serve`: the worker the last ingest request went to (the rest of a request
+    /// cut where a take ended goes there too).
+    var lastIngestWorker: Int?
     /// Lines a batch holds at most.
     let batchSize: Int
     let ordered: Bool
@@ -162,7 +165,7 @@ extension PipelineRun {
         resumeCounters()
         let state = ParallelState(
             count: count, inboxes: (0..<count).map { _ in Inbox() }, outbox: outbox, console: console,
-            window: ReorderWindow(capacity: max(4096, count * 1024)), batchSize: Self.batchSize, ordered: definition.ordered,
+            window: ReorderWindow(capacity: max(4096, count * 1024)), batchSize: Self.batchSize, ordered: ordersOutput,
             partition: definition.partitionBy.map { PipelineRun.partitioner($0, workers: count) })
         state.restored = workerCounts(histograms: false)
         parallel = state
@@ -368,7 +371,7 @@ extension PipelineRun {
                 return awaitWorkerBarriers(p, source)
             case .lines(var first, let chunks):
                 for chunk in chunks {
-                    let worker = p.partition == nil ? Self.leastBusy(p) : nil
+                    let worker = p.partition == nil ? Self.ingestWorker(p, for: chunk) : nil
                     _ = chunk.forEachLine(first: first) { line, number in
                         dispatch(line, line: number, tooLong: 0, to: worker)
                         return true
@@ -379,6 +382,27 @@ extension PipelineRun {
                 sendPending()  // a request's events go out now, not when a batch fills
             }
         }
+    }
+
+    /// Whether the workers' output is written in input order (`ordered`, by default when
+    /// reading a file or a stream) or as each worker's lines finish. `scopelua serve`
+    /// keeps each request's order by default (with `partition_by`, each key's), not the
+    /// order across requests: a request's lines go to one worker, which runs them in
+    /// order, and its answer waits only for them. In the server's arrival order, every answer would also wait for every earlier
+    /// line of the other workers, so one slow event held every request in flight (and a
+    /// client cannot tell which of two requests in flight together arrived first).
+    var ordersOutput: Bool {
+        definition.ordered ?? (ingestSource == nil)
+    }
+
+    /// The worker a chunk of an ingest request goes to: the worker with the fewest lines
+    /// to do, or, for the rest of a request cut where a take ended, the worker that has
+    /// its beginning (its lines stay in order without ordered output).
+    static func ingestWorker(_ p: ParallelState, for chunk: IngestChunk) -> Int {
+        if chunk.continues, let last = p.lastIngestWorker { return last }
+        let worker = leastBusy(p)
+        p.lastIngestWorker = worker
+        return worker
     }
 
     /// The worker with the fewest lines to do (the first of those).
