@@ -566,10 +566,10 @@ def serve(args):
             if port is None:
                 sys.exit("bench: scopelua serve did not start")
             threads = min(2, connections)
-            before, started = thread_times(server.pid), time.monotonic()
+            before, started = thread_times(server.pid) if args.threads else {}, time.monotonic()
             w = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{args.seconds}s", "--latency",
                                 "-s", script, f"http://127.0.0.1:{port}/events"], capture_output=True, text=True, check=True)
-            after, wall = thread_times(server.pid), time.monotonic() - started
+            after, wall = thread_times(server.pid) if args.threads else {}, time.monotonic() - started
             server.send_signal(signal.SIGTERM)
             server.communicate()
             text = w.stdout
@@ -582,7 +582,7 @@ def serve(args):
                   f"   {rate / file_rate:5.0%} of the file run   p50 {p50:>8}  p99 {p99:>8}"
                   + (f"   ({non2xx} answers not 2xx)" if non2xx else ""))
             if args.threads:
-                print_thread_times(before, after, wall)
+                print_thread_times(server.pid, before, after, wall)
         print(f"  HTTP ingest at 16 connections: {results[16][0] / file_rate:.0%} of the file run's events/s (target: at least 70%)")
 
 
@@ -591,7 +591,11 @@ def thread_times(pid):
     process's threads, from /proc/PID/task/*/schedstat (Linux)."""
     times = {}
     task_dir = f"/proc/{pid}/task"
-    for tid in os.listdir(task_dir):
+    try:
+        tids = os.listdir(task_dir)
+    except OSError:
+        return times  # the process ended
+    for tid in tids:
         try:
             with open(f"{task_dir}/{tid}/comm") as f:
                 name = f.read().strip()
@@ -603,17 +607,19 @@ def thread_times(pid):
     return times
 
 
-def print_thread_times(before, after, wall):
+def print_thread_times(pid, before, after, wall):
     """Each busy thread's share of the wall time on a CPU and waiting for one (runnable, but
-    both CPUs taken), and how often it was scheduled: where a closed loop's latency goes."""
+    both CPUs taken), and how often it was scheduled: where a closed loop's latency goes.
+    The main thread (its id is the process's) runs the coordinator; workers are named
+    scopelua-wN; NIO's threads serve HTTP."""
     for tid, (name, run, wait, slices) in sorted(after.items(), key=lambda t: t[1][0]):
         _, run0, wait0, slices0 = before.get(tid, (name, 0, 0, 0))
         on_cpu = (run - run0) / 1e9 / wall
         if on_cpu < 0.01:
             continue
-        role = "workers" if name.startswith("scopelua-w") else "HTTP" if name.startswith("NIO") else "coordinator" \
-            if name == "scopelua" else "other"
-        print(f"      {name:16} ({role:11}) on a CPU {on_cpu:4.0%}, waiting for one {(wait - wait0) / 1e9 / wall:4.0%}, "
+        role = "coordinator" if tid == str(pid) else "workers" if name.startswith("scopelua-w") \
+            else "HTTP" if name.startswith("NIO") else "other"
+        print(f"      {name:16} {tid:>7} ({role:11}) on a CPU {on_cpu:4.0%}, waiting for one {(wait - wait0) / 1e9 / wall:4.0%}, "
               f"scheduled {(slices - slices0) / wall:6,.0f}/s")
 
 

@@ -144,7 +144,7 @@ import Testing
             ("partition_by = 'a..b'", "pipeline 'p': partition_by \"a..b\" has an empty name between two dots"),
             ("partition_by = ''", "pipeline 'p': partition_by is empty: it names a field (\"user\") or a path through nested objects (\"user.id\")"),
             ("partition_by = 3", "pipeline 'p': partition_by must be a string naming a field (\"user\" or \"user.id\"), got a number"),
-            ("ordered = 'yes'", "pipeline 'p': ordered must be true (output in input order, the default) or false (in completion order), got a string"),
+            ("ordered = 'yes'", "pipeline 'p': ordered must be true (output in input order) or false (in completion order), got a string"),
         ] {
             let r = runLua("stage 's' { process = function(ctx, e) return e end }\nlocal ok, e = pcall(pipeline, 'p', { 's', \(fields) }) return e")
             #expect(r.text.contains(message), "\(fields): \(r.text)")

@@ -338,7 +338,7 @@ enum PipelineBindings: RuntimeModule {
         case LUA_TNIL: break
         case LUA_TBOOLEAN: definitionObject.ordered = lua_toboolean(L, -1) != 0
         default:
-            Lua.pushError(L, "pipeline '\(name)': ordered must be true (output in input order, the default) or false (in completion order), got a \(Lua.typeName(L, -1))")
+            Lua.pushError(L, "pipeline '\(name)': ordered must be true (output in input order) or false (in completion order), got a \(Lua.typeName(L, -1))")
             return false
         }
         sl_pop(L, 1)
