@@ -48,7 +48,7 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("How many events may wait for the pipeline (default 10000): a request that would take the queue past it gets 503 with Retry-After, so memory stays bounded.", valueName: "N"))
     var queue = 10_000
 
-    @Option(help: ArgumentHelp("Run the stages in N workers, each its own Lua state on its own thread ('auto': one per core), as `scopelua run --workers` does; each request's events go to one worker (with partition_by: each key's to its worker) and are answered once through. The output keeps each request's order (with partition_by: each key's, whose events go to one worker), or arrival order if the pipeline says ordered = true.", valueName: "N|auto"))
+    @Option(help: ArgumentHelp("Run the stages in N workers, each its own Lua state on its own thread ('auto': one per core), as `scopelua run --workers` does; each request's events go to one worker (with partition_by: by key) and are answered once through. The output keeps each request's order (with partition_by: each key's), or arrival order if the pipeline says ordered = true.", valueName: "N|auto"))
     var workers: String?
 
     @Option(name: .customLong("memory-limit"), help: ArgumentHelp("The most memory Lua code may hold in the Lua state (as `scopelua run --memory-limit`).", valueName: "SIZE"))

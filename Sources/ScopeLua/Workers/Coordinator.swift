@@ -388,9 +388,10 @@ extension PipelineRun {
     /// reading a file or a stream) or as each worker's lines finish. `scopelua serve`
     /// keeps each request's order by default (with `partition_by`, each key's), not the
     /// order across requests: a request's lines go to one worker, which runs them in
-    /// order, and its answer waits only for them. In the server's arrival order, every answer would also wait for every earlier
-    /// line of the other workers, so one slow event held every request in flight (and a
-    /// client cannot tell which of two requests in flight together arrived first).
+    /// order, and its answer waits only for them. In the server's arrival order, every
+    /// answer would also wait for every earlier line of the other workers, so one slow
+    /// event held every request in flight (and a client cannot tell which of two
+    /// requests in flight together arrived first).
     var ordersOutput: Bool {
         definition.ordered ?? (ingestSource == nil)
     }
