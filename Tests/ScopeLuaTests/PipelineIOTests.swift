@@ -51,7 +51,7 @@ import CScopeLua
 
     // MARK: - Item 6: every input opened (and read) once
 
-    @Test(.timeLimit(testTimeLimit)) func scriptFromAPipeRunsAsLuaRunsIt() throws {
+    @Test func scriptFromAPipeRunsAsLuaRunsIt() throws {
         let dir = temporaryDirectory()
         let r = try Self.bash(#"$SCOPELUA run <(printf 'print(1)\n')"#, in: dir)
         #expect(r.status == 0, "\(r.stderr)")
@@ -62,7 +62,7 @@ import CScopeLua
         #expect(e.stderr.range(of: #"^scopelua: /dev/fd/[0-9]+:2: here\n"#, options: .regularExpression) != nil, "\(e.stderr)")
     }
 
-    @Test(.timeLimit(testTimeLimit)) func inputFromAPipeLosesNothing() throws {
+    @Test func inputFromAPipeLosesNothing() throws {
         let dir = temporaryDirectory()
         write(Self.identity, to: "p.lua", in: dir)
         write(Self.events(5000), to: "in.jsonl", in: dir)
@@ -72,7 +72,7 @@ import CScopeLua
         #expect(read("\(dir)/out.jsonl") == Self.events(5000))
     }
 
-    @Test(.timeLimit(testTimeLimit)) func inputFromAFIFOIsOpenedOnceAndLosesNothing() throws {
+    @Test func inputFromAFIFOIsOpenedOnceAndLosesNothing() throws {
         let dir = temporaryDirectory()
         write(Self.identity, to: "p.lua", in: dir)
         let fifo = "\(dir)/events.fifo"
@@ -165,7 +165,7 @@ import CScopeLua
 
     /// A stop signal that arrives while the output blocks in write(2) must not turn it
     /// into EINTR (stdio would drop the buffer): the handlers restart the call.
-    @Test(.timeLimit(testTimeLimit)) func aStopWhileTheOutputBlocksLosesNothing() throws {
+    @Test func aStopWhileTheOutputBlocksLosesNothing() throws {
         let dir = temporaryDirectory()
         write(Self.identity, to: "p.lua", in: dir)
         let count = 20000  // about 300 KB of output: far more than a pipe holds
@@ -209,7 +209,7 @@ import CScopeLua
 
     // MARK: - Item 13: the reader going away
 
-    @Test(.timeLimit(testTimeLimit)) func aReaderThatGoesAwayStopsTheRunGracefully() throws {
+    @Test func aReaderThatGoesAwayStopsTheRunGracefully() throws {
         let dir = temporaryDirectory()
         write("""
             stage "store" {
@@ -342,7 +342,7 @@ import CScopeLua
         #expect(r.stderr.contains("  fan-out    created 3  emitted 1  filtered 0  skipped 0  dead-lettered 0  in-flight 2\n"), "\(r.stderr)")
     }
 
-    @Test(.timeLimit(testTimeLimit)) func aForcedStopLeavesTheRunningEventInFlight() throws {
+    @Test func aForcedStopLeavesTheRunningEventInFlight() throws {
         let dir = temporaryDirectory()
         write("""
             stage "slow" { process = function(ctx, e)
@@ -363,7 +363,7 @@ import CScopeLua
         #expect(rest.contains("read 2  emitted 1  filtered 0  skipped 0  dead-lettered 0  rejected 0  retried 0  in-flight 1 (line 2)"), "\(rest)")
     }
 
-    @Test(.timeLimit(testTimeLimit)) func aStopDuringARetryWaitEndsItAndLeavesTheEventInFlight() throws {
+    @Test func aStopDuringARetryWaitEndsItAndLeavesTheEventInFlight() throws {
         let dir = temporaryDirectory()
         write("""
             stage "flaky" {

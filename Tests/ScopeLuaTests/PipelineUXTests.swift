@@ -289,7 +289,7 @@ import CLua
 
     // MARK: - retry backoff
 
-    @Test(.timeLimit(testTimeLimit)) func timersFireWhileAnEventWaitsToBeRetriedAndTheWaitIsReported() throws {
+    @Test func timersFireWhileAnEventWaitsToBeRetriedAndTheWaitIsReported() throws {
         let run = runLua("""
             local ticks, ticks_at_retry = 0, nil
             stage "ticker" {
@@ -327,7 +327,7 @@ import CLua
         #expect(r.stderr.contains(#/\n             flaky         2        1 +[0-9.]+(ns|us|ms) +[0-9.]+(ns|us|ms) +[0-9.]+(ns|us|ms) +[0-9.]+ms\n/#), "\(r.stderr)")
     }
 
-    @Test(.timeLimit(testTimeLimit)) func aTimerThatAbortsDuringABackoffLeavesTheWaitingEventInFlight() throws {
+    @Test func aTimerThatAbortsDuringABackoffLeavesTheWaitingEventInFlight() throws {
         let dir = temporaryDirectory()
         write("""
             stage "ticker" {
@@ -355,7 +355,7 @@ import CLua
                        environment: ["SCOPELUA": scopeluaPath])
     }
 
-    @Test(.timeLimit(testTimeLimit)) func theProgressLineNeverRunsIntoTheOutputOnTheSameTerminal() throws {
+    @Test func theProgressLineNeverRunsIntoTheOutputOnTheSameTerminal() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/script") else {
             Issue.record("script (util-linux) is not installed")
             return

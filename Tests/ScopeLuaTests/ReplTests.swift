@@ -51,7 +51,7 @@ import CScopeLua
 
     /// With stdin not a terminal the REPL is `lua -`: errors on stderr, the first ends the
     /// run with exit 1 and the session's scopes are released as by an error.
-    @Test(.timeLimit(testTimeLimit)) func pipedInputStopsAtTheFirstError() throws {
+    @Test func pipedInputStopsAtTheFirstError() throws {
         let dir = temporaryDirectory()
         let r = try scopelua(["repl"], stdin: """
             db = sql.open("\(dir)/r.db"); db:exec("create table t(x)")

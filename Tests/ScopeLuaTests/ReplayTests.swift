@@ -84,7 +84,7 @@ import Testing
         return nil
     }
 
-    @Test(.timeLimit(testTimeLimit)) func theFirstRunDeadLettersTheEventsAtTheStageThatFailed() throws {
+    @Test func theFirstRunDeadLettersTheEventsAtTheStageThatFailed() throws {
         let dir = try Self.firstRun()
         let records = try Self.eventRecords("\(dir)/dead.jsonl")
         #expect(Set(records.keys) == [2, 4, 40])
@@ -93,7 +93,7 @@ import Testing
         #expect(try Self.rejectRecords("\(dir)/dead.jsonl").map(\.raw) == ["{bad", "[1]"])
     }
 
-    @Test(.timeLimit(testTimeLimit)) func afterTheFixReplayedEventsFinishFromTheStageThatFailed() throws {
+    @Test func afterTheFixReplayedEventsFinishFromTheStageThatFailed() throws {
         let dir = try Self.firstRun()
         let r = try scopelua(["run", "-e", "FIXED=true", "job.lua", "--input", "dead.jsonl", "--replay",
                               "--output", "out2.jsonl", "--dead-letter", "dead2.jsonl", "--report"], directory: dir)
@@ -115,7 +115,7 @@ import Testing
         #expect(try Self.eventRecords("\(dir)/dead2.jsonl").isEmpty)
     }
 
-    @Test(.timeLimit(testTimeLimit)) func anEventThatFailsAgainIsDeadLetteredWithItsAttemptAndOriginalLine() throws {
+    @Test func anEventThatFailsAgainIsDeadLetteredWithItsAttemptAndOriginalLine() throws {
         let dir = try Self.firstRun()
         let r = try scopelua(["run", "job.lua", "--input", "dead.jsonl", "--replay", "--output", "out2.jsonl",
                               "--dead-letter", "dead2.jsonl", "--report"], directory: dir)
@@ -140,7 +140,7 @@ import Testing
         #expect(try Self.rejectRecords("\(dir)/dead3.jsonl").map(\.attempt) == [3, 3])
     }
 
-    @Test(.timeLimit(testTimeLimit)) func rejectedLinesAreReadAgainFromTheirRawText() throws {
+    @Test func rejectedLinesAreReadAgainFromTheirRawText() throws {
         let dir = try Self.firstRun()
         // A record whose raw text is valid JSON (someone mended it by hand in the file)
         // goes through the whole pipeline; the others are rejected again.
@@ -162,7 +162,7 @@ import Testing
         #expect(c["read"] == 6 && c["emitted"] == 4 && c["rejected"] == 2 && c["replayed"] == 6 && PipelineIOTests.addsUp(c), "\(r.stderr)")
     }
 
-    @Test(.timeLimit(testTimeLimit)) func aRecordForAnUnknownStageOrNoRecordIsRejectedWithItsLineAndCanBeReplayedLater() throws {
+    @Test func aRecordForAnUnknownStageOrNoRecordIsRejectedWithItsLineAndCanBeReplayedLater() throws {
         let dir = try Self.firstRun()
         // The stage was renamed: its records cannot be replayed into this pipeline.
         write(Self.job.replacingOccurrences(of: "\"c\"", with: "\"c2\""), to: "renamed.lua", in: dir)
@@ -195,7 +195,7 @@ import Testing
         #expect(c2["read"] == 7 && c2["emitted"] == 3 && c2["rejected"] == 4 && PipelineIOTests.addsUp(c2), "\(r2.stderr)")
     }
 
-    @Test(.timeLimit(testTimeLimit)) func pRunReplaysFromLua() throws {
+    @Test func pRunReplaysFromLua() throws {
         let dir = temporaryDirectory()
         let job = Self.job.replacingOccurrences(of: "pipeline \"p\"", with: "local p = pipeline \"p\"")
         let run = runLua("""
@@ -219,7 +219,7 @@ import Testing
                 "\(run.diagnostics)")
     }
 
-    @Test(.timeLimit(testTimeLimit)) func theCommandLineExplainsReplayAndNeedsAnInput() throws {
+    @Test func theCommandLineExplainsReplayAndNeedsAnInput() throws {
         let help = try scopelua(["run", "--help"])
         #expect(help.stdout.contains("--replay"), "\(help.stdout)")
         #expect(help.stdout.contains("dead-letter file"))

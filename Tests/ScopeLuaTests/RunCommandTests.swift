@@ -36,7 +36,7 @@ import Testing
 
     /// Issue 9, item 5: the traceback printed is the one of the error printed, not the
     /// one of an earlier error that scope() re-raised and the script caught.
-    @Test(.timeLimit(testTimeLimit)) func anUncaughtErrorPrintsItsOwnTraceback() throws {
+    @Test func anUncaughtErrorPrintsItsOwnTraceback() throws {
         let dir = temporaryDirectory()
         write("""
             print(pcall(scope, function() error("", 0) end))
@@ -61,7 +61,7 @@ import Testing
     /// frees the garbage first). The address space is limited with `ulimit -v`; the
     /// script fills it so that the allocation of `scope.current()` (40 bytes, made
     /// while Swift holds the state) cannot succeed before a collection.
-    @Test(.timeLimit(testTimeLimit)) func aScriptThatCaughtOutOfMemoryGoesOn() throws {
+    @Test func aScriptThatCaughtOutOfMemoryGoesOn() throws {
         // Sanitizer builds reserve terabytes of address space: they cannot run under
         // `ulimit -v` at all (scripts/ci-asan.sh says so with SCOPELUA_ASAN; their report
         // would go to a log file, not to stderr).
